@@ -1,0 +1,63 @@
+"""The event log: every SSE event of every stream, kept so that a client can resume with `Last-Event-ID`.
+
+A stream is identified by (session id, stream id). Event ids on the wire are `<stream id>.<seq>`, so a
+resumption names its stream and can only ever replay that stream's events.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+import attrs
+
+STANDALONE_STREAM: Final = "get"
+"""Stream id of a session's standalone (GET) stream; request streams get random ids."""
+
+
+@attrs.frozen
+class StoredEvent:
+    seq: int
+    data: str
+    is_response: bool
+    """True for a JSON-RPC response/error: lets a POST answer with plain JSON when nothing else was sent."""
+
+
+@attrs.frozen
+class StreamRead:
+    events: list[StoredEvent]
+    closed: bool
+    """No event will ever follow the ones returned."""
+    exists: bool = True
+
+
+def format_event_id(stream_id: str, seq: int) -> str:
+    return f"{stream_id}.{seq}"
+
+
+def parse_event_id(event_id: str) -> tuple[str, int] | None:
+    stream_id, sep, seq = event_id.rpartition(".")
+    if not sep or not stream_id or not seq.isdigit() or len(seq) > 18:
+        return None
+    return stream_id, int(seq)
+
+
+class EventLog(Protocol):
+    async def open_stream(self, session_id: str, stream_id: str) -> None: ...
+
+    async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
+        """Record one event; return its sequence number (1, 2, ...). Listeners are woken."""
+        ...
+
+    async def close_stream(self, session_id: str, stream_id: str) -> None: ...
+
+    async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead: ...
+
+    async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
+        """Return once an event after `after_seq` exists, the stream closed, or it is gone."""
+        ...
+
+    async def drop_session(self, session_id: str) -> None: ...
+
+    def wake_all(self) -> None:
+        """Wake every waiter (used when shutdown starts, so streams notice at once)."""
+        ...

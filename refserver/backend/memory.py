@@ -1,0 +1,99 @@
+"""In-memory backend: the embedded default for a single instance (no Redis)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import attrs
+import trio
+
+from refserver.backend.events import StoredEvent, StreamRead
+
+
+@attrs.define
+class _StreamHistory:
+    events: deque[StoredEvent]
+    next_seq: int = 1
+    closed: bool = False
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@attrs.define
+class MemoryEventLog:
+    """Per-stream bounded history (memory bound: max_events_per_stream events per live stream)."""
+
+    max_events_per_stream: int
+    max_closed_streams_per_session: int = 64
+    """Finished request streams kept for late resumption; the oldest is forgotten beyond this."""
+    _streams: dict[tuple[str, str], _StreamHistory] = attrs.field(factory=dict)
+    _by_session: dict[str, set[str]] = attrs.field(factory=dict)
+    _closed_order: dict[str, deque[str]] = attrs.field(factory=dict)
+    _appended: int = 0
+
+    def _history(self, session_id: str, stream_id: str) -> _StreamHistory:
+        key = (session_id, stream_id)
+        history = self._streams.get(key)
+        if history is None:
+            history = _StreamHistory(deque(maxlen=self.max_events_per_stream))
+            self._streams[key] = history
+            self._by_session.setdefault(session_id, set()).add(stream_id)
+        return history
+
+    async def open_stream(self, session_id: str, stream_id: str) -> None:
+        self._history(session_id, stream_id)
+
+    async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
+        history = self._history(session_id, stream_id)
+        if history.closed:
+            raise trio.ClosedResourceError(f"stream {stream_id} is closed")
+        seq = history.next_seq
+        history.next_seq += 1
+        history.events.append(StoredEvent(seq, data, is_response))
+        self._appended += 1
+        history.wake()
+        return seq
+
+    async def close_stream(self, session_id: str, stream_id: str) -> None:
+        history = self._streams.get((session_id, stream_id))
+        if history is not None and not history.closed:
+            history.closed = True
+            history.wake()
+            closed = self._closed_order.setdefault(session_id, deque())
+            closed.append(stream_id)
+            if len(closed) > self.max_closed_streams_per_session:
+                forgotten = closed.popleft()
+                self._streams.pop((session_id, forgotten), None)
+                self._by_session[session_id].discard(forgotten)
+
+    async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
+        history = self._streams.get((session_id, stream_id))
+        if history is None:
+            return StreamRead([], closed=True, exists=False)
+        if history.next_seq - 1 <= after_seq:
+            return StreamRead([], closed=history.closed)
+        return StreamRead([e for e in history.events if e.seq > after_seq], closed=history.closed)
+
+    async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
+        history = self._streams.get((session_id, stream_id))
+        if history is None or history.closed or history.next_seq - 1 > after_seq:
+            return
+        await history.changed.wait()
+
+    async def drop_session(self, session_id: str) -> None:
+        self._closed_order.pop(session_id, None)
+        for stream_id in self._by_session.pop(session_id, set()):
+            history = self._streams.pop((session_id, stream_id))
+            history.closed = True
+            history.wake()
+
+    def wake_all(self) -> None:
+        for history in self._streams.values():
+            history.wake()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"streams": len(self._streams), "events_appended": self._appended}

@@ -1,0 +1,192 @@
+"""Frozen settings read from `REFSERVER_*` environment variables (and an optional `.env` file).
+
+Every setting is declared once below with its variable name, parser and one-line documentation; the
+table in `docs/operations.md` is checked against this list by the tests. Unknown `REFSERVER_*` names are
+rejected at start-up so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+
+from refserver.errors import ConfigError
+
+ENV_PREFIX: Final = "REFSERVER_"
+
+AUTH_MODES: Final = ("none",)
+"""Modes this build implements; the OAuth issue adds `embedded`, `jwt` and `introspection`."""
+
+FEATURE_MODULES: Final = ("reference", "conformance")
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+def _auth_mode(raw: str) -> str:
+    if raw not in AUTH_MODES:
+        raise ValueError(f"must be one of {', '.join(AUTH_MODES)}")
+    return raw
+
+
+def _feature_modules(raw: str) -> tuple[str, ...]:
+    modules = _csv(raw)
+    unknown = [m for m in modules if m not in FEATURE_MODULES]
+    if unknown:
+        raise ValueError(f"unknown feature module(s) {unknown}; known: {', '.join(FEATURE_MODULES)}")
+    return modules
+
+
+def _base_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return raw.rstrip("/")
+
+
+def _setting(env: str, parse: Callable[[str], Any], doc: str, default: Any) -> Any:
+    return attrs.field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    base_url: str = _setting(
+        "BASE_URL", _base_url, "Public URL of this server (issuer, resource URI, links).", "http://localhost:3232"
+    )
+    redis_url: str | None = _setting(
+        "REDIS_URL", _optional_str, "Redis URL; unset means the in-memory backend (one instance).", None
+    )
+    auth_mode: str = _setting("AUTH_MODE", _auth_mode, "Authentication mode: `none` (local only).", "none")
+    session_idle_ttl: float = _setting(
+        "SESSION_IDLE_TTL", _positive_float, "Seconds a session may stay idle before it is reaped.", 300.0
+    )
+    subscription_update_interval: float = _setting(
+        "SUBSCRIPTION_UPDATE_INTERVAL",
+        _positive_float,
+        "Seconds between `notifications/resources/updated` for each subscribed resource.",
+        10.0,
+    )
+    log_message_interval: float = _setting(
+        "LOG_MESSAGE_INTERVAL",
+        _positive_float,
+        "Seconds between the demo log notifications (random level, filtered by `logging/setLevel`).",
+        15.0,
+    )
+    features: tuple[str, ...] = _setting(
+        "FEATURES",
+        _feature_modules,
+        "Comma-separated feature modules to serve: `reference`, `conformance`.",
+        FEATURE_MODULES,
+    )
+    max_body_bytes: int = _setting(
+        "MAX_BODY_BYTES", _positive_int, "Largest accepted POST body in bytes (413 beyond).", 4 * 1024 * 1024
+    )
+    max_sessions: int = _setting(
+        "MAX_SESSIONS", _positive_int, "Live sessions per instance before new ones get 503.", 100_000
+    )
+    allowed_hosts: tuple[str, ...] = _setting(
+        "ALLOWED_HOSTS",
+        _csv,
+        "Extra Host header values accepted (the base URL's host and loopback names always are).",
+        (),
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        "ALLOWED_ORIGINS",
+        _csv,
+        "Extra browser origins accepted (the base URL's origin and loopback origins always are).",
+        (),
+    )
+    heartbeat_interval: float = _setting(
+        "HEARTBEAT_INTERVAL", _positive_float, "Seconds between `: ping` comments on idle SSE streams.", 15.0
+    )
+    sse_retry_ms: int = _setting(
+        "SSE_RETRY_MS", _positive_int, "The `retry:` reconnection delay sent to SSE clients, in ms.", 1000
+    )
+    event_log_max_events: int = _setting(
+        "EVENT_LOG_MAX_EVENTS",
+        _positive_int,
+        "Events kept per stream for `Last-Event-ID` replay; older ones are dropped.",
+        1000,
+    )
+    client_request_timeout: float = _setting(
+        "CLIENT_REQUEST_TIMEOUT",
+        _positive_float,
+        "Seconds a tool waits for the client to answer sampling or elicitation.",
+        120.0,
+    )
+    log_level: str = _setting("LOG_LEVEL", str.upper, "Python log level of the server's own log.", "INFO")
+
+    @property
+    def base_origin(self) -> str:
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, dotenv_path: str | os.PathLike[str] | None = ".env"
+    ) -> Settings:
+        """Read settings; the process environment wins over `.env`."""
+        merged: dict[str, str] = {}
+        if dotenv_path is not None and Path(dotenv_path).is_file():
+            from dotenv import dotenv_values
+
+            merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        merged.update(os.environ if environ is None else environ)
+
+        known = {f.metadata["env"]: f for f in attrs.fields(cls)}
+        unknown = sorted(
+            name for name in merged if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] not in known
+        )
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)}; known settings: "
+                + ", ".join(ENV_PREFIX + name for name in sorted(known))
+            )
+        values: dict[str, Any] = {}
+        for env_name, field in known.items():
+            raw = merged.get(ENV_PREFIX + env_name)
+            if raw is None:
+                continue
+            try:
+                values[field.name] = field.metadata["parse"](raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{ENV_PREFIX}{env_name}={raw!r}: {exc}") from exc
+        return cls(**values)
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, doc) for every setting, in declaration order: the source of the docs table."""
+    rows = []
+    for field in attrs.fields(Settings):
+        default = field.default
+        shown = ",".join(default) if isinstance(default, tuple) else ("unset" if default is None else default)
+        rows.append((ENV_PREFIX + field.metadata["env"], str(shown), field.metadata["doc"]))
+    return rows

@@ -1,0 +1,161 @@
+"""One exception tree for refserver: every error knows its JSON-RPC code and its HTTP status.
+
+Adapters (Quart handlers, the Redis backend) map foreign exceptions to these; exactly one place,
+`refserver.transport.errors`, turns them into wire responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+# JSON-RPC 2.0 standard codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Implementation-defined server errors (-32000..-32019).
+SERVER_ERROR = -32000
+RESOURCE_NOT_FOUND = -32002  # what MCP servers have used for unknown resource URIs since 2024-11-05
+
+
+class RefserverError(Exception):
+    """Base of every error refserver raises on purpose."""
+
+    jsonrpc_code: ClassVar[int] = INTERNAL_ERROR
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+# --- JSON-RPC level: the message was read, the request is answered with an error object ---
+
+
+class ParseError(RefserverError):
+    jsonrpc_code = PARSE_ERROR
+    http_status = 400
+
+
+class InvalidRequest(RefserverError):
+    jsonrpc_code = INVALID_REQUEST
+    http_status = 400
+
+
+class MethodNotFound(RefserverError):
+    jsonrpc_code = METHOD_NOT_FOUND
+    http_status = 200
+
+
+class InvalidParams(RefserverError):
+    jsonrpc_code = INVALID_PARAMS
+    http_status = 200
+
+
+class ResourceNotFound(RefserverError):
+    jsonrpc_code = RESOURCE_NOT_FOUND
+    http_status = 200
+
+
+class InternalError(RefserverError):
+    jsonrpc_code = INTERNAL_ERROR
+    http_status = 500
+
+
+class RequestCancelled(RefserverError):
+    """The request was cancelled (by the client, DELETE, expiry or shutdown); no response is owed."""
+
+    jsonrpc_code = SERVER_ERROR
+    http_status = 200
+
+
+class ClientCapabilityMissing(RefserverError):
+    """A feature needs a client capability (sampling, elicitation) that the client did not declare."""
+
+    jsonrpc_code = INVALID_REQUEST
+    http_status = 200
+
+
+class ClientRequestFailed(RefserverError):
+    """The client answered a server-to-client request (sampling, elicitation) with an error."""
+
+    jsonrpc_code = INTERNAL_ERROR
+    http_status = 200
+
+
+# --- HTTP level: refused before any JSON-RPC processing ---
+
+
+class TransportError(RefserverError):
+    jsonrpc_code = INVALID_REQUEST
+    http_status = 400
+
+
+class BadRequest(TransportError):
+    http_status = 400
+
+
+class NotAcceptable(TransportError):
+    http_status = 406
+
+
+class UnsupportedMediaType(TransportError):
+    http_status = 415
+
+
+class PayloadTooLarge(TransportError):
+    http_status = 413
+
+
+class MissingSessionId(TransportError):
+    http_status = 400
+
+
+class SessionNotFound(TransportError):
+    """Unknown, expired, deleted or foreign session: all look the same from outside (404)."""
+
+    jsonrpc_code = SERVER_ERROR
+    http_status = 404
+
+
+class UnsupportedProtocolVersion(TransportError):
+    http_status = 400
+
+
+class ForbiddenOrigin(TransportError):
+    http_status = 403
+
+
+class MisdirectedHost(TransportError):
+    http_status = 421
+
+
+class MethodNotAllowed(TransportError):
+    http_status = 405
+
+
+class Conflict(TransportError):
+    """E.g. a second live GET stream on one session, which the transport spec forbids."""
+
+    http_status = 409
+
+
+class ServiceUnavailable(RefserverError):
+    """A dependency (Redis, the authorization server) is down; the client may retry."""
+
+    jsonrpc_code = SERVER_ERROR
+    http_status = 503
+
+
+class BackendUnavailable(ServiceUnavailable):
+    pass
+
+
+class TooManySessions(ServiceUnavailable):
+    pass
+
+
+class ConfigError(RefserverError):
+    """Invalid settings; raised at start-up, never at request time."""

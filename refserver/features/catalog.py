@@ -1,0 +1,124 @@
+"""The catalog of features a server offers: tools, resources, templates, prompts and completions.
+
+Feature modules build a `Catalog`; the server merges the enabled ones. Handlers are plain async
+functions of their arguments and a `FeatureContext`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import attrs
+import mcp_types as types
+
+from refserver.features.context import FeatureContext
+
+ToolHandler: TypeAlias = Callable[[dict[str, Any], FeatureContext], Awaitable[types.CallToolResult]]
+ResourceContents: TypeAlias = types.TextResourceContents | types.BlobResourceContents
+ResourceReader: TypeAlias = Callable[[FeatureContext], Awaitable[list[ResourceContents]]]
+TemplateReader: TypeAlias = Callable[[str, dict[str, str], FeatureContext], Awaitable[list[ResourceContents]]]
+PromptRenderer: TypeAlias = Callable[[dict[str, str], FeatureContext], Awaitable[types.GetPromptResult]]
+Completer: TypeAlias = Callable[[str, Mapping[str, str]], Awaitable[list[str]]]
+"""(partial value, other arguments already chosen) -> candidate values."""
+
+
+@attrs.frozen
+class Tool:
+    definition: types.Tool
+    handler: ToolHandler
+
+
+@attrs.frozen
+class Resource:
+    definition: types.Resource
+    read: ResourceReader
+
+
+@attrs.frozen
+class ResourceTemplate:
+    definition: types.ResourceTemplate
+    read: TemplateReader
+    completions: Mapping[str, Completer] = attrs.field(factory=dict)
+    _pattern: re.Pattern[str] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_pattern", compile_uri_template(self.definition.uri_template))
+
+    def match(self, uri: str) -> dict[str, str] | None:
+        found = self._pattern.fullmatch(uri)
+        return found.groupdict() if found else None
+
+
+@attrs.frozen
+class Prompt:
+    definition: types.Prompt
+    render: PromptRenderer
+    completions: Mapping[str, Completer] = attrs.field(factory=dict)
+
+
+def compile_uri_template(template: str) -> re.Pattern[str]:
+    """RFC 6570 level-1 templates (`{name}` segments), which is all the catalogs here use."""
+    pattern = ""
+    position = 0
+    for found in re.finditer(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", template):
+        pattern += re.escape(template[position : found.start()]) + f"(?P<{found.group(1)}>[^/?#]+)"
+        position = found.end()
+    return re.compile(pattern + re.escape(template[position:]))
+
+
+@attrs.frozen
+class Catalog:
+    tools: Sequence[Tool] = ()
+    resources: Sequence[Resource] = ()
+    templates: Sequence[ResourceTemplate] = ()
+    prompts: Sequence[Prompt] = ()
+
+    def merged_with(self, other: Catalog) -> Catalog:
+        return Catalog(
+            tools=(*self.tools, *other.tools),
+            resources=(*self.resources, *other.resources),
+            templates=(*self.templates, *other.templates),
+            prompts=(*self.prompts, *other.prompts),
+        )
+
+
+@attrs.frozen
+class FeatureIndex:
+    """A merged catalog with the lookups the dispatcher needs, built once at start-up."""
+
+    catalog: Catalog
+    tools: Mapping[str, Tool]
+    resources: Mapping[str, Resource]
+    prompts: Mapping[str, Prompt]
+
+    @classmethod
+    def build(cls, catalogs: Sequence[Catalog]) -> FeatureIndex:
+        merged = Catalog()
+        for catalog in catalogs:
+            merged = merged.merged_with(catalog)
+        tools = {t.definition.name: t for t in merged.tools}
+        resources = {r.definition.uri: r for r in merged.resources}
+        prompts = {p.definition.name: p for p in merged.prompts}
+        for kind, index, items in (
+            ("tool", tools, merged.tools),
+            ("resource", resources, merged.resources),
+            ("prompt", prompts, merged.prompts),
+        ):
+            if len(index) != len(items):
+                raise ValueError(f"duplicate {kind} names across feature modules")
+        return cls(merged, tools, resources, prompts)
+
+    def find_template(self, uri: str) -> tuple[ResourceTemplate, dict[str, str]] | None:
+        for template in self.catalog.templates:
+            variables = template.match(uri)
+            if variables is not None:
+                return template, variables
+        return None
+
+    def template_by_uri(self, uri_template: str) -> ResourceTemplate | None:
+        for template in self.catalog.templates:
+            if template.definition.uri_template == uri_template:
+                return template
+        return None

@@ -1,0 +1,402 @@
+"""One MCP session on this instance: a nursery that owns the session's in-flight requests.
+
+Each in-flight request runs in its own task with its own cancel scope, so that
+`notifications/cancelled` cancels exactly that request, and closing the session (DELETE, idle expiry,
+shutdown) cancels exactly the work the session owns. Everything a request emits (progress, logs,
+server-to-client requests, its response) is appended to that request's own stream in the event log;
+HTTP handlers only read streams, so a client disconnect never loses or blocks the work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Literal, Protocol
+
+import attrs
+import mcp_types as types
+import trio
+
+from refserver.backend.events import STANDALONE_STREAM, EventLog
+from refserver.errors import (
+    ClientCapabilityMissing,
+    ClientRequestFailed,
+    InternalError,
+    InvalidRequest,
+    RefserverError,
+)
+from refserver.protocol.jsonrpc import (
+    ErrorResponse,
+    Message,
+    Notification,
+    Request,
+    RequestId,
+    Response,
+    encode_message,
+)
+from refserver.protocol.lifecycle import Lifecycle, Phase, log_level_allows
+
+logger = logging.getLogger(__name__)
+
+TransportKind = Literal["streamable", "legacy"]
+
+REQUEST_STREAM_ID_BYTES: Final = 6
+"""Request stream ids are random within a session (48 bits), so no counter has to be shared."""
+
+CANCEL_NOTICE_TIMEOUT: Final = 1.0
+"""How long a cancelled tool may spend telling the client to drop its pending sampling request."""
+
+
+@attrs.define(eq=False)
+class SessionState:
+    """What the protocol remembers about a session (serializable; Redis stores it in the scaling issue)."""
+
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
+    log_level: str | None = None
+    subscriptions: set[str] = attrs.field(factory=set)
+
+
+class RequestHandler(Protocol):
+    async def __call__(self, session: Session, request: Request, context: RequestContext) -> dict[str, Any]: ...
+
+
+@attrs.define(eq=False)
+class InFlight:
+    request: Request
+    stream_id: str
+    cancel_scope: trio.CancelScope
+    cancelled_by_client: bool = False
+
+
+@attrs.define(eq=False)
+class PendingClientRequest:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    reply: Response | ErrorResponse | None = None
+
+
+class Session:
+    """A session's state, its request tasks and its streams on this instance."""
+
+    def __init__(
+        self,
+        session_id: str,
+        kind: TransportKind,
+        *,
+        events: EventLog,
+        handler: RequestHandler,
+        client_request_timeout: float,
+        now: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.id = session_id
+        self.kind: TransportKind = kind
+        self.state = SessionState()
+        self.events = events
+        self._handler = handler
+        self._client_request_timeout = client_request_timeout
+        self._now = now
+        self._nursery: trio.Nursery | None = None
+        self._closed = trio.Event()
+        self.close_reason: str | None = None
+        self._in_flight: dict[RequestId, InFlight] = {}
+        self._pending: dict[RequestId, PendingClientRequest] = {}
+        self._open_requests_per_stream: dict[str, int] = {}
+        self._outgoing_ids = itertools.count(1)
+        self._listeners = 0
+        self._standalone_generation = 0
+        self.last_activity = now()
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The session's nursery; returns once the session is closed and its work is cancelled."""
+        await self.events.open_stream(self.id, STANDALONE_STREAM)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._closed.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            for pending in self._pending.values():
+                pending.done.set()
+            with trio.CancelScope(shield=True):
+                await self.events.drop_session(self.id)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self, reason: str) -> None:
+        """Cancel everything the session owns; `run` finishes the cleanup."""
+        if not self._closed.is_set():
+            self.close_reason = reason
+            self.state.lifecycle.close()
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def touch(self) -> None:
+        self.last_activity = self._now()
+
+    def is_idle(self, ttl: float) -> bool:
+        return not self._in_flight and self._listeners == 0 and self._now() - self.last_activity >= ttl
+
+    # --- streams ----------------------------------------------------------------------------------
+
+    def new_stream_id(self) -> str:
+        return "r" + secrets.token_hex(REQUEST_STREAM_ID_BYTES)
+
+    def attach_listener(self, stream_id: str) -> int:
+        """Count an SSE connection as activity; return a generation for the standalone stream.
+
+        A newer GET supersedes an older one on the standalone stream, so that one message is never
+        delivered on two connections (the transport spec forbids broadcasting).
+        """
+        self._listeners += 1
+        self.touch()
+        if stream_id == STANDALONE_STREAM:
+            self._standalone_generation += 1
+        return self._standalone_generation
+
+    def detach_listener(self) -> None:
+        self._listeners -= 1
+        self.touch()
+
+    def listener_superseded(self, stream_id: str, generation: int) -> bool:
+        return stream_id == STANDALONE_STREAM and generation != self._standalone_generation
+
+    async def _append(self, stream_id: str, message: Message) -> None:
+        await self.events.append(
+            self.id,
+            stream_id,
+            encode_message(message),
+            is_response=isinstance(message, (Response, ErrorResponse)),
+        )
+
+    async def send_standalone(self, message: Notification | Request) -> None:
+        """A message tied to no request: it goes to the GET stream (or the legacy SSE stream)."""
+        if not self.closed:
+            await self._append(STANDALONE_STREAM, message)
+
+    # --- incoming messages ------------------------------------------------------------------------
+
+    async def start_requests(self, requests: list[Request], stream_id: str | None = None) -> str:
+        """Start each request in its own task; return the stream their output goes to."""
+        if self._nursery is None or self.closed:
+            raise InvalidRequest("session is closed")
+        self.touch()
+        if stream_id is None:
+            stream_id = STANDALONE_STREAM if self.kind == "legacy" else self.new_stream_id()
+        if stream_id != STANDALONE_STREAM:
+            await self.events.open_stream(self.id, stream_id)
+            self._open_requests_per_stream[stream_id] = len(requests)
+        for request in requests:
+            await self._nursery.start(self._execute, request, stream_id)
+        return stream_id
+
+    async def _execute(
+        self, request: Request, stream_id: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        reply: Message | None = None
+        with trio.CancelScope() as scope:
+            if request.id in self._in_flight:
+                task_status.started()
+                reply = _error(request.id, InvalidRequest(f"request id {request.id!r} is already in flight"))
+            else:
+                entry = InFlight(request, stream_id, scope)
+                self._in_flight[request.id] = entry
+                task_status.started()
+                try:
+                    self.state.lifecycle.check_request(request.method)
+                    result = await self._handler(self, request, RequestContext(self, request, stream_id))
+                    reply = Response(request.id, result)
+                except RefserverError as exc:
+                    reply = _error(request.id, exc)
+                except Exception:
+                    logger.exception("request %s (%s) failed", request.id, request.method)
+                    reply = _error(request.id, InternalError("internal error"))
+                finally:
+                    del self._in_flight[request.id]
+        # A cancelled request gets no response (the spec's rule for notifications/cancelled); for DELETE,
+        # expiry and shutdown the session's streams are dropped anyway.
+        with trio.CancelScope(shield=True):
+            if reply is not None and not self.closed:
+                await self._append(stream_id, reply)
+            await self._request_done(stream_id)
+        self.touch()
+
+    async def _request_done(self, stream_id: str) -> None:
+        if stream_id == STANDALONE_STREAM:
+            return
+        remaining = self._open_requests_per_stream[stream_id] - 1
+        if remaining:
+            self._open_requests_per_stream[stream_id] = remaining
+        else:
+            del self._open_requests_per_stream[stream_id]
+            await self.events.close_stream(self.id, stream_id)
+
+    async def receive_notification(self, notification: Notification) -> None:
+        self.touch()
+        if notification.method == "notifications/initialized":
+            self.state.lifecycle.receive_initialized()
+        elif notification.method == "notifications/cancelled":
+            params = notification.params or {}
+            self.cancel_request(params.get("requestId"))
+        # Other client notifications (roots/list_changed, progress) need no action from this server.
+
+    def cancel_request(self, request_id: object) -> bool:
+        """Cancel exactly the in-flight request with this id (type-sensitive: 1 is not "1")."""
+        if isinstance(request_id, bool) or not isinstance(request_id, (int, str)):
+            return False
+        entry = self._in_flight.get(request_id)
+        if entry is None or entry.request.method == "initialize":
+            return False
+        entry.cancelled_by_client = True
+        entry.cancel_scope.cancel()
+        return True
+
+    def receive_reply(self, reply: Response | ErrorResponse) -> bool:
+        """A client's answer to one of our requests (sampling, elicitation, ping)."""
+        self.touch()
+        if reply.id is None:
+            return False
+        pending = self._pending.get(reply.id)
+        if pending is None or pending.done.is_set():
+            logger.debug("session %s: reply to unknown request %r ignored", self.id, reply.id)
+            return False
+        pending.reply = reply
+        pending.done.set()
+        return True
+
+    # --- server-to-client requests ----------------------------------------------------------------
+
+    async def request_client(self, stream_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send a request to the client on `stream_id` and wait (bounded) for its answer."""
+        outgoing_id = f"srv-{next(self._outgoing_ids)}"
+        pending = PendingClientRequest()
+        self._pending[outgoing_id] = pending
+        try:
+            await self._append(stream_id, Request(outgoing_id, method, params))
+            with trio.fail_after(self._client_request_timeout):
+                await pending.done.wait()
+        except trio.TooSlowError:
+            await self._tell_client_cancelled(stream_id, outgoing_id, "timed out")
+            raise ClientRequestFailed(f"client did not answer {method} in time") from None
+        except trio.Cancelled:
+            await self._tell_client_cancelled(stream_id, outgoing_id, "request cancelled")
+            raise
+        finally:
+            del self._pending[outgoing_id]
+        reply = pending.reply
+        if reply is None:
+            raise ClientRequestFailed("session closed before the client answered")
+        if isinstance(reply, ErrorResponse):
+            raise ClientRequestFailed(f"client returned an error for {method}: {reply.message}")
+        return reply.result
+
+    async def _tell_client_cancelled(self, stream_id: str, outgoing_id: str, reason: str) -> None:
+        if self.closed:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_NOTICE_TIMEOUT):
+            notice = Notification("notifications/cancelled", {"requestId": outgoing_id, "reason": reason})
+            try:
+                await self._append(stream_id, notice)
+            except trio.ClosedResourceError:
+                pass
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "in_flight": len(self._in_flight),
+            "pending_client_requests": len(self._pending),
+            "listeners": self._listeners,
+            "subscriptions": len(self.state.subscriptions),
+            "phase": self.state.lifecycle.phase.value,
+        }
+
+
+def _error(request_id: RequestId, exc: RefserverError) -> ErrorResponse:
+    return ErrorResponse(request_id, exc.jsonrpc_code, exc.message, exc.data)
+
+
+class RequestContext:
+    """The `FeatureContext` of one request: everything it sends goes on that request's stream."""
+
+    def __init__(self, session: Session, request: Request, stream_id: str) -> None:
+        self._session = session
+        self._request = request
+        self._stream_id = stream_id
+        meta = (request.params or {}).get("_meta")
+        self._progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
+
+    @property
+    def request_id(self) -> RequestId:
+        return self._request.id
+
+    @property
+    def session_id(self) -> str:
+        return self._session.id
+
+    @property
+    def raw_params(self) -> dict[str, Any] | None:
+        return self._request.params
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def client_capabilities(self) -> dict[str, Any]:
+        return self._session.state.lifecycle.client_capabilities
+
+    async def _send(self, notification: Notification) -> None:
+        await self._session._append(self._stream_id, notification)
+
+    async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self._progress_token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self._progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self._send(Notification("notifications/progress", params))
+
+    async def log(self, level: types.LoggingLevel, data: Any, logger: str | None = None) -> None:
+        if not log_level_allows(self._session.state.log_level, level):
+            return
+        params: dict[str, Any] = {"level": level, "data": data}
+        if logger is not None:
+            params["logger"] = logger
+        await self._send(Notification("notifications/message", params))
+
+    async def sample(self, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        if not self._session.state.lifecycle.client_supports("sampling"):
+            raise ClientCapabilityMissing("the client did not declare the sampling capability")
+        result = await self._session.request_client(
+            self._stream_id, "sampling/createMessage", params.model_dump(by_alias=True, exclude_none=True, mode="json")
+        )
+        return types.CreateMessageResult.model_validate(result)
+
+    async def elicit(self, params: types.ElicitRequestFormParams) -> types.ElicitResult:
+        if not self._session.state.lifecycle.client_supports("elicitation"):
+            raise ClientCapabilityMissing("the client did not declare the elicitation capability")
+        body = params.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if self._session.state.lifecycle.protocol_version != "2025-11-25":
+            body.pop("mode", None)  # `mode` arrived with URL elicitation in 2025-11-25
+        result = await self._session.request_client(self._stream_id, "elicitation/create", body)
+        return types.ElicitResult.model_validate(result)
+
+    async def notify_resource_updated(self, uri: str) -> None:
+        if uri in self._session.state.subscriptions:
+            await self._session.send_standalone(Notification("notifications/resources/updated", {"uri": uri}))
+
+
+def is_ready(session: Session) -> bool:
+    return session.state.lifecycle.phase in (Phase.INITIALIZING, Phase.READY)
+
+
+PeriodicEmitter = Callable[[Session], Awaitable[None]]

@@ -1,0 +1,87 @@
+"""The legacy HTTP+SSE transport (protocol 2024-11-05) for old clients: `GET /sse` + `POST /message`.
+
+A legacy session lives exactly as long as its SSE connection: every response, notification and
+server-to-client request of the session travels on that one stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from quart import Blueprint, Response, request
+
+from refserver.backend.events import STANDALONE_STREAM
+from refserver.errors import InvalidRequest, MissingSessionId, SessionNotFound
+from refserver.protocol.jsonrpc import ErrorResponse, Invalid, Notification, Request, parse_body
+from refserver.protocol.jsonrpc import Response as RpcResponse
+from refserver.protocol.lifecycle import batch_allowed
+from refserver.protocol.sse import encode_event
+from refserver.registry import SessionRegistry
+from refserver.session import Session
+from refserver.transport.guards import check_json_content_type, check_sse_accept, read_body
+from refserver.transport.services import Services
+from refserver.transport.sse_stream import follow_stream, sse_response
+
+
+def create_blueprint(services: Services) -> Blueprint:
+    blueprint = Blueprint("legacy_sse", __name__)
+    settings = services.settings
+    registry = services.registry
+
+    def guard() -> None:
+        services.origin_policy.check(request.headers.get("Host"), request.headers.get("Origin"))
+
+    @blueprint.get("/sse")
+    async def open_stream() -> Response:
+        guard()
+        check_sse_accept(request.headers.get("Accept"))
+        session = await registry.create_session("legacy")
+        endpoint = encode_event(f"/message?sessionId={session.id}", event="endpoint")
+        return sse_response(_session_stream(registry, session, endpoint, settings.heartbeat_interval))
+
+    async def _session_stream(
+        registry: SessionRegistry, session: Session, endpoint: bytes, heartbeat: float
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in follow_stream(
+                registry,
+                session,
+                STANDALONE_STREAM,
+                after_seq=0,
+                heartbeat_interval=heartbeat,
+                retry_ms=settings.sse_retry_ms,
+                preamble=(endpoint,),
+                prime=False,
+            ):
+                yield chunk
+        finally:
+            session.close("stream closed")
+
+    @blueprint.post("/message")
+    async def post_message() -> Response:
+        guard()
+        check_json_content_type(request.headers.get("Content-Type"))
+        session_id = request.args.get("sessionId")
+        if not session_id:
+            raise MissingSessionId("Bad Request: sessionId query parameter is required")
+        session = registry.get(session_id)
+        if session.kind != "legacy":
+            raise SessionNotFound("Session not found")
+        parsed = parse_body(await read_body(request, settings.max_body_bytes))
+        if parsed.is_batch and not batch_allowed(session.state.lifecycle.protocol_version or "2024-11-05"):
+            raise InvalidRequest("Invalid Request: batches are not supported in this protocol version")
+        if any(isinstance(m, Invalid) for m in parsed.messages):
+            raise InvalidRequest("Invalid Request: batch contains invalid messages")
+        requests = []
+        for message in parsed.messages:
+            if isinstance(message, Request):
+                requests.append(message)
+            elif isinstance(message, Notification):
+                await session.receive_notification(message)
+            elif isinstance(message, (RpcResponse, ErrorResponse)):
+                session.receive_reply(message)
+        if requests:
+            await session.start_requests(requests)
+        return Response("Accepted", status=202, content_type="text/plain")
+
+    return blueprint

@@ -1,0 +1,97 @@
+"""`GET /health` (JSON) and `GET /` (the splash page)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from quart import Blueprint, Response
+
+from refserver import __version__
+from refserver.protocol.jsonrpc import encode_json
+from refserver.protocol.lifecycle import SUPPORTED_VERSIONS
+from refserver.transport.services import Services
+
+HTML_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def health_document(services: Services) -> dict[str, Any]:
+    stats = services.registry.statistics()
+    backend = "redis" if services.settings.redis_url else "memory"
+    status = "draining" if stats["draining"] else "ok"
+    return {
+        "status": status,
+        "version": __version__,
+        "backend": {"kind": backend, "state": "ok"},
+        "auth": {"mode": services.settings.auth_mode},
+        "sessions": stats["sessions"],
+        "inFlightRequests": stats["in_flight_requests"],
+    }
+
+
+def create_blueprint(services: Services) -> Blueprint:
+    blueprint = Blueprint("pages", __name__)
+
+    @blueprint.get("/health")
+    async def health() -> Response:
+        document = health_document(services)
+        status = 200 if document["status"] == "ok" else 503
+        return Response(encode_json(document), status=status, content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    @blueprint.get("/")
+    async def splash() -> Response:
+        return Response(splash_html(services), content_type="text/html; charset=utf-8", headers=HTML_SECURITY_HEADERS)
+
+    return blueprint
+
+
+def splash_html(services: Services) -> str:
+    settings = services.settings
+    mcp_url = html.escape(settings.mcp_url)
+    sse_url = html.escape(f"{settings.base_url}/sse")
+    features = ", ".join(html.escape(f) for f in settings.features)
+    versions = ", ".join(SUPPORTED_VERSIONS)
+    tools = "".join(f"<li><code>{html.escape(t.definition.name)}</code> — "
+                    f"{html.escape(t.definition.description or '')}</li>"
+                    for t in services.dispatcher.features.catalog.tools
+                    if not t.definition.name.startswith("test_"))
+    auth_note = (
+        "Authentication is <strong>off</strong> (<code>REFSERVER_AUTH_MODE=none</code>): local development only."
+        if settings.auth_mode == "none"
+        else f"Authentication: OAuth 2.1 (<code>{html.escape(settings.auth_mode)}</code>)."
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>refserver — MCP reference server</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}
+code,pre{{background:#f3f3f3;padding:.1rem .3rem;border-radius:4px}} pre{{padding:.8rem;overflow:auto}}
+.banner{{padding:.6rem 1rem;border-radius:6px;background:#eef6ee;border:1px solid #9c9}}
+</style></head>
+<body>
+<h1>refserver</h1>
+<p>A production-grade <a href="https://modelcontextprotocol.io">Model Context Protocol</a> server:
+every MCP feature over Streamable HTTP and the legacy SSE transport.</p>
+<p class="banner">{auth_note}</p>
+<h2>Connect</h2>
+<ul>
+<li>Streamable HTTP (recommended): <code>{mcp_url}</code></li>
+<li>Legacy HTTP+SSE: <code>{sse_url}</code></li>
+</ul>
+<p>With the MCP Inspector:</p>
+<pre>npx -y @modelcontextprotocol/inspector
+# Transport: Streamable HTTP, URL: {mcp_url}</pre>
+<p>Protocol versions: {versions}. Feature modules: {features}.</p>
+<h2>Tools</h2><ul>{tools}</ul>
+<p>Resources: 100 at <code>test://static/resource/{{id}}</code> (10 per page, subscribable);
+prompts <code>simple_prompt</code>, <code>complex_prompt</code>, <code>resource_prompt</code>;
+completions; logging. Health: <a href="/health">/health</a>.</p>
+</body></html>
+"""

@@ -1,0 +1,18 @@
+"""What the HTTP adapters need, built once by `refserver.app.create_app`."""
+
+from __future__ import annotations
+
+import attrs
+
+from refserver.config import Settings
+from refserver.dispatch import McpDispatcher
+from refserver.registry import SessionRegistry
+from refserver.transport.guards import OriginPolicy
+
+
+@attrs.frozen
+class Services:
+    settings: Settings
+    registry: SessionRegistry
+    dispatcher: McpDispatcher
+    origin_policy: OriginPolicy

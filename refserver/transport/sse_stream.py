@@ -1,0 +1,72 @@
+"""An SSE response that follows one stream of the event log until it closes.
+
+The handler only reads: the session appends, the log bounds memory, and a slow or vanished client
+never blocks the work. A stream ends when its last event is sent, when the session goes away, when a
+newer GET supersedes it, or when shutdown starts (then with `retry:` so the client reconnects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Final
+
+import trio
+from quart import Response
+
+from refserver.backend.events import format_event_id
+from refserver.protocol.sse import HEARTBEAT, encode_event
+from refserver.registry import SessionRegistry
+from refserver.session import Session
+
+SSE_HEADERS: Final = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # tell reverse proxies not to buffer the stream
+}
+
+
+async def follow_stream(
+    registry: SessionRegistry,
+    session: Session,
+    stream_id: str,
+    *,
+    after_seq: int,
+    heartbeat_interval: float,
+    retry_ms: int,
+    preamble: tuple[bytes, ...] = (),
+    prime: bool = True,
+) -> AsyncIterator[bytes]:
+    generation = session.attach_listener(stream_id)
+    events = registry.events
+    try:
+        for chunk in preamble:
+            yield chunk
+        if prime:
+            # Priming event: an id to resume from and the reconnection delay, before any message.
+            yield encode_event("", event_id=format_event_id(stream_id, after_seq), retry_ms=retry_ms)
+        cursor = after_seq
+        while True:
+            if registry.draining:
+                yield encode_event(None, retry_ms=retry_ms)
+                return
+            if session.listener_superseded(stream_id, generation):
+                return
+            read = await events.read_after(session.id, stream_id, cursor)
+            for event in read.events:
+                yield encode_event(event.data, event_id=format_event_id(stream_id, event.seq))
+                cursor = event.seq
+            if read.closed or not read.exists:
+                return
+            if not read.events:
+                with trio.move_on_after(heartbeat_interval) as waited:
+                    await events.wait_for_events(session.id, stream_id, cursor)
+                if waited.cancelled_caught:
+                    session.touch()
+                    yield HEARTBEAT
+    finally:
+        session.detach_listener()
+
+
+def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:
+    response = Response(body, content_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
+    response.timeout = None  # Quart's RESPONSE_TIMEOUT would otherwise cut the stream at 60 s
+    return response
