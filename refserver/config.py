@@ -7,6 +7,7 @@ rejected at start-up so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -65,7 +66,19 @@ def _base_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http(s) URL")
+    if parts.query or parts.fragment or "?" in raw or "#" in raw:
+        raise ValueError("must not have a query or fragment (the endpoints are appended to its path)")
+    if parts.username is not None:
+        raise ValueError("must not contain user info")
+    parts.port  # noqa: B018 -- raises ValueError for a non-numeric or out-of-range port
     return raw.rstrip("/")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ValueError(f"must be one of {', '.join(sorted(logging.getLevelNamesMapping()))}")
+    return level
 
 
 def _setting(env: str, parse: Callable[[str], Any], doc: str, default: Any) -> Any:
@@ -138,7 +151,7 @@ class Settings:
         "Seconds a tool waits for the client to answer sampling or elicitation.",
         120.0,
     )
-    log_level: str = _setting("LOG_LEVEL", str.upper, "Python log level of the server's own log.", "INFO")
+    log_level: str = _setting("LOG_LEVEL", _log_level, "Python log level of the server's own log.", "INFO")
 
     @property
     def base_origin(self) -> str:

@@ -98,6 +98,7 @@ class Session:
         self._now = now
         self._nursery: trio.Nursery | None = None
         self._closed = trio.Event()
+        self._finished = trio.Event()
         self.close_reason: str | None = None
         self._in_flight: dict[RequestId, InFlight] = {}
         self._pending: dict[RequestId, PendingClientRequest] = {}
@@ -119,11 +120,14 @@ class Session:
                 await self._closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            # Cancelled from outside (the registry is shutting down) rather than closed by us.
+            self.close("shutdown")
             self._nursery = None
             for pending in self._pending.values():
                 pending.done.set()
             with trio.CancelScope(shield=True):
                 await self.events.drop_session(self.id)
+            self._finished.set()
 
     @property
     def closed(self) -> bool:
@@ -137,7 +141,8 @@ class Session:
             self._closed.set()
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        """Return once the session is closed and everything it owned is cancelled and released."""
+        await self._finished.wait()
 
     def touch(self) -> None:
         self.last_activity = self._now()

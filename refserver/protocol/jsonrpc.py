@@ -93,11 +93,14 @@ def _parse_object(obj: object) -> Message:
             raise InvalidRequest('a response has "result" or "error", not both', data={"id": known_id})
         if "error" in obj:
             error = obj["error"]
-            if not isinstance(error, dict) or not isinstance(error.get("code"), int):
-                raise InvalidRequest('"error" must be an object with an integer "code"', data={"id": known_id})
+            code = error.get("code") if isinstance(error, dict) else None
+            if isinstance(code, bool) or not isinstance(code, int):
+                raise InvalidRequest(
+                    '"error" must be an object with an integer "code"', data={"id": known_id}
+                )
             if raw_id is not None and known_id is None:
                 raise InvalidRequest('"id" must be a string, an integer or null')
-            return ErrorResponse(known_id, error["code"], str(error.get("message", "")), error.get("data"))
+            return ErrorResponse(known_id, code, str(error.get("message", "")), error.get("data"))
         if known_id is None:
             raise InvalidRequest('a response needs a string or integer "id"')
         result = obj["result"]
@@ -107,6 +110,10 @@ def _parse_object(obj: object) -> Message:
     raise InvalidRequest("not a JSON-RPC request, notification or response", data={"id": known_id})
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_body(body: bytes | str) -> ParsedBody:
     """Parse one HTTP body: a single message, or a batch (array) of them.
 
@@ -114,8 +121,11 @@ def parse_body(body: bytes | str) -> ParsedBody:
     elements of a batch come back as `Invalid` so that each gets its own error response.
     """
     try:
-        decoded = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(body, bytes):
+            # Strict decoding: json.loads alone lets UTF-8-encoded surrogates through ("surrogatepass").
+            body = body.decode(json.detect_encoding(body))
+        decoded = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError(f"invalid JSON: {exc}") from exc
     if isinstance(decoded, list):
         if not decoded:

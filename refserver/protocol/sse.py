@@ -6,18 +6,22 @@ The decoder follows the WHATWG event-stream rules: lines end in CRLF, LF or CR; 
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import attrs
 
 HEARTBEAT: Final = b": ping\n\n"
+_BOM: Final = b"\xef\xbb\xbf"
+_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 MAX_LINE_BYTES: Final = 1024 * 1024
 """A decoder refuses a single line above this (protects test clients from a runaway stream)."""
 
 
 def _field_lines(name: str, value: str) -> str:
-    # A value with newlines becomes several `data:` lines; the receiver joins them with "\n".
-    return "".join(f"{name}: {line}\n" for line in value.split("\n"))
+    # A value with line breaks becomes several `data:` lines; the receiver joins them with "\n".
+    # CR and CRLF end a line on the wire too, so they are split on as well (and arrive as "\n").
+    return "".join(f"{name}: {line}\n" for line in _LINE_BREAK.split(value))
 
 
 def encode_event(
@@ -34,6 +38,8 @@ def encode_event(
             raise ValueError("event id must not contain newlines or NUL")
         parts.append(f"id: {event_id}\n")
     if event is not None:
+        if "\n" in event or "\r" in event:
+            raise ValueError("event type must not contain newlines")
         parts.append(f"event: {event}\n")
     if retry_ms is not None:
         parts.append(f"retry: {int(retry_ms)}\n")
@@ -67,10 +73,18 @@ class SSEDecoder:
     _event: str = ""
     _saw_field: bool = False
     _pending_cr: bool = False
+    _bom_checked: bool = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         self._buffer += chunk
+        if not self._bom_checked:
+            # The stream may start with a UTF-8 BOM, which is not part of the first line.
+            if len(self._buffer) < len(_BOM) and _BOM.startswith(self._buffer):
+                return events
+            if self._buffer.startswith(_BOM):
+                self._buffer = self._buffer[len(_BOM) :]
+            self._bom_checked = True
         while True:
             line, found = self._take_line()
             if not found:
@@ -83,9 +97,11 @@ class SSEDecoder:
 
     def _take_line(self) -> tuple[str, bool]:
         buf = self._buffer
-        if self._pending_cr and buf[:1] == b"\n":
-            buf = buf[1:]
-        self._pending_cr = False
+        if self._pending_cr and buf:
+            # Only a following byte settles whether the CR was half of a CRLF.
+            if buf[:1] == b"\n":
+                buf = buf[1:]
+            self._pending_cr = False
         for index, byte in enumerate(buf):
             if byte == 0x0A or byte == 0x0D:
                 line = buf[:index]
@@ -119,9 +135,8 @@ class SSEDecoder:
             if "\0" not in value:
                 self.last_event_id = value
             self._saw_field = True
-        elif name == "retry":
-            if value.isdigit():
-                self.retry = int(value)
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
         return None
 
     def _dispatch(self) -> SSEEvent | None:

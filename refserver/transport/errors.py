@@ -23,7 +23,12 @@ def jsonrpc_error_body(code: int, message: str, request_id: RequestId | None = N
 
 def error_response(exc: RefserverError, request_id: RequestId | None = None) -> Response:
     status = exc.http_status if exc.http_status >= 400 else 400
-    data = None if isinstance(exc.data, dict) and set(exc.data) == {"id"} else exc.data
+    data = exc.data
+    if isinstance(data, dict) and set(data) == {"id"}:
+        # The parser's way of saying which request was invalid: echo that id (JSON-RPC 2.0, section 5).
+        if request_id is None:
+            request_id = data["id"]
+        data = None
     response = Response(
         jsonrpc_error_body(exc.jsonrpc_code, exc.message, request_id, data),
         status=status,
@@ -36,13 +41,19 @@ def error_response(exc: RefserverError, request_id: RequestId | None = None) -> 
 
 def http_exception_response(exc: HTTPException) -> Response:
     status = exc.code or 500
-    return Response(
+    response = Response(
         jsonrpc_error_body(-32600 if status < 500 else -32603, exc.description or exc.name),
         status=status,
         content_type="application/json",
     )
+    valid_methods = getattr(exc, "valid_methods", None)
+    if status == 405 and valid_methods:
+        response.headers["Allow"] = ", ".join(valid_methods)  # RFC 9110: a 405 MUST list the allowed methods
+    return response
 
 
 def unexpected_exception_response(exc: BaseException) -> Response:
     logger.error("unhandled error", exc_info=exc)
-    return Response(jsonrpc_error_body(-32603, "Internal server error"), status=500, content_type="application/json")
+    return Response(
+        jsonrpc_error_body(-32603, "Internal server error"), status=500, content_type="application/json"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
@@ -18,13 +19,39 @@ from refserver.errors import (
     UnsupportedMediaType,
 )
 
-LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+_REG_NAME: Final = re.compile(r"[a-z0-9._~-]+")
+_IPV6: Final = re.compile(r"[0-9a-f:.]+")
+_PORT: Final = re.compile(r"(?::[0-9]*)?")
 
 
-def _hostname(netloc: str) -> str:
-    # "[::1]:3232" -> "::1", "Example.COM:80" -> "example.com"
-    parsed = urlsplit(f"//{netloc}")
-    return (parsed.hostname or "").lower()
+def _hostname(authority: str) -> str | None:
+    """The lowercase host of `host[:port]` (RFC 9110 Host), brackets stripped; None if malformed.
+
+    "[::1]:3232" -> "::1", "Example.COM:80" -> "example.com". Strict on purpose: a lenient URL
+    parser would read "evil.example@127.0.0.1" (userinfo) or "127.0.0.1/x" as 127.0.0.1.
+    """
+    value = authority.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        host, rest = (value[1:end], value[end + 1 :]) if end > 0 else ("", "")
+        if not _IPV6.fullmatch(host):
+            return None
+    else:
+        host, sep, port = value.partition(":")
+        rest = sep + port
+        if not _REG_NAME.fullmatch(host):
+            return None
+    return host if _PORT.fullmatch(rest) else None
+
+
+def _configured_host(entry: str) -> str | None:
+    """An ALLOWED_HOSTS entry: "name", "name:port", "[v6]", "[v6]:port" or a bare IPv6 address."""
+    entry = entry.strip().lower()
+    if entry.count(":") > 1 and not entry.startswith("["):
+        return entry if _IPV6.fullmatch(entry) else None
+    return _hostname(entry)
 
 
 @attrs.frozen
@@ -36,10 +63,10 @@ class OriginPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OriginPolicy:
-        hosts = {_hostname(urlsplit(settings.base_url).netloc), *LOOPBACK_HOSTS}
-        hosts.update(_hostname(h) if ":" in h and not h.startswith("[") else h.lower() for h in settings.allowed_hosts)
+        hosts = {(urlsplit(settings.base_url).hostname or "").lower(), *LOOPBACK_HOSTS}
+        hosts.update(_configured_host(h) for h in settings.allowed_hosts)
         origins = {settings.base_origin.lower(), *(o.rstrip("/").lower() for o in settings.allowed_origins)}
-        return cls(frozenset(h.strip("[]") for h in hosts), frozenset(origins))
+        return cls(frozenset(h for h in hosts if h), frozenset(origins))
 
     def check(self, host: str | None, origin: str | None) -> None:
         if host is None or _hostname(host) not in self.allowed_hosts:
@@ -49,8 +76,8 @@ class OriginPolicy:
         normalized = origin.rstrip("/").lower()
         if normalized in self.allowed_origins:
             return
-        parsed = urlsplit(normalized)
-        if parsed.scheme in ("http", "https") and (parsed.hostname or "") in {h.strip("[]") for h in LOOPBACK_HOSTS}:
+        scheme, sep, authority = normalized.partition("://")
+        if sep and scheme in ("http", "https") and _hostname(authority) in LOOPBACK_HOSTS:
             return  # a local tool (the MCP Inspector) on any loopback port
         raise ForbiddenOrigin(f"Origin {origin!r} is not allowed")
 

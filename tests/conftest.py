@@ -1,0 +1,150 @@
+"""Shared fixtures: real Hypercorn processes on free ports, real redis-server processes, HTTP clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HYPERCORN = [sys.executable, "-m", "hypercorn"]
+SERVER_START_TIMEOUT = 20.0
+"""Seconds a fresh Hypercorn process gets to answer /health (spawned worker + imports)."""
+
+INIT_PARAMS = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {"sampling": {}, "elicitation": {"form": {}}},
+    "clientInfo": {"name": "refserver-tests", "version": "0"},
+}
+POST_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@attrs.define
+class ServerProcess:
+    """A real `hypercorn --config hypercorn.toml refserver.app:app` on its own port."""
+
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.url}/mcp"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [*HYPERCORN, "--config", "hypercorn.toml", "--bind", f"127.0.0.1:{self.port}", "refserver.app:app"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited at start-up:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1.0).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start in {SERVER_START_TIMEOUT}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def server_env(**settings: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSERVER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    for key, value in settings.items():
+        env[f"REFSERVER_{key.upper()}"] = str(value)
+    return env
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Any]:
+    started: list[ServerProcess] = []
+
+    def make(**settings: Any) -> ServerProcess:
+        port = free_port()
+        settings.setdefault("base_url", f"http://127.0.0.1:{port}")
+        server = ServerProcess(port, server_env(**settings), tmp_path / f"server-{port}.log")
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the many tests that only need a fresh session each."""
+    port = free_port()
+    server = ServerProcess(
+        port,
+        server_env(base_url=f"http://127.0.0.1:{port}", subscription_update_interval=0.5, log_message_interval=0.5),
+        tmp_path_factory.mktemp("shared") / "server.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(20.0)) as client:
+        yield client
+
+
+async def initialize(http: httpx.AsyncClient, mcp_url: str, **params: Any) -> str:
+    """Open a session the raw way; return its id."""
+    body = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {**INIT_PARAMS, **params}}
+    response = await http.post(mcp_url, json=body, headers=POST_HEADERS)
+    assert response.status_code == 200, response.text
+    session_id = response.headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    accepted = await http.post(mcp_url, json=note, headers={**POST_HEADERS, "Mcp-Session-Id": session_id})
+    assert accepted.status_code == 202
+    return session_id
+
+
+def session_headers(session_id: str, version: str = "2025-11-25") -> dict[str, str]:
+    return {**POST_HEADERS, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": version}
