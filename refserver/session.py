@@ -105,7 +105,7 @@ class Session:
         self._open_requests_per_stream: dict[str, int] = {}
         self._outgoing_ids = itertools.count(1)
         self._listeners = 0
-        self._standalone_generation = 0
+        self._listener_generations: dict[str, int] = {}
         self.last_activity = now()
 
     # --- lifetime -------------------------------------------------------------------------------
@@ -156,23 +156,37 @@ class Session:
         return "r" + secrets.token_hex(REQUEST_STREAM_ID_BYTES)
 
     def attach_listener(self, stream_id: str) -> int:
-        """Count an SSE connection as activity; return a generation for the standalone stream.
+        """Count an SSE connection as activity; return its generation on `stream_id`.
 
-        A newer GET supersedes an older one on the standalone stream, so that one message is never
-        delivered on two connections (the transport spec forbids broadcasting).
+        The newest connection on a stream supersedes older ones (a resumed GET replaces the POST it
+        resumes, a new GET the old one), so that a message is never delivered on two connections: the
+        transport spec forbids broadcasting.
         """
         self._listeners += 1
         self.touch()
-        if stream_id == STANDALONE_STREAM:
-            self._standalone_generation += 1
-        return self._standalone_generation
+        generation = self._listener_generations.get(stream_id, 0) + 1
+        self._listener_generations[stream_id] = generation
+        return generation
 
     def detach_listener(self) -> None:
         self._listeners -= 1
         self.touch()
 
+    def listener_generation(self, stream_id: str) -> int:
+        return self._listener_generations.get(stream_id, 0)
+
     def listener_superseded(self, stream_id: str, generation: int) -> bool:
-        return stream_id == STANDALONE_STREAM and generation != self._standalone_generation
+        current = self._listener_generations.get(stream_id)
+        return current is not None and current != generation
+
+    def disconnect_listeners(self, stream_id: str) -> None:
+        """End the HTTP responses following `stream_id` (with `retry:`); the stream itself goes on.
+
+        The client reconnects with `Last-Event-ID` and gets the rest: this is how a server sheds long
+        connections (SEP-1699 polling) without losing a request's output.
+        """
+        self._listener_generations[stream_id] = self._listener_generations.get(stream_id, 0) + 1
+        self.events.wake(self.id, stream_id)
 
     async def _append(self, stream_id: str, message: Message) -> None:
         await self.events.append(
@@ -242,6 +256,7 @@ class Session:
             self._open_requests_per_stream[stream_id] = remaining
         else:
             del self._open_requests_per_stream[stream_id]
+            self._listener_generations.pop(stream_id, None)
             await self.events.close_stream(self.id, stream_id)
 
     async def receive_notification(self, notification: Notification) -> None:
@@ -346,6 +361,11 @@ class RequestContext:
         return self._session.id
 
     @property
+    def progress_token(self) -> str | int | None:
+        token = self._progress_token
+        return token if isinstance(token, (str, int)) and not isinstance(token, bool) else None
+
+    @property
     def raw_params(self) -> dict[str, Any] | None:
         return self._request.params
 
@@ -394,6 +414,9 @@ class RequestContext:
             body.pop("mode", None)  # `mode` arrived with URL elicitation in 2025-11-25
         result = await self._session.request_client(self._stream_id, "elicitation/create", body)
         return types.ElicitResult.model_validate(result)
+
+    async def close_sse_stream(self) -> None:
+        self._session.disconnect_listeners(self._stream_id)
 
     async def notify_resource_updated(self, uri: str) -> None:
         if uri in self._session.state.subscriptions:

@@ -98,7 +98,8 @@ class _TappedReadStream:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        return await self._inner.__aexit__(exc_type, exc, tb)
+        suppress: bool | None = await self._inner.__aexit__(exc_type, exc, tb)
+        return suppress
 
 
 @asynccontextmanager
@@ -301,12 +302,12 @@ async def test_add(url: str, a: float, b: float, text: str) -> None:
 async def test_long_running_operation_reports_progress_in_order_before_the_result(url: str) -> None:
     steps = 4
     wire: list[types.JSONRPCMessage] = []
-    progress: list[tuple[float, float | None, str | None]] = []
+    updates: list[tuple[float, float | None, str | None]] = []
     progress_seen = trio.Event()
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, total, message))
-        if len(progress) == steps:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+        if len(updates) == steps:
             progress_seen.set()
 
     with trio.fail_after(TEST_TIMEOUT):
@@ -325,7 +326,7 @@ async def test_long_running_operation_reports_progress_in_order_before_the_resul
     assert only_text(result) == f"Long running operation completed. Duration: 0.8 seconds, Steps: {steps}."
     assert elapsed >= 0.7
     expected = [(float(step), float(steps), f"Step {step} of {steps}") for step in range(1, steps + 1)]
-    assert progress == expected
+    assert updates == expected
 
     # Wire order: every progress notification precedes the tools/call response.
     call_response = next(
@@ -446,10 +447,10 @@ async def test_concurrent_sampling_requests_reach_their_own_calls(url: str) -> N
 
 async def test_cancelled_tool_call_stops_and_the_session_survives(url: str) -> None:
     wire: list[types.JSONRPCMessage] = []
-    progress: list[float] = []
+    updates: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append(progress)
 
     with trio.fail_after(TEST_TIMEOUT):
         async with make_client(tapped(streamable_http_client(url), wire)) as client:
@@ -459,11 +460,11 @@ async def test_cancelled_tool_call_stops_and_the_session_survives(url: str) -> N
                     "longRunningOperation", {"duration": 3, "steps": 10}, progress_callback=on_progress
                 )
             assert scope.cancelled_caught
-            at_cancel = len(progress)
+            at_cancel = len(updates)
             await trio.sleep(1.0)  # long enough for three more steps had the operation gone on
             echoed = await client.call_tool("echo", {"message": "after cancel"})
     assert 1 <= at_cancel <= 3
-    assert len(progress) <= at_cancel + 1, "progress kept arriving after notifications/cancelled"
+    assert len(updates) <= at_cancel + 1, "progress kept arriving after notifications/cancelled"
     assert only_text(echoed) == "Echo: after cancel"
     assert not [
         m for m in wire if isinstance(m, types.JSONRPCResponse) and "Long running" in json.dumps(m.result)
@@ -619,8 +620,8 @@ async def test_elicit_inputs_accept(url: str) -> None:
         ("cancel", "⚠️ User cancelled the elicitation dialog."),
     ],
 )
-async def test_elicit_inputs_decline_and_cancel(url: str, action: str, text: str) -> None:
-    recorder = Recorder(elicit_result=types.ElicitResult(action=action))  # type: ignore[arg-type]
+async def test_elicit_inputs_decline_and_cancel(url: str, action: Any, text: str) -> None:
+    recorder = Recorder(elicit_result=types.ElicitResult(action=action))
     with trio.fail_after(TEST_TIMEOUT):
         async with make_client(url, recorder) as client:
             result = await client.call_tool("elicitInputs", {})
@@ -972,12 +973,14 @@ async def test_logging_set_level_filters_periodic_messages(url: str) -> None:
 async def test_logging_set_level_rejects_unknown_level(url: str) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with make_client(url) as client:
+            unknown: Any = "loud"  # bypasses the SDK's own validation, so the server sees it
             with pytest.raises(MCPError) as caught:
                 await client.session.send_request(
-                    types.SetLevelRequest(params=types.SetLevelRequestParams.model_construct(level="loud")),
+                    types.SetLevelRequest(params=types.SetLevelRequestParams.model_construct(level=unknown)),
                     types.EmptyResult,
                 )
     assert caught.value.code == INVALID_PARAMS
+    assert "logging/setLevel" in caught.value.message  # the server's wording, not the SDK's
 
 
 # --- the legacy HTTP+SSE transport ---------------------------------------------------------------
@@ -1011,12 +1014,12 @@ async def test_legacy_sse_transport(shared_server: Any) -> None:
             assert isinstance(first, types.TextContent)
             assert first.text == "This is a complex prompt with arguments: temperature=0.5, style=casual"
 
-            progress: list[tuple[float, float | None, str | None]] = []
+            updates: list[tuple[float, float | None, str | None]] = []
             all_progress = trio.Event()
 
-            async def on_progress(value: float, total: float | None, message: str | None) -> None:
-                progress.append((value, total, message))
-                if len(progress) == 3:
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                updates.append((progress, total, message))
+                if len(updates) == 3:
                     all_progress.set()
 
             done = await client.call_tool(
@@ -1025,7 +1028,7 @@ async def test_legacy_sse_transport(shared_server: Any) -> None:
             assert only_text(done) == "Long running operation completed. Duration: 0.3 seconds, Steps: 3."
             with trio.fail_after(2):
                 await all_progress.wait()
-            assert progress == [(float(i), 3.0, f"Step {i} of 3") for i in (1, 2, 3)]
+            assert updates == [(float(i), 3.0, f"Step {i} of 3") for i in (1, 2, 3)]
 
             await client.subscribe_resource(resource_uri(5))
             with trio.fail_after(5):

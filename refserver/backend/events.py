@@ -58,6 +58,10 @@ class EventLog(Protocol):
 
     async def drop_session(self, session_id: str) -> None: ...
 
+    def wake(self, session_id: str, stream_id: str) -> None:
+        """Wake the waiters of one stream (its listeners re-check whether they should stop)."""
+        ...
+
     def wake_all(self) -> None:
         """Wake every waiter (used when shutdown starts, so streams notice at once)."""
         ...

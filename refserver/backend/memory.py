@@ -91,6 +91,11 @@ class MemoryEventLog:
             history.closed = True
             history.wake()
 
+    def wake(self, session_id: str, stream_id: str) -> None:
+        history = self._streams.get((session_id, stream_id))
+        if history is not None:
+            history.wake()
+
     def wake_all(self) -> None:
         for history in self._streams.values():
             history.wake()

