@@ -61,7 +61,7 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
     event = hypercorn_shutdown_event()
     if event is None:
         return
-    while not event.is_set():
+    while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
         await trio.sleep(SHUTDOWN_POLL_INTERVAL)
     registry.begin_drain()
 

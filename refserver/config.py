@@ -88,7 +88,10 @@ def _setting(env: str, parse: Callable[[str], Any], doc: str, default: Any) -> A
 @attrs.frozen(kw_only=True)
 class Settings:
     base_url: str = _setting(
-        "BASE_URL", _base_url, "Public URL of this server (issuer, resource URI, links).", "http://localhost:3232"
+        "BASE_URL",
+        _base_url,
+        "Public URL of this server (issuer, resource URI, links).",
+        "http://localhost:3232",
     )
     redis_url: str | None = _setting(
         "REDIS_URL", _optional_str, "Redis URL; unset means the in-memory backend (one instance).", None

@@ -67,8 +67,7 @@ class McpDispatcher:
     def __init__(self, features: FeatureIndex) -> None:
         self.features = features
         self._validators = {
-            name: jsonschema.Draft202012Validator(tool.definition.input_schema)
-            for name, tool in features.tools.items()
+            name: jsonschema.Draft202012Validator(tool.definition.input_schema) for name, tool in features.tools.items()
         }
         self._tool_list = [tool.definition for tool in features.catalog.tools]
         self._handlers: dict[str, Handler] = {
@@ -123,7 +122,11 @@ class McpDispatcher:
         return {
             "protocolVersion": version,
             "capabilities": self.capabilities(),
-            "serverInfo": {"name": SERVER_NAME, "title": "refserver MCP reference server", "version": __version__},
+            "serverInfo": {
+                "name": SERVER_NAME,
+                "title": "refserver MCP reference server",
+                "version": __version__,
+            },
             "instructions": INSTRUCTIONS,
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -142,10 +143,9 @@ class SessionRegistry:
             for session in list(self._sessions.values()):
                 if session.closed:
                     continue
-                try:
+                # The session may close between the check and the send.
+                with contextlib.suppress(trio.ClosedResourceError):
                     await notifier.emit(session)
-                except trio.ClosedResourceError:
-                    pass  # the session closed between the check and the send
 
     def statistics(self) -> dict[str, Any]:
         in_flight = sum(s.statistics()["in_flight"] for s in self._sessions.values())

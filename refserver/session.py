@@ -9,6 +9,7 @@ HTTP handlers only read streams, so a client disconnect never loses or blocks th
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import secrets
@@ -218,7 +219,11 @@ class Session:
         return stream_id
 
     async def _execute(
-        self, request: Request, stream_id: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        request: Request,
+        stream_id: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         reply: Message | None = None
         with trio.CancelScope() as scope:
@@ -323,10 +328,8 @@ class Session:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_NOTICE_TIMEOUT):
             notice = Notification("notifications/cancelled", {"requestId": outgoing_id, "reason": reason})
-            try:
+            with contextlib.suppress(trio.ClosedResourceError):
                 await self._append(stream_id, notice)
-            except trio.ClosedResourceError:
-                pass
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -402,7 +405,9 @@ class RequestContext:
         if not self._session.state.lifecycle.client_supports("sampling"):
             raise ClientCapabilityMissing("the client did not declare the sampling capability")
         result = await self._session.request_client(
-            self._stream_id, "sampling/createMessage", params.model_dump(by_alias=True, exclude_none=True, mode="json")
+            self._stream_id,
+            "sampling/createMessage",
+            params.model_dump(by_alias=True, exclude_none=True, mode="json"),
         )
         return types.CreateMessageResult.model_validate(result)
 

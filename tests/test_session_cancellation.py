@@ -73,10 +73,14 @@ async def ready_session(registry: SessionRegistry) -> Session:
 
 
 def long_call(request_id: int | str, duration: float = 10, steps: int = 5) -> Request:
-    return Request(request_id, "tools/call", {"name": "longRunningOperation", "arguments": {"duration": duration, "steps": steps}})
+    return Request(
+        request_id, "tools/call", {"name": "longRunningOperation", "arguments": {"duration": duration, "steps": steps}}
+    )
 
 
-async def test_cancelled_notification_cancels_exactly_that_request(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_cancelled_notification_cancels_exactly_that_request(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     session = await ready_session(registry)
     int_stream = await session.start_requests([long_call(1)])
     str_stream = await session.start_requests([long_call("1")])
@@ -95,7 +99,9 @@ async def test_cancelled_notification_cancels_exactly_that_request(registry: Ses
     assert not session.closed
 
 
-async def test_cancelling_an_unknown_or_finished_request_changes_nothing(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_cancelling_an_unknown_or_finished_request_changes_nothing(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     session = await ready_session(registry)
     stream = await session.start_requests([long_call(7, duration=1, steps=1)])
     await wait_closed(session, stream)
@@ -106,13 +112,17 @@ async def test_cancelling_an_unknown_or_finished_request_changes_nothing(registr
     assert session.statistics()["in_flight"] == 0
 
 
-async def test_initialize_cannot_be_cancelled(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_initialize_cannot_be_cancelled(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     session = await registry.create_session("streamable")
     await session.start_requests([Request(0, "initialize", INIT)])
     assert session.cancel_request(0) is False
 
 
-async def test_delete_cancels_everything_the_session_owns(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_delete_cancels_everything_the_session_owns(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     session = await ready_session(registry)
     streams = [await session.start_requests([long_call(i, duration=100)]) for i in range(3)]
     await trio.sleep(1)
@@ -136,7 +146,9 @@ async def test_delete_cancels_everything_the_session_owns(registry: SessionRegis
     assert completed[-1]["id"] == 1 and "result" in completed[-1]
 
 
-async def test_idle_session_is_reaped_after_ttl_but_not_while_working(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_idle_session_is_reaped_after_ttl_but_not_while_working(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     idle = await ready_session(registry)
     busy = await ready_session(registry)
     busy_stream = await busy.start_requests([long_call(1, duration=IDLE_TTL * 3, steps=3)])
@@ -164,7 +176,9 @@ async def test_activity_postpones_expiry(registry: SessionRegistry, autojump_clo
     assert not session.closed
 
 
-async def test_sampling_reply_is_routed_to_the_waiting_tool(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_sampling_reply_is_routed_to_the_waiting_tool(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     session = await ready_session(registry)
     call = Request(5, "tools/call", {"name": "sampleLLM", "arguments": {"prompt": "hi", "maxTokens": 10}})
     stream = await session.start_requests([call])
@@ -181,7 +195,9 @@ async def test_sampling_reply_is_routed_to_the_waiting_tool(registry: SessionReg
     assert completed[-1]["result"]["content"][0]["text"] == "LLM sampling result: 42"
 
 
-async def test_cancelling_a_tool_waiting_for_sampling_tells_the_client(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_cancelling_a_tool_waiting_for_sampling_tells_the_client(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     session = await ready_session(registry)
     call = Request(6, "tools/call", {"name": "sampleLLM", "arguments": {"prompt": "hi"}})
     stream = await session.start_requests([call])
@@ -195,7 +211,9 @@ async def test_cancelling_a_tool_waiting_for_sampling_tells_the_client(registry:
     assert session.statistics()["in_flight"] == 0
 
 
-async def test_unanswered_sampling_times_out_into_a_tool_error(registry: SessionRegistry, autojump_clock: trio.testing.MockClock) -> None:
+async def test_unanswered_sampling_times_out_into_a_tool_error(
+    registry: SessionRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
     session = await ready_session(registry)
     call = Request(8, "tools/call", {"name": "sampleLLM", "arguments": {"prompt": "hi"}})
     stream = await session.start_requests([call])

@@ -156,9 +156,7 @@ def _static_resources() -> list[Resource]:
     resources = []
     for resource_id in range(1, RESOURCE_COUNT + 1):
         mime_type = "text/plain" if resource_id % 2 == 1 else "application/octet-stream"
-        definition = types.Resource(
-            uri=resource_uri(resource_id), name=f"Resource {resource_id}", mime_type=mime_type
-        )
+        definition = types.Resource(uri=resource_uri(resource_id), name=f"Resource {resource_id}", mime_type=mime_type)
         resources.append(Resource(definition=definition, read=_static_reader(resource_id)))
     return resources
 
@@ -176,9 +174,7 @@ def parse_resource_id(value: str) -> int | None:
     return resource_id if 1 <= resource_id <= RESOURCE_COUNT else None
 
 
-async def _read_from_template(
-    uri: str, variables: dict[str, str], ctx: FeatureContext
-) -> list[ResourceContents]:
+async def _read_from_template(uri: str, variables: dict[str, str], ctx: FeatureContext) -> list[ResourceContents]:
     raw_id = variables.get("id", "")
     # Only the canonical spelling names a resource, so one resource never answers to several URIs.
     resource_id = parse_resource_id(raw_id) if _CANONICAL_ID.fullmatch(raw_id) else None
@@ -282,9 +278,7 @@ def _object_schema(properties: dict[str, Any], required: Sequence[str] = ()) -> 
     }
 
 
-def _annotations(
-    title: str, *, read_only: bool, idempotent: bool, open_world: bool = False
-) -> types.ToolAnnotations:
+def _annotations(title: str, *, read_only: bool, idempotent: bool, open_world: bool = False) -> types.ToolAnnotations:
     return types.ToolAnnotations(
         title=title,
         read_only_hint=read_only,
@@ -318,9 +312,7 @@ async def _long_running_operation(arguments: dict[str, Any], ctx: FeatureContext
         await trio.sleep(duration / steps)
         await ctx.report_progress(step, steps, f"Step {step} of {steps}")
     return _result(
-        _text(
-            f"Long running operation completed. Duration: {format_number(duration)} seconds, Steps: {steps}."
-        )
+        _text(f"Long running operation completed. Duration: {format_number(duration)} seconds, Steps: {steps}.")
     )
 
 
@@ -629,9 +621,7 @@ def _tools() -> list[Tool]:
 async def _simple_prompt(arguments: dict[str, str], ctx: FeatureContext) -> types.GetPromptResult:
     return types.GetPromptResult(
         description="A prompt without arguments",
-        messages=[
-            types.PromptMessage(role="user", content=_text("This is a simple prompt without arguments."))
-        ],
+        messages=[types.PromptMessage(role="user", content=_text("This is a simple prompt without arguments."))],
     )
 
 
@@ -645,9 +635,7 @@ async def _complex_prompt(arguments: dict[str, str], ctx: FeatureContext) -> typ
     return types.GetPromptResult(
         description="A prompt with arguments",
         messages=[
-            types.PromptMessage(
-                role="user", content=_text(f"This is a complex prompt with arguments: {settings}")
-            ),
+            types.PromptMessage(role="user", content=_text(f"This is a complex prompt with arguments: {settings}")),
             types.PromptMessage(
                 role="assistant",
                 content=_text(
@@ -676,9 +664,7 @@ async def _resource_prompt(arguments: dict[str, str], ctx: FeatureContext) -> ty
         messages=[
             types.PromptMessage(
                 role="user",
-                content=_text(
-                    f"This prompt includes Resource {resource_id}. Please analyze the following resource:"
-                ),
+                content=_text(f"This prompt includes Resource {resource_id}. Please analyze the following resource:"),
             ),
             types.PromptMessage(role="user", content=types.EmbeddedResource(resource=contents)),
         ],
@@ -696,9 +682,7 @@ def _prompts() -> list[Prompt]:
                 name="complex_prompt",
                 description="A prompt with arguments",
                 arguments=[
-                    types.PromptArgument(
-                        name="temperature", description="Temperature setting", required=True
-                    ),
+                    types.PromptArgument(name="temperature", description="Temperature setting", required=True),
                     types.PromptArgument(name="style", description="Output style", required=False),
                 ],
             ),

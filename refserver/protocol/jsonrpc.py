@@ -95,9 +95,7 @@ def _parse_object(obj: object) -> Message:
             error = obj["error"]
             code = error.get("code") if isinstance(error, dict) else None
             if isinstance(code, bool) or not isinstance(code, int):
-                raise InvalidRequest(
-                    '"error" must be an object with an integer "code"', data={"id": known_id}
-                )
+                raise InvalidRequest('"error" must be an object with an integer "code"', data={"id": known_id})
             if raw_id is not None and known_id is None:
                 raise InvalidRequest('"id" must be a string, an integer or null')
             return ErrorResponse(known_id, code, str(error.get("message", "")), error.get("data"))

@@ -54,6 +54,4 @@ def http_exception_response(exc: HTTPException) -> Response:
 
 def unexpected_exception_response(exc: BaseException) -> Response:
     logger.error("unhandled error", exc_info=exc)
-    return Response(
-        jsonrpc_error_body(-32603, "Internal server error"), status=500, content_type="application/json"
-    )
+    return Response(jsonrpc_error_body(-32603, "Internal server error"), status=500, content_type="application/json")

@@ -42,8 +42,12 @@ def create_blueprint(services: Services) -> Blueprint:
     async def health() -> Response:
         document = health_document(services)
         status = 200 if document["status"] == "ok" else 503
-        return Response(encode_json(document), status=status, content_type="application/json",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            encode_json(document),
+            status=status,
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
     @blueprint.get("/")
     async def splash() -> Response:
@@ -58,10 +62,11 @@ def splash_html(services: Services) -> str:
     sse_url = html.escape(f"{settings.base_url}/sse")
     features = ", ".join(html.escape(f) for f in settings.features)
     versions = ", ".join(SUPPORTED_VERSIONS)
-    tools = "".join(f"<li><code>{html.escape(t.definition.name)}</code> — "
-                    f"{html.escape(t.definition.description or '')}</li>"
-                    for t in services.dispatcher.features.catalog.tools
-                    if not t.definition.name.startswith("test_"))
+    tools = "".join(
+        f"<li><code>{html.escape(t.definition.name)}</code> — {html.escape(t.definition.description or '')}</li>"
+        for t in services.dispatcher.features.catalog.tools
+        if not t.definition.name.startswith("test_")
+    )
     auth_note = (
         "Authentication is <strong>off</strong> (<code>REFSERVER_AUTH_MODE=none</code>): local development only."
         if settings.auth_mode == "none"

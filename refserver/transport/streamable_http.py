@@ -28,8 +28,10 @@ from refserver.protocol.jsonrpc import (
     Notification,
     ParsedBody,
     Request,
-    Response as RpcResponse,
     parse_body,
+)
+from refserver.protocol.jsonrpc import (
+    Response as RpcResponse,
 )
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
@@ -59,9 +61,7 @@ def create_blueprint(services: Services) -> Blueprint:
         if session.kind != "streamable":
             raise SessionNotFound("Session not found")
         if not for_delete:
-            check_protocol_version_header(
-                request.headers.get(VERSION_HEADER), session.state.lifecycle.protocol_version
-            )
+            check_protocol_version_header(request.headers.get(VERSION_HEADER), session.state.lifecycle.protocol_version)
         return session
 
     async def answer(session: Session, stream_id: str, *, batch: bool, headers: dict[str, str]) -> Response:
@@ -212,5 +212,6 @@ async def _primed_and_closed(stream_id: str, retry_ms: int) -> AsyncIterator[byt
 
 
 async def _empty() -> AsyncIterator[bytes]:
-    for chunk in ():
+    nothing: tuple[bytes, ...] = ()
+    for chunk in nothing:
         yield chunk
