@@ -40,9 +40,10 @@ async def health(http: httpx.AsyncClient, server: ServerProcess) -> dict[str, An
     return document
 
 
-async def wait_until(predicate: Any, timeout: float = WAIT) -> None:
-    with trio.fail_after(timeout):
-        while not await predicate():
+async def wait_until(predicate: Any) -> None:
+    """Poll another process's state (no event can cross the process boundary), bounded by WAIT."""
+    with trio.fail_after(WAIT):
+        while not await predicate():  # noqa: ASYNC110
             await trio.sleep(0.05)
 
 
