@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from refserver.backend.memory import MemoryEventLog
 from refserver.config import Settings
 from refserver.dispatch import McpDispatcher
-from refserver.errors import RefserverError
+from refserver.errors import ConfigError, RefserverError
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
 from refserver.registry import SessionRegistry
@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         logger.warning(
             "REFSERVER_AUTH_MODE=none: MCP endpoints are UNAUTHENTICATED. Use this for local development only."
         )
+    if settings.redis_url:
+        # Refuse rather than silently serve from memory: several instances would not share sessions.
+        raise ConfigError("REFSERVER_REDIS_URL is set, but this build has only the in-memory backend")
     features = FeatureIndex.build(load_catalogs(settings.features))
     dispatcher = McpDispatcher(features)
     events = MemoryEventLog(settings.event_log_max_events)

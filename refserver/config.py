@@ -203,6 +203,20 @@ def documented_settings() -> list[tuple[str, str, str]]:
     rows = []
     for field in attrs.fields(Settings):
         default = field.default
-        shown = ",".join(default) if isinstance(default, tuple) else ("unset" if default is None else default)
+        if isinstance(default, tuple):
+            shown = ",".join(default) or "(empty)"
+        else:
+            shown = "(unset)" if default is None else default
         rows.append((ENV_PREFIX + field.metadata["env"], str(shown), field.metadata["doc"]))
     return rows
+
+
+def settings_table_markdown() -> str:
+    """The settings table of docs/operations.md (a test keeps the two identical)."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in documented_settings()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_table_markdown())

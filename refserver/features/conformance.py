@@ -188,7 +188,13 @@ def _string_argument(arguments: Mapping[str, Any], key: str) -> str:
 def _describe_failure(error: Exception) -> str:
     if isinstance(error, ClientCapabilityMissing | ClientRequestFailed):
         return error.message
-    return f"the client's answer was not a valid result: {error}"
+    if isinstance(error, pydantic.ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc']) or 'result'}: {problem['msg']}"
+            for problem in error.errors(include_url=False, include_input=False)
+        )
+        return f"the client's answer is not a valid {error.title}: {problems}"
+    return str(error)
 
 
 # --- tools --------------------------------------------------------------------------------------------
