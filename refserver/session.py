@@ -107,6 +107,7 @@ class Session:
         self._outgoing_ids = itertools.count(1)
         self._listeners = 0
         self._listener_generations: dict[str, int] = {}
+        self._standalone_delivered = 0
         self.last_activity = now()
 
     # --- lifetime -------------------------------------------------------------------------------
@@ -172,6 +173,16 @@ class Session:
     def detach_listener(self) -> None:
         self._listeners -= 1
         self.touch()
+
+    def mark_delivered(self, stream_id: str, seq: int) -> None:
+        # Only the standalone stream needs this: a fresh GET starts after what was already delivered.
+        if stream_id == STANDALONE_STREAM and seq > self._standalone_delivered:
+            self._standalone_delivered = seq
+
+    @property
+    def standalone_delivered(self) -> int:
+        """The last standalone event handed to a connection (the transport cannot know more)."""
+        return self._standalone_delivered
 
     def listener_generation(self, stream_id: str) -> int:
         return self._listener_generations.get(stream_id, 0)

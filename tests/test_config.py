@@ -34,9 +34,7 @@ DEFAULTS: dict[str, Any] = {
 
 def load(**variables: str) -> Settings:
     """Settings from exactly these `REFSERVER_<NAME>` variables, no `.env`."""
-    return Settings.from_env(
-        {ENV_PREFIX + name: value for name, value in variables.items()}, dotenv_path=None
-    )
+    return Settings.from_env({ENV_PREFIX + name: value for name, value in variables.items()}, dotenv_path=None)
 
 
 def config_error(**variables: str) -> ConfigError:
@@ -143,9 +141,7 @@ def test_many_settings_together() -> None:
 
 def test_unknown_setting_is_rejected_by_name() -> None:
     error = config_error(FOO="1")
-    assert error.message.startswith(
-        "unknown setting(s) REFSERVER_FOO; known settings: REFSERVER_ALLOWED_HOSTS"
-    )
+    assert error.message.startswith("unknown setting(s) REFSERVER_FOO; known settings: REFSERVER_ALLOWED_HOSTS")
     assert "REFSERVER_SESSION_IDLE_TTL" in error.message
 
 
@@ -208,8 +204,7 @@ def test_invalid_value_messages_explain() -> None:
     )
     assert config_error(AUTH_MODE="jwt").message == "REFSERVER_AUTH_MODE='jwt': must be one of none"
     assert config_error(FEATURES="reference,extra").message == (
-        "REFSERVER_FEATURES='reference,extra': "
-        "unknown feature module(s) ['extra']; known: reference, conformance"
+        "REFSERVER_FEATURES='reference,extra': unknown feature module(s) ['extra']; known: reference, conformance"
     )
 
 
@@ -239,9 +234,7 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
 
 def test_environment_overrides_dotenv(tmp_path: Path) -> None:
     dotenv = tmp_path / "settings.env"
-    dotenv.write_text(
-        "REFSERVER_MAX_SESSIONS=5\nREFSERVER_REDIS_URL=redis://from-file\nREFSERVER_SSE_RETRY_MS=9\n"
-    )
+    dotenv.write_text("REFSERVER_MAX_SESSIONS=5\nREFSERVER_REDIS_URL=redis://from-file\nREFSERVER_SSE_RETRY_MS=9\n")
     environ = {"REFSERVER_MAX_SESSIONS": "7", "REFSERVER_REDIS_URL": ""}
     settings = Settings.from_env(environ, dotenv_path=str(dotenv))
     assert settings.max_sessions == 7
@@ -278,9 +271,7 @@ def test_dotenv_directory_is_ignored(tmp_path: Path) -> None:
     assert Settings.from_env({}, dotenv_path=tmp_path) == Settings()
 
 
-def test_reads_process_environment_when_environ_is_none(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_reads_process_environment_when_environ_is_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(name)
@@ -311,7 +302,7 @@ def test_documented_defaults_are_shown_as_text() -> None:
     shown = {variable: default for variable, default, _ in documented_settings()}
     assert shown == {
         "REFSERVER_BASE_URL": "http://localhost:3232",
-        "REFSERVER_REDIS_URL": "unset",
+        "REFSERVER_REDIS_URL": "(unset)",
         "REFSERVER_AUTH_MODE": "none",
         "REFSERVER_SESSION_IDLE_TTL": "300.0",
         "REFSERVER_SUBSCRIPTION_UPDATE_INTERVAL": "10.0",
@@ -319,8 +310,8 @@ def test_documented_defaults_are_shown_as_text() -> None:
         "REFSERVER_FEATURES": "reference,conformance",
         "REFSERVER_MAX_BODY_BYTES": "4194304",
         "REFSERVER_MAX_SESSIONS": "100000",
-        "REFSERVER_ALLOWED_HOSTS": "",
-        "REFSERVER_ALLOWED_ORIGINS": "",
+        "REFSERVER_ALLOWED_HOSTS": "(empty)",
+        "REFSERVER_ALLOWED_ORIGINS": "(empty)",
         "REFSERVER_HEARTBEAT_INTERVAL": "15.0",
         "REFSERVER_SSE_RETRY_MS": "1000",
         "REFSERVER_EVENT_LOG_MAX_EVENTS": "1000",
@@ -330,5 +321,6 @@ def test_documented_defaults_are_shown_as_text() -> None:
 
 
 def test_documented_defaults_parse_back_to_the_defaults() -> None:
-    environ = {variable: default for variable, default, _ in documented_settings() if default != "unset"}
+    placeholders = ("(unset)", "(empty)")
+    environ = {variable: default for variable, default, _ in documented_settings() if default not in placeholders}
     assert Settings.from_env(environ, dotenv_path=None) == Settings()

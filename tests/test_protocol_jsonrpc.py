@@ -330,9 +330,7 @@ def test_batch_of_mixed_messages() -> None:
 
 
 def test_batch_of_one_is_still_a_batch() -> None:
-    assert parse_body(b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]') == ParsedBody(
-        [Request(1, "ping")], is_batch=True
-    )
+    assert parse_body(b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]') == ParsedBody([Request(1, "ping")], is_batch=True)
 
 
 def test_empty_batch_is_invalid_request() -> None:
@@ -380,9 +378,7 @@ def test_batch_keeps_id_types_of_invalid_entries() -> None:
 
 
 def test_batch_of_only_invalid_elements() -> None:
-    assert parse_body(b"[1, 2]") == ParsedBody(
-        [Invalid(None, "JSON-RPC message must be an object")] * 2, is_batch=True
-    )
+    assert parse_body(b"[1, 2]") == ParsedBody([Invalid(None, "JSON-RPC message must be an object")] * 2, is_batch=True)
 
 
 def test_nested_batch_element_is_invalid() -> None:

@@ -55,6 +55,7 @@ async def follow_stream(
             for event in read.events:
                 yield encode_event(event.data, event_id=format_event_id(stream_id, event.seq))
                 cursor = event.seq
+                session.mark_delivered(stream_id, cursor)
             if read.closed or not read.exists:
                 return
             if not read.events:

@@ -158,7 +158,7 @@ def create_blueprint(services: Services) -> Blueprint:
             elif isinstance(message, (RpcResponse, ErrorResponse)):
                 session.receive_reply(message)
         if not requests:
-            return Response("", status=202)
+            return Response("", status=202, content_type="text/plain")
         stream_id = await session.start_requests(requests)
         return await answer(session, stream_id, batch=parsed.is_batch, headers={})
 
@@ -167,8 +167,10 @@ def create_blueprint(services: Services) -> Blueprint:
         guard()
         check_sse_accept(request.headers.get("Accept"))
         session = session_from_headers()
-        stream_id, after_seq = STANDALONE_STREAM, 0
+        # A fresh GET gets what was never delivered on the standalone stream, nothing twice.
+        stream_id, after_seq = STANDALONE_STREAM, session.standalone_delivered
         last_event_id = request.headers.get("Last-Event-ID")
+        resuming = bool(last_event_id)
         if last_event_id:
             parsed = parse_event_id(last_event_id)
             if parsed is None:
@@ -185,6 +187,9 @@ def create_blueprint(services: Services) -> Blueprint:
                 after_seq=after_seq,
                 heartbeat_interval=settings.heartbeat_interval,
                 retry_ms=settings.sse_retry_ms,
+                # A resumed stream already has its ids: only the reconnection delay is repeated.
+                prime=not resuming,
+                preamble=(encode_event(None, retry_ms=settings.sse_retry_ms),) if resuming else (),
             )
         )
 
@@ -193,7 +198,7 @@ def create_blueprint(services: Services) -> Blueprint:
         guard()
         session = session_from_headers(for_delete=True)
         registry.delete(session.id)
-        return Response("", status=204)
+        return Response("", status=204, content_type="text/plain")
 
     @blueprint.route("/mcp", methods=["PUT", "PATCH"])
     async def other_methods() -> Response:
