@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal, Protocol
 
 import attrs
@@ -215,8 +215,14 @@ class Session:
 
     # --- incoming messages ------------------------------------------------------------------------
 
-    async def start_requests(self, requests: list[Request], stream_id: str | None = None) -> str:
-        """Start each request in its own task; return the stream their output goes to."""
+    async def start_requests(
+        self, requests: list[Request], *, refusals: Sequence[ErrorResponse] = (), stream_id: str | None = None
+    ) -> str:
+        """Start each request in its own task; return the stream their output goes to.
+
+        `refusals` are errors for batch elements that were not valid requests; they go on the same
+        stream first, so a batch gets one answer per element.
+        """
         if self._nursery is None or self.closed:
             raise InvalidRequest("session is closed")
         self.touch()
@@ -224,9 +230,12 @@ class Session:
             stream_id = STANDALONE_STREAM if self.kind == "legacy" else self.new_stream_id()
         if stream_id != STANDALONE_STREAM:
             await self.events.open_stream(self.id, stream_id)
-            self._open_requests_per_stream[stream_id] = len(requests)
+            self._open_requests_per_stream[stream_id] = len(requests) + 1  # +1 held until all are started
+        for refusal in refusals:
+            await self._append(stream_id, refusal)
         for request in requests:
             await self._nursery.start(self._execute, request, stream_id)
+        await self._request_done(stream_id)
         return stream_id
 
     async def _execute(

@@ -22,6 +22,8 @@ SUITES = {
     "2025-11-25": (HARNESS / "conformance-2025-11-25" / "dist" / "index.js", ["--requirements", "2025-11-25"]),
     "all": (HARNESS / "conformance-all" / "dist" / "index.js", ["--suite", "all"]),
 }
+MIN_PASSED_CHECKS = {"2025-11-25": 83, "all": 46}
+"""What a full run passes today: fewer means scenarios silently stopped running."""
 SUITE_TIMEOUT = 600
 
 pytestmark = pytest.mark.conformance
@@ -76,4 +78,4 @@ def test_conformance_suite(suite: str, conformance_server: ServerProcess, tmp_pa
     passed = sum(1 for _, check in checks if check.get("status") == "SUCCESS")
     assert not problems, "\n".join(problems) + "\n" + completed.stdout[-3000:] + conformance_server.log()[-3000:]
     assert completed.returncode == 0, completed.stdout[-3000:]
-    assert passed > 50, f"only {passed} checks passed"
+    assert passed >= MIN_PASSED_CHECKS[suite], f"only {passed} checks passed"

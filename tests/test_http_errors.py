@@ -12,16 +12,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h11
 import httpx
 import pytest
 import trio
 import trio.lowlevel
-from conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, initialize, session_headers
+
+from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, initialize, session_headers
 
 LEGACY_INIT_PARAMS = {**INIT_PARAMS, "protocolVersion": "2024-11-05"}
 SMALL_BODY_LIMIT = 1024
 SSE_WAIT = 10.0
 """Seconds to wait for the next event on a legacy SSE stream."""
+REUSE_WAIT = 5.0
+"""Seconds a reused keep-alive connection gets to answer."""
 
 
 class Checked:
@@ -112,9 +116,7 @@ async def post_raw(
     return await http.post(url, content=content, headers=POST_HEADERS if headers is None else headers)
 
 
-async def send_without(
-    http: httpx.AsyncClient, method: str, url: str, drop: str, **kwargs: Any
-) -> httpx.Response:
+async def send_without(http: httpx.AsyncClient, method: str, url: str, drop: str, **kwargs: Any) -> httpx.Response:
     """Send a request with header `drop` really absent (httpx adds Accept: */* by default)."""
     request = http.build_request(method, url, **kwargs)
     del request.headers[drop]
@@ -146,9 +148,7 @@ async def test_malformed_json_is_a_parse_error(server: Checked, http: httpx.Asyn
 async def test_malformed_json_on_a_session_is_a_parse_error(
     server: Checked, http: httpx.AsyncClient, session_id: str
 ) -> None:
-    response = await post_raw(
-        http, server.mcp_url, b'{"jsonrpc": "2.0", "id": 3,', session_headers(session_id)
-    )
+    response = await post_raw(http, server.mcp_url, b'{"jsonrpc": "2.0", "id": 3,', session_headers(session_id))
     assert_rpc_error(response, 400, -32700, request_id=None, mentions=("json",))
     # The session is unharmed.
     ping = await http.post(server.mcp_url, json=rpc("ping", 4), headers=session_headers(session_id))
@@ -166,9 +166,7 @@ NOT_JSON_RPC = [
     pytest.param({"jsonrpc": "2.0", "id": "x"}, "x", "request", id="neither-request-nor-response"),
     pytest.param({"jsonrpc": "2.0", "id": 1, "method": 5}, 1, "method", id="method-not-a-string"),
     pytest.param({"jsonrpc": "2.0", "id": 1, "method": ""}, 1, "method", id="method-empty"),
-    pytest.param(
-        {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]}, 1, "params", id="params-array"
-    ),
+    pytest.param({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]}, 1, "params", id="params-array"),
     pytest.param({"jsonrpc": "2.0", "id": None, "method": "ping"}, None, "id", id="id-null"),
     pytest.param({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, None, "id", id="id-float"),
     pytest.param({"jsonrpc": "2.0", "id": True, "method": "ping"}, None, "id", id="id-bool"),
@@ -213,9 +211,7 @@ async def test_unknown_method_is_method_not_found(
     ("method", "params", "keyword"),
     [
         pytest.param("tools/call", {"name": 5}, "tools/call", id="tool-name-not-a-string"),
-        pytest.param(
-            "tools/call", {"name": "echo", "arguments": "hi"}, "tools/call", id="arguments-not-object"
-        ),
+        pytest.param("tools/call", {"name": "echo", "arguments": "hi"}, "tools/call", id="arguments-not-object"),
         pytest.param("tools/call", None, "tools/call", id="tools-call-without-params"),
         pytest.param("resources/read", {}, "resources/read", id="read-without-uri"),
         pytest.param("resources/read", {"uri": 12}, "resources/read", id="read-uri-not-a-string"),
@@ -232,19 +228,13 @@ async def test_malformed_params_are_invalid_params(
     params: dict[str, Any] | None,
     keyword: str,
 ) -> None:
-    response = await http.post(
-        server.mcp_url, json=rpc(method, 11, params), headers=session_headers(session_id)
-    )
+    response = await http.post(server.mcp_url, json=rpc(method, 11, params), headers=session_headers(session_id))
     assert_rpc_error(response, 200, -32602, request_id=11, mentions=(keyword,))
     await server.assert_healthy(http)
 
 
-async def test_validation_details_name_the_bad_field(
-    server: Checked, http: httpx.AsyncClient, session_id: str
-) -> None:
-    response = await http.post(
-        server.mcp_url, json=rpc("resources/read", 12, {}), headers=session_headers(session_id)
-    )
+async def test_validation_details_name_the_bad_field(server: Checked, http: httpx.AsyncClient, session_id: str) -> None:
+    response = await http.post(server.mcp_url, json=rpc("resources/read", 12, {}), headers=session_headers(session_id))
     error = assert_rpc_error(response, 200, -32602, request_id=12)
     assert any(problem["loc"][-1] == "uri" for problem in error["data"]), error
     await server.assert_healthy(http)
@@ -262,9 +252,7 @@ async def test_arguments_failing_the_tool_schema_are_a_tool_error_result(
     await server.assert_healthy(http)
 
 
-async def test_unknown_tool_is_invalid_params(
-    server: Checked, http: httpx.AsyncClient, session_id: str
-) -> None:
+async def test_unknown_tool_is_invalid_params(server: Checked, http: httpx.AsyncClient, session_id: str) -> None:
     call = rpc("tools/call", 14, {"name": "no_such_tool", "arguments": {}})
     response = await http.post(server.mcp_url, json=call, headers=session_headers(session_id))
     assert_rpc_error(response, 200, -32602, request_id=14, mentions=("no_such_tool",))
@@ -276,9 +264,7 @@ async def test_unknown_tool_is_invalid_params(
 async def test_unknown_resource_is_resource_not_found(
     server: Checked, http: httpx.AsyncClient, session_id: str, method: str, uri: str
 ) -> None:
-    response = await http.post(
-        server.mcp_url, json=rpc(method, 15, {"uri": uri}), headers=session_headers(session_id)
-    )
+    response = await http.post(server.mcp_url, json=rpc(method, 15, {"uri": uri}), headers=session_headers(session_id))
     error = assert_rpc_error(response, 200, -32002, request_id=15, mentions=(uri,))
     assert error["data"] == {"uri": uri}
     await server.assert_healthy(http)
@@ -429,9 +415,7 @@ async def test_body_over_the_limit_on_a_session_and_on_legacy_is_payload_too_lar
     big_ping = json.dumps(rpc("ping", 1, {"_meta": {"pad": "x" * 2 * SMALL_BODY_LIMIT}}))
     response = await post_raw(http, server.mcp_url, big_ping, session_headers(session_id))
     assert_rpc_error(response, 413, -32600, mentions=("too large",))
-    chunked = await http.post(
-        server.mcp_url, content=chunks(big_ping.encode()), headers=session_headers(session_id)
-    )
+    chunked = await http.post(server.mcp_url, content=chunks(big_ping.encode()), headers=session_headers(session_id))
     assert_rpc_error(chunked, 413, -32600, mentions=("too large",))
     # The session survives the refused bodies.
     ping = await http.post(server.mcp_url, json=rpc("ping", 2), headers=session_headers(session_id))
@@ -453,9 +437,7 @@ async def test_body_over_the_limit_on_a_session_and_on_legacy_is_payload_too_lar
         pytest.param(rpc("tools/list"), id="tools-list"),
         pytest.param({"jsonrpc": "2.0", "method": "notifications/initialized"}, id="notification"),
         pytest.param({"jsonrpc": "2.0", "id": 1, "result": {}}, id="response"),
-        pytest.param(
-            {"jsonrpc": "2.0", "method": "initialize", "params": INIT_PARAMS}, id="initialize-notification"
-        ),
+        pytest.param({"jsonrpc": "2.0", "method": "initialize", "params": INIT_PARAMS}, id="initialize-notification"),
     ],
 )
 async def test_post_without_session_id_is_bad_request(
@@ -467,9 +449,7 @@ async def test_post_without_session_id_is_bad_request(
     await server.assert_healthy(http)
 
 
-async def test_get_and_delete_without_session_id_are_bad_requests(
-    server: Checked, http: httpx.AsyncClient
-) -> None:
+async def test_get_and_delete_without_session_id_are_bad_requests(server: Checked, http: httpx.AsyncClient) -> None:
     get = await http.get(server.mcp_url, headers={"Accept": "text/event-stream"})
     assert_rpc_error(get, 400, -32600, mentions=("mcp-session-id",))
     delete = await http.delete(server.mcp_url)
@@ -494,25 +474,19 @@ async def assert_session_gone(http: httpx.AsyncClient, server: Checked, session_
 
 
 @pytest.mark.parametrize("session_id", ["no-such-session", "x" * 43, "%00"])
-async def test_unknown_session_id_is_not_found(
-    server: Checked, http: httpx.AsyncClient, session_id: str
-) -> None:
+async def test_unknown_session_id_is_not_found(server: Checked, http: httpx.AsyncClient, session_id: str) -> None:
     await assert_session_gone(http, server, session_id)
     await server.assert_healthy(http)
 
 
-async def test_deleted_session_id_is_not_found(
-    server: Checked, http: httpx.AsyncClient, session_id: str
-) -> None:
+async def test_deleted_session_id_is_not_found(server: Checked, http: httpx.AsyncClient, session_id: str) -> None:
     deleted = await http.delete(server.mcp_url, headers={"Mcp-Session-Id": session_id})
     assert deleted.status_code == 204, deleted.text
     await assert_session_gone(http, server, session_id)
     await server.assert_healthy(http)
 
 
-async def test_legacy_session_id_is_not_a_streamable_session(
-    server: Checked, http: httpx.AsyncClient
-) -> None:
+async def test_legacy_session_id_is_not_a_streamable_session(server: Checked, http: httpx.AsyncClient) -> None:
     async with open_legacy(http, server) as (endpoint, _events):
         legacy_id = endpoint.rsplit("sessionId=", 1)[1]
         await assert_session_gone(http, server, legacy_id)
@@ -605,9 +579,7 @@ async def test_foreign_origin_cannot_use_an_existing_session(
     headers = {**session_headers(session_id), "Origin": "http://evil.example"}
     response = await http.post(server.mcp_url, json=rpc("tools/list"), headers=headers)
     assert_rpc_error(response, 403, -32600, mentions=("origin",))
-    delete = await http.delete(
-        server.mcp_url, headers={"Mcp-Session-Id": session_id, "Origin": "http://evil.example"}
-    )
+    delete = await http.delete(server.mcp_url, headers={"Mcp-Session-Id": session_id, "Origin": "http://evil.example"})
     assert_rpc_error(delete, 403, -32600, mentions=("origin",))
     # Neither request touched the session.
     ping = await http.post(server.mcp_url, json=rpc("ping", 19), headers=session_headers(session_id))
@@ -615,16 +587,10 @@ async def test_foreign_origin_cannot_use_an_existing_session(
     await server.assert_healthy(http)
 
 
-@pytest.mark.parametrize(
-    "origin", ["http://localhost:5173", "http://127.0.0.1:6274", "http://[::1]:5173", "SERVER"]
-)
-async def test_local_and_own_origins_are_allowed(
-    server: Checked, http: httpx.AsyncClient, origin: str
-) -> None:
+@pytest.mark.parametrize("origin", ["http://localhost:5173", "http://127.0.0.1:6274", "http://[::1]:5173", "SERVER"])
+async def test_local_and_own_origins_are_allowed(server: Checked, http: httpx.AsyncClient, origin: str) -> None:
     origin = server.url if origin == "SERVER" else origin
-    response = await http.post(
-        server.mcp_url, json=init_message(), headers={**POST_HEADERS, "Origin": origin}
-    )
+    response = await http.post(server.mcp_url, json=init_message(), headers={**POST_HEADERS, "Origin": origin})
     assert assert_result(response, 0)["protocolVersion"] == "2025-11-25"
     assert response.headers["mcp-session-id"]
     await server.assert_healthy(http)
@@ -637,9 +603,7 @@ async def test_local_hosts_are_allowed(server: Checked, http: httpx.AsyncClient,
     await server.assert_healthy(http)
 
 
-async def test_host_and_origin_are_checked_before_anything_else(
-    server: Checked, http: httpx.AsyncClient
-) -> None:
+async def test_host_and_origin_are_checked_before_anything_else(server: Checked, http: httpx.AsyncClient) -> None:
     # Every other check would fail too: wrong Accept, wrong Content-Type, oversized-looking, malformed body.
     everything_wrong = {"Accept": "text/html", "Content-Type": "text/plain", "Mcp-Session-Id": "nope"}
     evil_origin = await http.post(
@@ -667,9 +631,7 @@ async def test_host_and_origin_are_checked_before_anything_else(
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
-async def test_unsupported_method_is_method_not_allowed(
-    server: Checked, http: httpx.AsyncClient, method: str
-) -> None:
+async def test_unsupported_method_is_method_not_allowed(server: Checked, http: httpx.AsyncClient, method: str) -> None:
     response = await http.request(method, server.mcp_url, json=rpc("ping"), headers=POST_HEADERS)
     assert_rpc_error(response, 405, -32600, mentions=("not allowed",))
     allowed = {m.strip() for m in response.headers["allow"].split(",")}
@@ -678,9 +640,7 @@ async def test_unsupported_method_is_method_not_allowed(
     await server.assert_healthy(http)
 
 
-async def test_unrouted_method_is_method_not_allowed_with_allow(
-    server: Checked, http: httpx.AsyncClient
-) -> None:
+async def test_unrouted_method_is_method_not_allowed_with_allow(server: Checked, http: httpx.AsyncClient) -> None:
     response = await http.request("TRACE", server.mcp_url)
     assert_rpc_error(response, 405, -32600, mentions=("not allowed",))
     allowed = {m.strip() for m in response.headers["allow"].split(",")}
@@ -746,14 +706,7 @@ async def test_batch_of_notifications_on_a_2025_03_26_session_is_accepted(
     await server.assert_healthy(http)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streamable_http.deliver rejects the whole batch (400) when one element is invalid, although "
-    "parse_body keeps invalid elements as `Invalid` so that each gets its own error (JSON-RPC 2.0 sec. 6)",
-)
-async def test_batch_with_one_invalid_element_answers_the_valid_ones(
-    server: Checked, http: httpx.AsyncClient
-) -> None:
+async def test_batch_with_one_invalid_element_answers_the_valid_ones(server: Checked, http: httpx.AsyncClient) -> None:
     session_id = await initialize(http, server.mcp_url, protocolVersion="2025-03-26")
     batch = [rpc("ping", 1), {"foo": 1}]
     response = await http.post(server.mcp_url, json=batch, headers=session_headers(session_id, "2025-03-26"))
@@ -815,6 +768,70 @@ async def test_second_initialize_on_a_session_is_refused(
     await server.assert_healthy(http)
 
 
+# --- connection reuse after an early refusal ----------------------------------------------------------
+
+
+async def h11_exchange(stream: trio.SocketStream, conn: h11.Connection) -> list[Any]:
+    """Read one complete response (or the connection's end) from the server."""
+    events: list[Any] = []
+    with trio.fail_after(REUSE_WAIT):
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            events.append(event)
+            if isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return events
+
+
+EARLY_REFUSALS = [
+    pytest.param("POST", "/mcp", {"Accept": "text/html", "Content-Type": "application/json"}, 406, id="accept"),
+    pytest.param("POST", "/mcp", {"Accept": POST_HEADERS["Accept"], "Content-Type": "text/plain"}, 415, id="type"),
+    pytest.param("POST", "/mcp", {**POST_HEADERS, "Origin": "http://evil.example"}, 403, id="origin"),
+    pytest.param("POST", "/mcp", {**POST_HEADERS, "Host": "evil.example"}, 421, id="host"),
+    pytest.param("PUT", "/mcp", POST_HEADERS, 405, id="put"),
+    pytest.param("POST", "/health", POST_HEADERS, 405, id="routing-405"),
+    pytest.param("POST", "/message?sessionId=nope", {"Content-Type": "application/json"}, 404, id="legacy-session"),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "headers", "status"), EARLY_REFUSALS)
+async def test_refusal_before_the_body_arrives_does_not_hang_the_connection(
+    server: Checked, http: httpx.AsyncClient, method: str, target: str, headers: dict[str, str], status: int
+) -> None:
+    """The server answers before the body arrives; the client then sends the body and reuses the connection.
+
+    Either the refusal says `Connection: close` (the client must not reuse the connection), or the next
+    request on it is answered. A connection that is kept alive but never answers again is the bug.
+    """
+    body = json.dumps(rpc("ping")).encode()
+    stream = await trio.open_tcp_stream("127.0.0.1", server.process.port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        all_headers = {"Host": f"127.0.0.1:{server.process.port}", **headers, "Content-Length": str(len(body))}
+        await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=list(all_headers.items()))))
+        refusal = await h11_exchange(stream, conn)
+        response = refusal[0]
+        assert isinstance(response, h11.Response) and response.status_code == status, refusal
+        data = b"".join(bytes(e.data) for e in refusal if isinstance(e, h11.Data))
+        assert json.loads(data)["error"]["message"]
+
+        await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        if conn.their_state is h11.MUST_CLOSE:
+            return  # told not to reuse it: fine
+        assert conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        conn.start_next_cycle()
+        health = h11.Request(method="GET", target="/health", headers=[("Host", f"127.0.0.1:{server.process.port}")])
+        await stream.send_all(conn.send(health) + conn.send(h11.EndOfMessage()))
+        try:
+            follow_up = await h11_exchange(stream, conn)
+        except trio.TooSlowError:
+            pytest.fail(f"keep-alive connection hung after a {status} sent before the request body was read")
+        assert isinstance(follow_up[0], h11.Response) and follow_up[0].status_code == 200
+    await server.assert_healthy(http)
+
+
 # --- legacy HTTP+SSE transport ----------------------------------------------------------------------------
 
 
@@ -842,9 +859,7 @@ async def open_legacy(http: httpx.AsyncClient, server: Checked) -> AsyncIterator
         yield f"{server.url}{path}", events
 
 
-async def test_legacy_post_without_session_id_is_bad_request(
-    server: Checked, http: httpx.AsyncClient
-) -> None:
+async def test_legacy_post_without_session_id_is_bad_request(server: Checked, http: httpx.AsyncClient) -> None:
     response = await http.post(f"{server.url}/message", json=rpc("ping"))
     assert_rpc_error(response, 400, -32600, mentions=("sessionId",))
     empty = await http.post(f"{server.url}/message?sessionId=", json=rpc("ping"))
@@ -871,9 +886,7 @@ async def test_legacy_post_with_wrong_content_type_is_unsupported_media_type(
     async with open_legacy(http, server) as (endpoint, _events):
         response = await http.post(endpoint, content=json.dumps(rpc("ping")), headers=headers)
         assert_rpc_error(response, 415, -32600, mentions=("content-type",))
-    no_session = await http.post(
-        f"{server.url}/message", content=b"x", headers={"Content-Type": "text/plain"}
-    )
+    no_session = await http.post(f"{server.url}/message", content=b"x", headers={"Content-Type": "text/plain"})
     assert_rpc_error(no_session, 415, -32600)
     await server.assert_healthy(http)
 
@@ -889,9 +902,7 @@ async def test_legacy_get_without_event_stream_accept_is_not_acceptable(
 
 
 async def test_legacy_refuses_foreign_origin_and_host(server: Checked, http: httpx.AsyncClient) -> None:
-    sse = await http.get(
-        f"{server.url}/sse", headers={"Accept": "text/event-stream", "Origin": "http://evil.example"}
-    )
+    sse = await http.get(f"{server.url}/sse", headers={"Accept": "text/event-stream", "Origin": "http://evil.example"})
     assert_rpc_error(sse, 403, -32600, mentions=("origin",))
     async with open_legacy(http, server) as (endpoint, _events):
         post = await http.post(endpoint, content=b"{bad", headers={"Origin": "http://evil.example"})
@@ -901,9 +912,7 @@ async def test_legacy_refuses_foreign_origin_and_host(server: Checked, http: htt
     await server.assert_healthy(http)
 
 
-async def test_legacy_message_is_accepted_and_answered_on_the_stream(
-    server: Checked, http: httpx.AsyncClient
-) -> None:
+async def test_legacy_message_is_accepted_and_answered_on_the_stream(server: Checked, http: httpx.AsyncClient) -> None:
     async with open_legacy(http, server) as (endpoint, events):
         accepted = await http.post(endpoint, json=rpc("initialize", 0, LEGACY_INIT_PARAMS))
         assert accepted.status_code == 202, accepted.text

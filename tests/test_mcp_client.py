@@ -11,7 +11,7 @@ import base64
 import json
 import struct
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -25,6 +25,8 @@ from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
+
+from tests.conftest import ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
 
@@ -143,9 +145,7 @@ class Recorder:
             stop_reason="endTurn",
         )
 
-    async def elicitation(
-        self, context: ClientRequestContext, params: types.ElicitRequestParams
-    ) -> types.ElicitResult:
+    async def elicitation(self, context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
         self.elicitation_requests.append(params)
         return self.elicit_result
 
@@ -168,9 +168,7 @@ class Recorder:
     def resource_updates(self, since: int = 0) -> list[str]:
         """The uris of the `notifications/resources/updated` received from index `since` on."""
         return [
-            str(n.params.uri)
-            for n in self.notifications[since:]
-            if isinstance(n, types.ResourceUpdatedNotification)
+            str(n.params.uri) for n in self.notifications[since:] if isinstance(n, types.ResourceUpdatedNotification)
         ]
 
 
@@ -193,9 +191,28 @@ def make_client(
     return Client(server, mode="legacy", cache=None, read_timeout_seconds=READ_TIMEOUT, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def reference_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Only the seed's feature module, so listings are exactly the reference server's."""
+    port = free_port()
+    server = ServerProcess(
+        port,
+        server_env(
+            base_url=f"http://127.0.0.1:{port}",
+            features="reference",
+            subscription_update_interval=0.5,
+            log_message_interval=0.5,
+        ),
+        tmp_path_factory.mktemp("reference") / "server.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def url(shared_server: Any) -> str:
-    return str(shared_server.mcp_url)
+def url(reference_server: ServerProcess) -> str:
+    return reference_server.mcp_url
 
 
 def only_text(result: types.CallToolResult) -> str:
@@ -353,9 +370,7 @@ async def test_long_running_operation_without_progress_token_sends_no_progress(u
         async with make_client(tapped(streamable_http_client(url), wire)) as client:
             result = await client.call_tool("longRunningOperation", {"duration": 0.2, "steps": 2})
     assert only_text(result) == "Long running operation completed. Duration: 0.2 seconds, Steps: 2."
-    assert not [
-        m for m in wire if isinstance(m, types.JSONRPCNotification) and m.method == "notifications/progress"
-    ]
+    assert not [m for m in wire if isinstance(m, types.JSONRPCNotification) and m.method == "notifications/progress"]
 
 
 async def test_sample_llm_round_trips_through_the_sampling_callback(url: str) -> None:
@@ -384,9 +399,7 @@ async def test_sample_llm_round_trips_through_the_sampling_callback(url: str) ->
 
 
 async def test_sample_llm_when_the_client_refuses_is_a_tool_error(url: str) -> None:
-    async def refuse(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.ErrorData:
+    async def refuse(context: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.ErrorData:
         return types.ErrorData(code=-1, message="User rejected sampling request")
 
     with trio.fail_after(TEST_TIMEOUT):
@@ -439,9 +452,7 @@ async def test_concurrent_sampling_requests_reach_their_own_calls(url: str) -> N
         async with make_client(url, recorder) as client, trio.open_nursery() as nursery:
             for i in range(8):
                 nursery.start_soon(call, client, i)
-    assert results == {
-        i: f"LLM sampling result: answer to Resource sampleLLM context: question {i}" for i in range(8)
-    }
+    assert results == {i: f"LLM sampling result: answer to Resource sampleLLM context: question {i}" for i in range(8)}
     assert len(recorder.sampling_requests) == 8
 
 
@@ -466,9 +477,9 @@ async def test_cancelled_tool_call_stops_and_the_session_survives(url: str) -> N
     assert 1 <= at_cancel <= 3
     assert len(updates) <= at_cancel + 1, "progress kept arriving after notifications/cancelled"
     assert only_text(echoed) == "Echo: after cancel"
-    assert not [
-        m for m in wire if isinstance(m, types.JSONRPCResponse) and "Long running" in json.dumps(m.result)
-    ], "the server answered a cancelled request"
+    assert not [m for m in wire if isinstance(m, types.JSONRPCResponse) and "Long running" in json.dumps(m.result)], (
+        "the server answered a cancelled request"
+    )
 
 
 def _png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
@@ -521,15 +532,11 @@ async def test_get_tiny_image(url: str) -> None:
         ("debug", "Debug: Cache hit ratio 0.95, latency 150ms", 0.3, ["assistant"]),
     ],
 )
-async def test_annotated_message(
-    url: str, message_type: str, text: str, priority: float, audience: list[str]
-) -> None:
+async def test_annotated_message(url: str, message_type: str, text: str, priority: float, audience: list[str]) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with make_client(url) as client:
             plain = await client.call_tool("annotatedMessage", {"messageType": message_type})
-            with_image = await client.call_tool(
-                "annotatedMessage", {"messageType": message_type, "includeImage": True}
-            )
+            with_image = await client.call_tool("annotatedMessage", {"messageType": message_type, "includeImage": True})
             without_image = await client.call_tool(
                 "annotatedMessage", {"messageType": message_type, "includeImage": False}
             )
@@ -851,9 +858,7 @@ async def test_get_resource_prompt_embeds_the_resource(url: str, resource_id: in
     assert [m.role for m in result.messages] == ["user", "user"]
     intro, embedded = (m.content for m in result.messages)
     assert isinstance(intro, types.TextContent)
-    assert (
-        intro.text == f"This prompt includes Resource {resource_id}. Please analyze the following resource:"
-    )
+    assert intro.text == f"This prompt includes Resource {resource_id}. Please analyze the following resource:"
     assert isinstance(embedded, types.EmbeddedResource)
     assert dump(embedded.resource) == expected_contents(resource_id) == dump(read.contents[0])
 
@@ -887,14 +892,10 @@ async def test_get_resource_prompt_rejects_bad_ids(url: str, resource_id: str) -
         ),
     ],
 )
-async def test_complete_prompt_arguments(
-    url: str, prompt: str, argument: str, value: str, expected: list[str]
-) -> None:
+async def test_complete_prompt_arguments(url: str, prompt: str, argument: str, value: str, expected: list[str]) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with make_client(url) as client:
-            result = await client.complete(
-                types.PromptReference(name=prompt), {"name": argument, "value": value}
-            )
+            result = await client.complete(types.PromptReference(name=prompt), {"name": argument, "value": value})
     assert result.completion.values == expected
     assert result.completion.total == len(expected)
     assert not result.completion.has_more
@@ -955,9 +956,7 @@ async def test_logging_set_level_filters_periodic_messages(url: str) -> None:
             started = trio.current_time()
             # Watch for at least ~2 s and until a few messages got through, so the filter is exercised.
             with trio.fail_after(15):
-                await recorder.wait_for(
-                    lambda: len(recorder.logs) - seen >= 3 and trio.current_time() - started >= 2.0
-                )
+                await recorder.wait_for(lambda: len(recorder.logs) - seen >= 3 and trio.current_time() - started >= 2.0)
             after = recorder.logs[seen:]
             assert [m.level for m in after if below(m.level, "error")] == []
             assert all(m.data == f"{m.level.capitalize()}-level message" for m in after)
@@ -986,10 +985,10 @@ async def test_logging_set_level_rejects_unknown_level(url: str) -> None:
 # --- the legacy HTTP+SSE transport ---------------------------------------------------------------
 
 
-async def test_legacy_sse_transport(shared_server: Any) -> None:
+async def test_legacy_sse_transport(reference_server: ServerProcess) -> None:
     recorder = Recorder(sampled_text="over SSE")
     with trio.fail_after(TEST_TIMEOUT):
-        async with make_client(sse_client(f"{shared_server.url}/sse"), recorder) as client:
+        async with make_client(sse_client(f"{reference_server.url}/sse"), recorder) as client:
             assert client.protocol_version == "2025-11-25"
             assert client.server_info is not None
             assert client.server_info.name == "refserver"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from refserver.backend.events import STANDALONE_STREAM
@@ -132,7 +133,7 @@ async def test_delete_cancels_everything_the_session_owns(
     registry.delete(session.id)
     with trio.fail_after(1):
         await session.wait_closed()
-    await trio.sleep(0)
+    await trio.lowlevel.checkpoint()
     with pytest.raises(SessionNotFound):
         registry.get(session.id)
     for stream in (*streams, STANDALONE_STREAM):
@@ -183,9 +184,8 @@ async def test_sampling_reply_is_routed_to_the_waiting_tool(
     call = Request(5, "tools/call", {"name": "sampleLLM", "arguments": {"prompt": "hi", "maxTokens": 10}})
     stream = await session.start_requests([call])
     with trio.fail_after(5):
-        while not (sent := await events_of(session, stream)):
-            await trio.sleep(0.01)
-    (sampling,) = sent
+        await session.events.wait_for_events(session.id, stream, 0)
+    (sampling,) = await events_of(session, stream)
     assert sampling["method"] == "sampling/createMessage"
     assert sampling["params"]["maxTokens"] == 10
     answer = {"role": "assistant", "content": {"type": "text", "text": "42"}, "model": "m"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quart import Response
+from quart import Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from refserver.errors import RefserverError
@@ -19,6 +19,24 @@ def jsonrpc_error_body(code: int, message: str, request_id: RequestId | None = N
     if data is not None:
         error["data"] = data
     return encode_json({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+def _close_if_body_unread(response: Response) -> Response:
+    """Tell an HTTP/1.x client to close the connection when its request carried a body.
+
+    Most refusals (Host/Origin, Accept, Content-Type, size, routing, an unknown legacy session) are sent
+    before the body has been read to the end. Hypercorn 0.18 under quart-trio then neither recycles nor
+    closes the connection (quart-trio cancels the task in which Hypercorn does that bookkeeping), so a
+    client reusing the connection would wait forever. `Connection: close` makes it open a fresh one.
+    """
+    if has_request_context() and request.http_version in ("1.0", "1.1"):
+        complete = getattr(request.body, "_complete", None)  # Quart's "whole body received" event
+        if complete is not None and complete.is_set():
+            return response
+        length = (request.headers.get("Content-Length") or "").strip()
+        if "Transfer-Encoding" in request.headers or length not in ("", "0"):
+            response.headers["Connection"] = "close"
+    return response
 
 
 def error_response(exc: RefserverError, request_id: RequestId | None = None) -> Response:
@@ -36,7 +54,7 @@ def error_response(exc: RefserverError, request_id: RequestId | None = None) -> 
     )
     if status == 405:
         response.headers["Allow"] = "GET, POST, DELETE"
-    return response
+    return _close_if_body_unread(response)
 
 
 def http_exception_response(exc: HTTPException) -> Response:
@@ -49,7 +67,7 @@ def http_exception_response(exc: HTTPException) -> Response:
     valid_methods = getattr(exc, "valid_methods", None)
     if status == 405 and valid_methods:
         response.headers["Allow"] = ", ".join(valid_methods)  # RFC 9110: a 405 MUST list the allowed methods
-    return response
+    return _close_if_body_unread(response)
 
 
 def unexpected_exception_response(exc: BaseException) -> Response:

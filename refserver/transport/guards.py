@@ -64,7 +64,7 @@ class OriginPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> OriginPolicy:
         hosts = {(urlsplit(settings.base_url).hostname or "").lower(), *LOOPBACK_HOSTS}
-        hosts.update(_configured_host(h) for h in settings.allowed_hosts)
+        hosts.update(h for h in map(_configured_host, settings.allowed_hosts) if h)
         origins = {settings.base_origin.lower(), *(o.rstrip("/").lower() for o in settings.allowed_origins)}
         return cls(frozenset(h for h in hosts if h), frozenset(origins))
 

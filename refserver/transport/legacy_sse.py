@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from quart import Blueprint, Response, request
 
 from refserver.backend.events import STANDALONE_STREAM
-from refserver.errors import InvalidRequest, MissingSessionId, SessionNotFound
+from refserver.errors import INVALID_REQUEST, InvalidRequest, MissingSessionId, SessionNotFound
 from refserver.protocol.jsonrpc import ErrorResponse, Invalid, Notification, Request, parse_body
 from refserver.protocol.jsonrpc import Response as RpcResponse
 from refserver.protocol.lifecycle import batch_allowed
@@ -70,8 +70,11 @@ def create_blueprint(services: Services) -> Blueprint:
         parsed = parse_body(await read_body(request, settings.max_body_bytes))
         if parsed.is_batch and not batch_allowed(session.state.lifecycle.protocol_version or "2024-11-05"):
             raise InvalidRequest("Invalid Request: batches are not supported in this protocol version")
-        if any(isinstance(m, Invalid) for m in parsed.messages):
-            raise InvalidRequest("Invalid Request: batch contains invalid messages")
+        refusals = [
+            ErrorResponse(m.id, INVALID_REQUEST, f"Invalid Request: {m.reason}")
+            for m in parsed.messages
+            if isinstance(m, Invalid)
+        ]
         requests = []
         for message in parsed.messages:
             if isinstance(message, Request):
@@ -80,8 +83,8 @@ def create_blueprint(services: Services) -> Blueprint:
                 await session.receive_notification(message)
             elif isinstance(message, (RpcResponse, ErrorResponse)):
                 session.receive_reply(message)
-        if requests:
-            await session.start_requests(requests)
+        if requests or refusals:
+            await session.start_requests(requests, refusals=refusals)
         return Response("Accepted", status=202, content_type="text/plain")
 
     return blueprint

@@ -16,6 +16,7 @@ from quart import Blueprint, Response, request
 
 from refserver.backend.events import STANDALONE_STREAM, format_event_id, parse_event_id
 from refserver.errors import (
+    INVALID_REQUEST,
     BadRequest,
     InvalidRequest,
     MethodNotAllowed,
@@ -144,22 +145,24 @@ def create_blueprint(services: Services) -> Blueprint:
         version = session.state.lifecycle.protocol_version
         if parsed.is_batch and not batch_allowed(version):
             raise InvalidRequest(f"Invalid Request: JSON-RPC batches are not supported in protocol {version}")
-        invalid = [m for m in parsed.messages if isinstance(m, Invalid)]
-        if invalid:
-            raise InvalidRequest("Invalid Request: " + "; ".join(m.reason for m in invalid))
+        refusals = [
+            ErrorResponse(m.id, INVALID_REQUEST, f"Invalid Request: {m.reason}")
+            for m in parsed.messages
+            if isinstance(m, Invalid)
+        ]
         requests: list[Request] = []
         for message in parsed.messages:
             if isinstance(message, Request):
                 if message.method == "initialize":
-                    raise InvalidRequest("Invalid Request: session is already initialized")
+                    raise InvalidRequest("Invalid Request: session is already initialized", data={"id": message.id})
                 requests.append(message)
             elif isinstance(message, Notification):
                 await session.receive_notification(message)
             elif isinstance(message, (RpcResponse, ErrorResponse)):
                 session.receive_reply(message)
-        if not requests:
+        if not requests and not refusals:
             return Response("", status=202, content_type="text/plain")
-        stream_id = await session.start_requests(requests)
+        stream_id = await session.start_requests(requests, refusals=refusals)
         return await answer(session, stream_id, batch=parsed.is_batch, headers={})
 
     @blueprint.get("/mcp")
