@@ -227,7 +227,7 @@ def _number(arguments: Mapping[str, Any], key: str, default: float | None = None
     # bool is an int subclass in Python but not a JSON number.
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _BadArgument(f"'{key}' must be a finite number")
-    return value
+    return float(value) if not isinstance(value, int) else value
 
 
 def _integer(arguments: Mapping[str, Any], key: str, default: int | None = None) -> int:
