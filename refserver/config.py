@@ -20,8 +20,13 @@ from refserver.errors import ConfigError
 
 ENV_PREFIX: Final = "REFSERVER_"
 
-AUTH_MODES: Final = ("none",)
-"""Modes this build implements; the OAuth issue adds `embedded`, `jwt` and `introspection`."""
+AUTH_MODES: Final = ("embedded", "jwt", "introspection", "none")
+"""embedded: our own authorization server in this process; jwt / introspection: an external one;
+none: no authentication at all (local development only)."""
+
+MAX_CODE_TTL: Final = 600.0
+"""OAuth 2.1 (and RFC 6749 sec. 4.1.2) want authorization codes to live at most 10 minutes."""
+DEFAULT_EXTERNAL_AUTH_SERVER: Final = "http://localhost:3001"
 
 FEATURE_MODULES: Final = ("reference", "conformance")
 
@@ -52,6 +57,24 @@ def _auth_mode(raw: str) -> str:
     if raw not in AUTH_MODES:
         raise ValueError(f"must be one of {', '.join(AUTH_MODES)}")
     return raw
+
+
+def _code_ttl(raw: str) -> float:
+    value = _positive_float(raw)
+    if value > MAX_CODE_TTL:
+        raise ValueError(f"must be at most {MAX_CODE_TTL:g} seconds")
+    return value
+
+
+def _scopes(raw: str) -> tuple[str, ...]:
+    scopes = tuple(raw.replace(",", " ").split())
+    if not scopes or any(not all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in s) for s in scopes):
+        raise ValueError("must be space- or comma-separated scope tokens (RFC 6749 sec. 3.3)")
+    return scopes
+
+
+def _optional_url(raw: str) -> str | None:
+    return _base_url(raw) if raw else None
 
 
 def _feature_modules(raw: str) -> tuple[str, ...]:
@@ -96,7 +119,74 @@ class Settings:
     redis_url: str | None = _setting(
         "REDIS_URL", _optional_str, "Redis URL; unset means the in-memory backend (one instance).", None
     )
-    auth_mode: str = _setting("AUTH_MODE", _auth_mode, "Authentication mode: `none` (local only).", "none")
+    auth_mode: str = _setting(
+        "AUTH_MODE",
+        _auth_mode,
+        "`embedded` (our authorization server), `jwt` or `introspection` (an external one), `none` (local only).",
+        "embedded",
+    )
+    auth_server_url: str | None = _setting(
+        "AUTH_SERVER_URL",
+        _optional_url,
+        "Issuer URL of the authorization server. Embedded: the base URL; jwt/introspection and the "
+        "standalone authorization server app: `http://localhost:3001`.",
+        None,
+    )
+    resource_url: str | None = _setting(
+        "RESOURCE_URL",
+        _optional_url,
+        "Canonical URI of the MCP resource tokens are bound to (RFC 8707); default: base URL + `/mcp`.",
+        None,
+    )
+    auth_resources: tuple[str, ...] = _setting(
+        "AUTH_RESOURCES",
+        _csv,
+        "Resources the authorization server issues tokens for; default: the resource URL alone.",
+        (),
+    )
+    scopes_supported: tuple[str, ...] = _setting(
+        "SCOPES_SUPPORTED", _scopes, "Scopes the authorization server grants.", ("mcp", "offline_access")
+    )
+    required_scope: str = _setting(
+        "REQUIRED_SCOPE", str.strip, "Scope a token needs for the MCP endpoints (403 without it).", "mcp"
+    )
+    access_token_ttl: float = _setting(
+        "ACCESS_TOKEN_TTL", _positive_float, "Lifetime of access tokens (JWT `exp`), seconds.", 3600.0
+    )
+    refresh_token_ttl: float = _setting(
+        "REFRESH_TOKEN_TTL", _positive_float, "Lifetime of refresh tokens (rotated on every use), seconds.", 2592000.0
+    )
+    code_ttl: float = _setting(
+        "CODE_TTL", _code_ttl, "Lifetime of authorization codes, seconds (at most 600).", 300.0
+    )
+    introspection_client_id: str | None = _setting(
+        "INTROSPECTION_CLIENT_ID",
+        _optional_str,
+        "Resource-server credentials for RFC 7662 introspection (sent by the MCP server, accepted by the "
+        "authorization server).",
+        None,
+    )
+    introspection_client_secret: str | None = _setting(
+        "INTROSPECTION_CLIENT_SECRET", _optional_str, "Secret of the introspection credentials.", None
+    )
+    introspection_cache_ttl: float = _setting(
+        "INTROSPECTION_CACHE_TTL",
+        _positive_float,
+        "Longest a positive introspection answer is reused (never beyond the token's `exp`), seconds.",
+        30.0,
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        "TRUSTED_PROXIES",
+        _csv,
+        "Proxy addresses or CIDRs whose `X-Forwarded-For` is believed (rate limits key on the client IP).",
+        (),
+    )
+    rate_limit_per_minute: int = _setting(
+        "RATE_LIMIT_PER_MINUTE",
+        _positive_int,
+        "Requests per minute and client IP to each of /register, /authorize and /token.",
+        60,
+    )
     session_idle_ttl: float = _setting(
         "SESSION_IDLE_TTL", _positive_float, "Seconds a session may stay idle before it is reaped.", 300.0
     )
@@ -164,6 +254,27 @@ class Settings:
     @property
     def mcp_url(self) -> str:
         return f"{self.base_url}/mcp"
+
+    @property
+    def resource(self) -> str:
+        """The canonical MCP resource URI (token audience)."""
+        return self.resource_url or self.mcp_url
+
+    @property
+    def issuer(self) -> str:
+        """The issuer this MCP server trusts (and, embedded, is)."""
+        if self.auth_server_url:
+            return self.auth_server_url
+        return self.base_url if self.auth_mode == "embedded" else DEFAULT_EXTERNAL_AUTH_SERVER
+
+    @property
+    def standalone_issuer(self) -> str:
+        """The issuer of the standalone authorization server app (`refserver.oauth.app`)."""
+        return self.auth_server_url or DEFAULT_EXTERNAL_AUTH_SERVER
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        return self.auth_resources or (self.resource,)
 
     @classmethod
     def from_env(

@@ -159,3 +159,50 @@ class TooManySessions(ServiceUnavailable):
 
 class ConfigError(RefserverError):
     """Invalid settings; raised at start-up, never at request time."""
+
+
+# --- OAuth: the authorization server's own errors (RFC 6749 sec. 5.2) and the resource server's ---
+
+
+class OAuthError(RefserverError):
+    """An RFC 6749 error: `error` is the registered code, the message its description."""
+
+    http_status = 400
+
+    def __init__(self, error: str, description: str, *, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.status = status
+
+
+class Unauthorized(RefserverError):
+    """No, malformed, expired, revoked or foreign bearer token (RFC 6750 `invalid_token`): 401."""
+
+    jsonrpc_code = SERVER_ERROR
+    http_status = 401
+
+    def __init__(self, message: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class InsufficientScope(RefserverError):
+    jsonrpc_code = SERVER_ERROR
+    http_status = 403
+
+    def __init__(self, message: str, *, required: str) -> None:
+        super().__init__(message)
+        self.required = required
+
+
+class AuthServerUnavailable(ServiceUnavailable):
+    """The external authorization server cannot be reached: tokens cannot be checked right now."""
+
+
+class RateLimited(RefserverError):
+    jsonrpc_code = SERVER_ERROR
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
