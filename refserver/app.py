@@ -1,4 +1,4 @@
-"""Wiring only: settings -> backend, features, registry -> Quart-Trio app.
+"""Wiring only: settings -> backend, features, registry, OAuth -> Quart-Trio app.
 
 Launched as `hypercorn --config hypercorn.toml refserver.app:app`.
 """
@@ -9,19 +9,25 @@ import logging
 import multiprocessing
 from typing import Any, Final
 
+import httpx
 import trio
 from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from refserver.backend.factory import backend_from_settings
 from refserver.backend.memory import MemoryEventLog
 from refserver.config import Settings
 from refserver.dispatch import McpDispatcher
-from refserver.errors import ConfigError, RefserverError
+from refserver.errors import InsufficientScope, RefserverError, Unauthorized
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
+from refserver.oauth import resource, routes
+from refserver.oauth.assembly import authorization_server, oauth_store
+from refserver.oauth.ratelimit import RateLimiter
+from refserver.oauth.verifier import create_verifier
 from refserver.registry import SessionRegistry
-from refserver.transport import legacy_sse, pages, streamable_http
+from refserver.transport import legacy_sse, pages, security, streamable_http
 from refserver.transport.errors import error_response, http_exception_response, unexpected_exception_response
 from refserver.transport.guards import OriginPolicy
 from refserver.transport.services import Services
@@ -30,6 +36,8 @@ logger = logging.getLogger("refserver")
 
 SHUTDOWN_POLL_INTERVAL: Final = 0.1
 """Hypercorn itself polls its shutdown event this often."""
+AUTH_SERVER_HTTP_TIMEOUT: Final = httpx.Timeout(5.0, connect=2.0)
+"""Every call to an external authorization server (JWKS, metadata, introspection) is bounded by this."""
 
 
 def load_catalogs(names: tuple[str, ...]) -> list[Catalog]:
@@ -66,16 +74,19 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
     registry.begin_drain()
 
 
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def create_app(settings: Settings | None = None) -> QuartTrio:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if settings.auth_mode == "none":
         logger.warning(
-            "REFSERVER_AUTH_MODE=none: MCP endpoints are UNAUTHENTICATED. Use this for local development only."
+            "REFSERVER_AUTH_MODE=none: MCP endpoints are UNAUTHENTICATED and any caller can use any "
+            "session. Use this for local development only."
         )
-    if settings.redis_url:
-        # Refuse rather than silently serve from memory: several instances would not share sessions.
-        raise ConfigError("REFSERVER_REDIS_URL is set, but this build has only the in-memory backend")
+    backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
     dispatcher = McpDispatcher(features)
     events = MemoryEventLog(settings.event_log_max_events)
@@ -87,19 +98,70 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         client_request_timeout=settings.client_request_timeout,
         notifiers=periodic_notifiers(settings),
     )
-    services = Services(settings, registry, dispatcher, OriginPolicy.from_settings(settings))
+
+    auth_server = (
+        authorization_server(settings, backend.kv, issuer=settings.issuer) if settings.auth_mode == "embedded" else None
+    )
+    external = settings.auth_mode in ("jwt", "introspection")
+    http = httpx.AsyncClient(timeout=AUTH_SERVER_HTTP_TIMEOUT) if external else None
+    # With a shared Redis (the seed's topology) a JWT verifier also sees the authorization server's revocations.
+    shared_store = oauth_store(settings, backend.kv) if external and backend.redis else None
+    verifier = create_verifier(
+        settings, server=auth_server, store=auth_server.store if auth_server else shared_store, http=http
+    )
+    guard = resource.ResourceGuard(verifier, settings) if verifier else None
+    origin_policy = OriginPolicy.from_settings(settings)
+    services = Services(settings, registry, dispatcher, origin_policy, guard)
 
     app = QuartTrio("refserver")
     app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413)
     app.extensions["refserver"] = services
-    app.register_blueprint(pages.create_blueprint(services))
+    app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
+    app.register_blueprint(security.create_blueprint(origin_policy))
     app.register_blueprint(streamable_http.create_blueprint(services))
     app.register_blueprint(legacy_sse.create_blueprint(services))
+    if auth_server is not None:
+        limiter = RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
+        app.register_blueprint(routes.create_blueprint(auth_server, limiter))
 
     @app.before_serving
-    async def start_registry() -> None:
+    async def start_background_work() -> None:
+        if backend.redis is not None:
+            await app.nursery.start(backend.redis.run)
+        if auth_server is not None:
+            await auth_server.keys.load_or_create()
+        if verifier is not None:
+            await app.nursery.start(verifier.run)
         await app.nursery.start(registry.run)
         app.nursery.start_soon(watch_for_shutdown, registry)
+
+    @app.after_serving
+    async def close_clients() -> None:
+        if http is not None:
+            with trio.CancelScope(shield=True):
+                await http.aclose()
+
+    @app.after_request
+    async def common_headers(response: Response) -> Response:
+        security.add_cors_headers(response, origin_policy)
+        return security.add_security_headers(response, settings)
+
+    @app.errorhandler(Unauthorized)
+    async def on_unauthorized(exc: Unauthorized) -> Response:
+        response = error_response(exc)
+        error = exc.error if exc.error else None
+        response.headers["WWW-Authenticate"] = resource.www_authenticate(
+            settings, error=error, description=exc.message if error else None
+        )
+        return response
+
+    @app.errorhandler(InsufficientScope)
+    async def on_insufficient_scope(exc: InsufficientScope) -> Response:
+        response = error_response(exc)
+        response.headers["WWW-Authenticate"] = resource.www_authenticate(
+            settings, error="insufficient_scope", description=exc.message, scope=exc.required
+        )
+        return response
 
     @app.errorhandler(RefserverError)
     async def on_refserver_error(exc: RefserverError) -> Response:

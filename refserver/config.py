@@ -156,9 +156,7 @@ class Settings:
     refresh_token_ttl: float = _setting(
         "REFRESH_TOKEN_TTL", _positive_float, "Lifetime of refresh tokens (rotated on every use), seconds.", 2592000.0
     )
-    code_ttl: float = _setting(
-        "CODE_TTL", _code_ttl, "Lifetime of authorization codes, seconds (at most 600).", 300.0
-    )
+    code_ttl: float = _setting("CODE_TTL", _code_ttl, "Lifetime of authorization codes, seconds (at most 600).", 300.0)
     introspection_client_id: str | None = _setting(
         "INTROSPECTION_CLIENT_ID",
         _optional_str,

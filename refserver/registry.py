@@ -87,7 +87,8 @@ class SessionRegistry:
 
     # --- sessions ---------------------------------------------------------------------------------
 
-    async def create_session(self, kind: TransportKind) -> Session:
+    async def create_session(self, kind: TransportKind, owner: str | None = None) -> Session:
+        """A new session belonging to `owner` (the token subject; None when auth is off)."""
         if self._nursery is None or self._draining:
             raise TooManySessions("server is shutting down; retry on another instance")
         if len(self._sessions) >= self._max_sessions:
@@ -99,6 +100,7 @@ class SessionRegistry:
             events=self.events,
             handler=self._handler,
             client_request_timeout=self._client_request_timeout,
+            owner=owner,
         )
         self._sessions[session_id] = session
         self._created += 1
@@ -112,14 +114,18 @@ class SessionRegistry:
             self._sessions.pop(session.id, None)
             logger.info("session %s closed (%s)", session.id, session.close_reason)
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, *, owner: str | None = None) -> Session:
+        """The live session `session_id` if `owner` owns it.
+
+        Another subject's session looks exactly like an unknown one (404): its existence is not leaked.
+        """
         session = self._sessions.get(session_id)
-        if session is None or session.closed:
+        if session is None or session.closed or session.owner != owner:
             raise SessionNotFound("Session not found: it expired, was deleted, or never existed")
         return session
 
-    def delete(self, session_id: str) -> None:
-        self.get(session_id).close("deleted")
+    def delete(self, session_id: str, *, owner: str | None = None) -> None:
+        self.get(session_id, owner=owner).close("deleted")
         self._deleted += 1
 
     def __iter__(self) -> Any:

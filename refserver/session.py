@@ -88,9 +88,11 @@ class Session:
         events: EventLog,
         handler: RequestHandler,
         client_request_timeout: float,
+        owner: str | None = None,
         now: Callable[[], float] = trio.current_time,
     ) -> None:
         self.id = session_id
+        self.owner = owner
         self.kind: TransportKind = kind
         self.state = SessionState()
         self.events = events

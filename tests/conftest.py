@@ -148,3 +148,26 @@ async def initialize(http: httpx.AsyncClient, mcp_url: str, **params: Any) -> st
 
 def session_headers(session_id: str, version: str = "2025-11-25") -> dict[str, str]:
     return {**POST_HEADERS, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": version}
+
+
+# --- redis-server processes (tests/redis_server.py) ---
+
+from tests.redis_server import RedisServer  # noqa: E402  (appended section; keeps the fixtures typed)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, free to be killed, paused or restarted."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for tests that only read and write (each under its own key prefix); never fault it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()

@@ -158,6 +158,7 @@ class MemoryKeyValueStore:
         return None
 
     def statistics(self) -> dict[str, Any]:
+        """Counts include expired entries that no write has purged yet (they are never returned)."""
         return {
             "backend": "memory",
             "keys": len(self._values),

@@ -71,15 +71,17 @@ class OriginPolicy:
     def check(self, host: str | None, origin: str | None) -> None:
         if host is None or _hostname(host) not in self.allowed_hosts:
             raise MisdirectedHost(f"Host {host!r} is not served here")
-        if origin is None:
-            return  # not a browser (or a same-origin GET); Host already matched
+        if origin is not None and not self.allows_origin(origin):
+            raise ForbiddenOrigin(f"Origin {origin!r} is not allowed")
+        # No Origin: not a browser (or a same-origin GET); Host already matched.
+
+    def allows_origin(self, origin: str) -> bool:
         normalized = origin.rstrip("/").lower()
         if normalized in self.allowed_origins:
-            return
+            return True
         scheme, sep, authority = normalized.partition("://")
-        if sep and scheme in ("http", "https") and _hostname(authority) in LOOPBACK_HOSTS:
-            return  # a local tool (the MCP Inspector) on any loopback port
-        raise ForbiddenOrigin(f"Origin {origin!r} is not allowed")
+        # A local tool (the MCP Inspector) on any loopback port.
+        return bool(sep and scheme in ("http", "https") and _hostname(authority) in LOOPBACK_HOSTS)
 
 
 def _media_types(header: str | None) -> list[str]:

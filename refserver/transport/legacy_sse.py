@@ -18,6 +18,7 @@ from refserver.protocol.lifecycle import batch_allowed
 from refserver.protocol.sse import encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
+from refserver.transport.admission import admit
 from refserver.transport.guards import check_json_content_type, check_sse_accept, read_body
 from refserver.transport.services import Services
 from refserver.transport.sse_stream import follow_stream, sse_response
@@ -28,14 +29,11 @@ def create_blueprint(services: Services) -> Blueprint:
     settings = services.settings
     registry = services.registry
 
-    def guard() -> None:
-        services.origin_policy.check(request.headers.get("Host"), request.headers.get("Origin"))
-
     @blueprint.get("/sse")
     async def open_stream() -> Response:
-        guard()
+        owner = await admit(services)
         check_sse_accept(request.headers.get("Accept"))
-        session = await registry.create_session("legacy")
+        session = await registry.create_session("legacy", owner)
         endpoint = encode_event(f"/message?sessionId={session.id}", event="endpoint")
         return sse_response(_session_stream(registry, session, endpoint, settings.heartbeat_interval))
 
@@ -59,12 +57,13 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.post("/message")
     async def post_message() -> Response:
-        guard()
+        owner = await admit(services)
         check_json_content_type(request.headers.get("Content-Type"))
         session_id = request.args.get("sessionId")
         if not session_id:
             raise MissingSessionId("Bad Request: sessionId query parameter is required")
-        session = registry.get(session_id)
+        # Another user's session id gets 404 like an unknown one: nothing is delivered into it.
+        session = registry.get(session_id, owner=owner)
         if session.kind != "legacy":
             raise SessionNotFound("Session not found")
         parsed = parse_body(await read_body(request, settings.max_body_bytes))

@@ -6,6 +6,7 @@ import attrs
 
 from refserver.config import Settings
 from refserver.dispatch import McpDispatcher
+from refserver.oauth.resource import ResourceGuard
 from refserver.registry import SessionRegistry
 from refserver.transport.guards import OriginPolicy
 
@@ -16,3 +17,5 @@ class Services:
     registry: SessionRegistry
     dispatcher: McpDispatcher
     origin_policy: OriginPolicy
+    guard: ResourceGuard | None
+    """None when REFSERVER_AUTH_MODE=none."""

@@ -37,6 +37,7 @@ from refserver.protocol.jsonrpc import (
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
 from refserver.session import Session
+from refserver.transport.admission import admit
 from refserver.transport.errors import error_response
 from refserver.transport.guards import check_json_content_type, check_post_accept, check_sse_accept, read_body
 from refserver.transport.services import Services
@@ -51,14 +52,11 @@ def create_blueprint(services: Services) -> Blueprint:
     settings = services.settings
     registry = services.registry
 
-    def guard() -> None:
-        services.origin_policy.check(request.headers.get("Host"), request.headers.get("Origin"))
-
-    def session_from_headers(*, for_delete: bool = False) -> Session:
+    def session_from_headers(owner: str | None, *, for_delete: bool = False) -> Session:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             raise MissingSessionId("Bad Request: Mcp-Session-Id header is required")
-        session = registry.get(session_id)
+        session = registry.get(session_id, owner=owner)
         if session.kind != "streamable":
             raise SessionNotFound("Session not found")
         if not for_delete:
@@ -103,27 +101,27 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.post("/mcp")
     async def post_mcp() -> Response:
-        guard()
+        owner = await admit(services)
         check_post_accept(request.headers.get("Accept"))
         check_json_content_type(request.headers.get("Content-Type"))
         parsed = parse_body(await read_body(request, settings.max_body_bytes))
         if not request.headers.get(SESSION_HEADER):
-            return await initialize(parsed)
-        session = session_from_headers()
+            return await initialize(parsed, owner)
+        session = session_from_headers(owner)
         return await deliver(session, parsed)
 
-    async def initialize(parsed: ParsedBody) -> Response:
+    async def initialize(parsed: ParsedBody, owner: str | None) -> Response:
         first = parsed.messages[0]
         if parsed.is_batch or not isinstance(first, Request) or first.method != "initialize":
             if isinstance(first, Request) and first.method == "initialize":
                 raise InvalidRequest("Invalid Request: initialize must not be part of a batch")
             raise MissingSessionId("Bad Request: Mcp-Session-Id header is required (initialize first)")
-        session = await registry.create_session("streamable")
+        session = await registry.create_session("streamable", owner)
         stream_id = await session.start_requests([first])
         reply = await _wait_closed(session, stream_id)
         if session.state.lifecycle.phase is Phase.NEW:
             # initialize was refused (bad params): the half-made session must not linger.
-            registry.delete(session.id)
+            registry.delete(session.id, owner=owner)
             if not reply:
                 raise InvalidRequest("initialize was cancelled")
             return Response(reply, content_type="application/json", status=400)
@@ -167,9 +165,9 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.get("/mcp")
     async def get_mcp() -> Response:
-        guard()
+        owner = await admit(services)
         check_sse_accept(request.headers.get("Accept"))
-        session = session_from_headers()
+        session = session_from_headers(owner)
         # A fresh GET gets what was never delivered on the standalone stream, nothing twice.
         stream_id, after_seq = STANDALONE_STREAM, session.standalone_delivered
         last_event_id = request.headers.get("Last-Event-ID")
@@ -198,14 +196,14 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.delete("/mcp")
     async def delete_mcp() -> Response:
-        guard()
-        session = session_from_headers(for_delete=True)
-        registry.delete(session.id)
+        owner = await admit(services)
+        session = session_from_headers(owner, for_delete=True)
+        registry.delete(session.id, owner=owner)
         return Response("", status=204, content_type="text/plain")
 
     @blueprint.route("/mcp", methods=["PUT", "PATCH"])
     async def other_methods() -> Response:
-        guard()
+        services.origin_policy.check(request.headers.get("Host"), request.headers.get("Origin"))
         raise MethodNotAllowed("Method Not Allowed")
 
     @blueprint.errorhandler(MethodNotAllowed)

@@ -1,0 +1,95 @@
+"""The authorization server alone, as its own app (the seed's two-process topology).
+
+    hypercorn --config hypercorn-auth.toml refserver.oauth.app:app        # http://localhost:3001
+
+Its issuer is REFSERVER_AUTH_SERVER_URL (default http://localhost:3001); it issues tokens for
+REFSERVER_AUTH_RESOURCES (default: REFSERVER_RESOURCE_URL, or http://localhost:3232/mcp). Point the MCP
+server at it with REFSERVER_AUTH_MODE=jwt or introspection and the same REFSERVER_AUTH_SERVER_URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import trio
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from refserver import __version__
+from refserver.backend.factory import backend_from_settings
+from refserver.config import Settings
+from refserver.errors import BackendUnavailable
+from refserver.oauth import routes
+from refserver.oauth.assembly import authorization_server
+from refserver.oauth.ratelimit import RateLimiter
+from refserver.protocol.jsonrpc import encode_json
+from refserver.transport import security
+from refserver.transport.errors import http_exception_response, unexpected_exception_response
+
+logger = logging.getLogger("refserver.oauth")
+
+HEALTH_PING_TIMEOUT: Final = 1.0
+
+
+def create_auth_app(settings: Settings | None = None) -> QuartTrio:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend = backend_from_settings(settings)
+    server = authorization_server(settings, backend.kv, issuer=settings.standalone_issuer)
+
+    app = QuartTrio("refserver-auth")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # OAuth requests are small forms and JSON documents
+    app.register_blueprint(
+        routes.create_blueprint(
+            server, RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
+        )
+    )
+
+    @app.get("/health")
+    async def health() -> Response:
+        state = "ok"
+        with trio.move_on_after(HEALTH_PING_TIMEOUT) as waited:
+            try:
+                await backend.kv.ping()
+            except BackendUnavailable:
+                state = "unavailable"
+        if waited.cancelled_caught:
+            state = "unavailable"
+        document = {
+            "status": "ok" if state == "ok" else "degraded",
+            "version": __version__,
+            "issuer": server.issuer,
+            "backend": {"kind": backend.kind, "state": state},
+        }
+        return Response(
+            encode_json(document),
+            status=200 if state == "ok" else 503,
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.before_serving
+    async def start() -> None:
+        if backend.redis is not None:
+            await app.nursery.start(backend.redis.run)
+        await server.keys.load_or_create()
+        logger.info("authorization server %s issuing tokens for %s", server.issuer, ", ".join(server.resources))
+
+    @app.after_request
+    async def headers(response: Response) -> Response:
+        return security.add_security_headers(response, settings)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_exception(exc: HTTPException) -> Response:
+        return http_exception_response(exc)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(exc: Exception) -> Response:
+        return unexpected_exception_response(exc)
+
+    return app
+
+
+app = create_auth_app()

@@ -1,0 +1,20 @@
+"""What every MCP request passes before anything else: Host/Origin, then the bearer token."""
+
+from __future__ import annotations
+
+from quart import request
+
+from refserver.transport.services import Services
+
+
+async def admit(services: Services) -> str | None:
+    """Return the subject the request acts for (None when authentication is off).
+
+    DNS-rebinding checks come first (a hostile page must learn nothing, not even "401"); then the
+    token: 401/403/503 are raised as Unauthorized / InsufficientScope / AuthServerUnavailable.
+    """
+    services.origin_policy.check(request.headers.get("Host"), request.headers.get("Origin"))
+    if services.guard is None:
+        return None
+    access = await services.guard.authenticate(request.headers.get("Authorization"))
+    return access.subject

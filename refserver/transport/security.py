@@ -1,0 +1,81 @@
+"""Response headers every answer carries, and CORS for browser-based MCP clients.
+
+CORS on the MCP endpoints follows the Origin policy of `guards.py` (the same origins that pass the
+DNS-rebinding check), and exposes `Mcp-Session-Id`: without that a browser client cannot read its session
+id (the seed forgets it). Public OAuth documents are readable from any origin.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from quart import Blueprint, Response, request
+
+from refserver.config import Settings
+from refserver.transport.guards import OriginPolicy
+
+MCP_PATHS: Final = frozenset({"/mcp", "/sse", "/message"})
+PUBLIC_CORS_PREFIXES: Final = ("/.well-known/", "/register", "/token", "/introspect", "/revoke")
+ALLOWED_REQUEST_HEADERS: Final = (
+    "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
+)
+EXPOSED_HEADERS: Final = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
+PREFLIGHT_MAX_AGE: Final = "600"
+HSTS: Final = "max-age=63072000; includeSubDomains"
+
+
+def add_security_headers(response: Response, settings: Settings) -> Response:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if (response.mimetype or "").startswith("text/html"):
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault(
+            "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+        )
+    if settings.base_url.startswith("https://"):
+        headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
+
+
+def add_cors_headers(response: Response, policy: OriginPolicy) -> Response:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return response
+    path = request.path
+    if path in MCP_PATHS:
+        if not policy.allows_origin(origin):
+            return response
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        response.vary.add("Origin")
+    elif path.startswith(PUBLIC_CORS_PREFIXES):
+        response.headers.setdefault("Access-Control-Allow-Origin", "*")
+        response.headers.setdefault("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+    return response
+
+
+def create_blueprint(policy: OriginPolicy) -> Blueprint:
+    blueprint = Blueprint("cors", __name__)
+
+    @blueprint.route("/mcp", methods=["OPTIONS"])
+    @blueprint.route("/sse", methods=["OPTIONS"])
+    @blueprint.route("/message", methods=["OPTIONS"])
+    async def preflight() -> Response:
+        origin = request.headers.get("Origin")
+        if origin is None or not policy.allows_origin(origin):
+            return Response("", status=403, content_type="text/plain")
+        return Response(
+            "",
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
+                "Access-Control-Expose-Headers": EXPOSED_HEADERS,
+                "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
+                "Vary": "Origin",
+            },
+        )
+
+    return blueprint
