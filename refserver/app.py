@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         authorization_server(settings, backend.kv, issuer=settings.issuer) if settings.auth_mode == "embedded" else None
     )
     external = settings.auth_mode in ("jwt", "introspection")
-    http = httpx.AsyncClient(timeout=AUTH_SERVER_HTTP_TIMEOUT) if external else None
+    http = httpx.AsyncClient(timeout=AUTH_SERVER_HTTP_TIMEOUT)
     # With a shared Redis (the seed's topology) a JWT verifier also sees the authorization server's revocations.
     shared_store = oauth_store(settings, backend.kv) if external and backend.redis else None
     verifier = create_verifier(
@@ -137,9 +137,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.after_serving
     async def close_clients() -> None:
-        if http is not None:
-            with trio.CancelScope(shield=True):
-                await http.aclose()
+        with trio.CancelScope(shield=True):
+            await http.aclose()
 
     @app.after_request
     async def common_headers(response: Response) -> Response:

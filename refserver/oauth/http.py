@@ -8,7 +8,7 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, unquote_plus
 
 from refserver.errors import OAuthError
 from refserver.oauth.server import ClientCredentials
@@ -63,28 +63,6 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise OAuthError("invalid_client_metadata", "the client metadata must be a JSON object")
     return document
-
-
-def parsable_uri(uri: str) -> bool:
-    """`urlsplit` raises on some malformed URIs (an unclosed IPv6 bracket, a non-numeric port)."""
-    try:
-        urlsplit(uri).port  # noqa: B018 - the access is the check
-    except ValueError:
-        return False
-    return True
-
-
-def precheck_registration(document: Mapping[str, Any]) -> None:
-    """Refuse metadata that would make `AuthorizationServer.register` raise a non-OAuth error (a 500):
-    unparsable redirect URIs and non-string grant types."""
-    uris = document.get("redirect_uris")
-    if isinstance(uris, list):
-        bad = [u for u in uris if isinstance(u, str) and not parsable_uri(u)]
-        if bad:
-            raise OAuthError("invalid_redirect_uri", f"redirect URI is not a valid URI: {bad[0]}")
-    grant_types = document.get("grant_types")
-    if isinstance(grant_types, list) and not all(isinstance(g, str) for g in grant_types):
-        raise OAuthError("invalid_client_metadata", "grant_types must be a list of strings")
 
 
 def parse_basic(header: str) -> tuple[str, str]:

@@ -28,10 +28,8 @@ from refserver.oauth.http import (
     MAX_JSON_BYTES,
     client_credentials,
     error_body,
-    parsable_uri,
     parse_form,
     parse_json_object,
-    precheck_registration,
     require_media_type,
     single_values,
 )
@@ -188,7 +186,6 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
         await limiter.check("register", client_ip())
         require_media_type(request.headers.get("Content-Type"), JSON_TYPE)
         document = parse_json_object(body)
-        precheck_registration(document)
         client = await server.register(document)
         return _json(client, status=201, headers=NO_STORE)
 
@@ -198,8 +195,6 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
     async def authorize() -> Response:
         await limiter.check("authorize", client_ip())
         params = _query()
-        if not parsable_uri(params.get("redirect_uri", "")):
-            raise AuthorizePageError("redirect_uri is not a valid URI.")
         pending = await server.begin_authorization(params)
         client = await server.store.client(pending.client_id)
         if client is None:  # deleted between the two reads

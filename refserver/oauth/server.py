@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode, urlsplit
 
 import attrs
 from joserfc import jws, jwt
@@ -41,6 +41,8 @@ MAX_CLIENT_NAME: Final = 200
 SUBJECT_PATTERN: Final = re.compile(r"[A-Za-z0-9._@+\-]{1,64}")
 """User ids the mock identity provider accepts (what ends up in `sub`)."""
 GRANT_TYPES: Final = ("authorization_code", "refresh_token")
+ACCESS_TOKEN_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
+"""RFC 9068 sec. 2.1: an ID token or other JWT signed by the same key is not an access token."""
 
 
 class AuthorizePageError(Exception):
@@ -54,15 +56,25 @@ class ClientCredentials:
     via_basic: bool = False
 
 
+def split_uri(uri: str) -> SplitResult | None:
+    """`urlsplit` plus what it leaves unchecked: a host, and a port that is a number in range."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError:
+        return None
+    return parts if parts.hostname else None
+
+
 def is_loopback_http(uri: str) -> bool:
-    parts = urlsplit(uri)
-    return parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_REDIRECT_HOSTS
+    parts = split_uri(uri)
+    return parts is not None and parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_REDIRECT_HOSTS
 
 
 def redirect_uri_matches(registered: str, presented: str) -> bool:
     """Exact match, except that a loopback redirect may use any port (RFC 8252 sec. 7.3)."""
     if presented == registered:
-        return True
+        return split_uri(presented) is not None
     if not (is_loopback_http(registered) and is_loopback_http(presented)):
         return False
     a, b = urlsplit(registered), urlsplit(presented)
@@ -70,8 +82,8 @@ def redirect_uri_matches(registered: str, presented: str) -> bool:
 
 
 def _valid_redirect_uri(uri: str) -> bool:
-    parts = urlsplit(uri)
-    if parts.fragment or not parts.netloc:
+    parts = split_uri(uri)
+    if parts is None or parts.fragment:
         return False
     return parts.scheme == "https" or is_loopback_http(uri)
 
@@ -96,6 +108,9 @@ class AuthorizationServer:
         self.default_scopes = frozenset(default_scopes)
         self.store = store
         self.keys = keys
+        if store.access_ttl < access_ttl:
+            # The grant-revoked marker must outlive every access token it is meant to kill.
+            raise ValueError("the store's access TTL must be at least the access token lifetime")
         self.access_ttl = access_ttl
         self._introspection_credentials = introspection_credentials
         self._clock = clock
@@ -145,7 +160,12 @@ class AuthorizationServer:
         if method not in AUTH_METHODS:
             raise OAuthError("invalid_client_metadata", f"unsupported token_endpoint_auth_method {method!r}")
         grant_types = body.get("grant_types", ["authorization_code", "refresh_token"])
-        if not isinstance(grant_types, list) or not set(grant_types) <= set(GRANT_TYPES) or not grant_types:
+        if (
+            not isinstance(grant_types, list)
+            or not grant_types
+            or not all(isinstance(g, str) for g in grant_types)
+            or not set(grant_types) <= set(GRANT_TYPES)
+        ):
             raise OAuthError("invalid_client_metadata", f"grant_types must be a subset of {list(GRANT_TYPES)}")
         response_types = body.get("response_types", ["code"])
         if response_types != ["code"]:
@@ -346,7 +366,7 @@ class AuthorizationServer:
         grant = await self.store.grant(code.grant_id)
         if grant is None:
             raise OAuthError("invalid_grant", "the grant was revoked")
-        return await self._issue(grant, code.scopes)
+        return await self._issue(grant, code.scopes, with_refresh="refresh_token" in client.grant_types)
 
     async def _refresh(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
         raw = form.get("refresh_token")
@@ -373,30 +393,37 @@ class AuthorizationServer:
         resource = form.get("resource")
         if resource is not None and resource != grant.resource:
             raise OAuthError("invalid_target", "resource does not match the grant")
+        await self.store.save_grant(grant)  # a grant in use lives as long as its newest refresh token
         # The new refresh token keeps the grant's scope (RFC 6749 sec. 6); the access token may narrow it.
         return await self._issue(grant, requested or token.scopes, refresh_scopes=token.scopes)
 
     async def _issue(
-        self, grant: Grant, scopes: frozenset[str], *, refresh_scopes: frozenset[str] | None = None
+        self,
+        grant: Grant,
+        scopes: frozenset[str],
+        *,
+        refresh_scopes: frozenset[str] | None = None,
+        with_refresh: bool = True,
     ) -> dict[str, Any]:
-        access_token = self.sign_access_token(grant, scopes)
-        refresh = new_token()
-        await self.store.save_refresh(
-            RefreshToken(
-                token_hash=token_hash(refresh),
-                grant_id=grant.grant_id,
-                client_id=grant.client_id,
-                scopes=refresh_scopes or scopes,
-                expires_at=self._now() + int(self.store.refresh_ttl),
-            )
-        )
-        return {
-            "access_token": access_token,
+        response: dict[str, Any] = {
+            "access_token": self.sign_access_token(grant, scopes),
             "token_type": "Bearer",
             "expires_in": int(self.access_ttl),
-            "refresh_token": refresh,
             "scope": " ".join(sorted(scopes)),
         }
+        if with_refresh:
+            refresh = new_token()
+            await self.store.save_refresh(
+                RefreshToken(
+                    token_hash=token_hash(refresh),
+                    grant_id=grant.grant_id,
+                    client_id=grant.client_id,
+                    scopes=refresh_scopes or scopes,
+                    expires_at=self._now() + int(self.store.refresh_ttl),
+                )
+            )
+            response["refresh_token"] = refresh
+        return response
 
     def sign_access_token(self, grant: Grant, scopes: frozenset[str]) -> str:
         now = self._now()
@@ -422,7 +449,7 @@ class AuthorizationServer:
             header = jws.extract_compact(token.encode()).protected if token.count(".") == 2 else None
         except (JoseError, ValueError):
             return None
-        if header is None or header.get("alg") != ALGORITHM:
+        if header is None or header.get("alg") != ALGORITHM or header.get("typ") not in ACCESS_TOKEN_TYPES:
             return None
         await self.keys.reload_for_unknown_kid(str(header.get("kid", "")))
         try:
