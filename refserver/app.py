@@ -19,7 +19,7 @@ from refserver.backend.factory import backend_from_settings
 from refserver.backend.memory import MemoryEventLog
 from refserver.config import Settings
 from refserver.dispatch import McpDispatcher
-from refserver.errors import InsufficientScope, RefserverError, Unauthorized
+from refserver.errors import AuthServerUnavailable, InsufficientScope, RefserverError, Unauthorized
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
 from refserver.oauth import resource, routes
@@ -36,6 +36,8 @@ logger = logging.getLogger("refserver")
 
 SHUTDOWN_POLL_INTERVAL: Final = 0.1
 """Hypercorn itself polls its shutdown event this often."""
+AUTH_RETRY_AFTER_SECONDS: Final = 5
+"""Roughly the verifier's probe interval: by then a recovered authorization server is noticed."""
 AUTH_SERVER_HTTP_TIMEOUT: Final = httpx.Timeout(5.0, connect=2.0)
 """Every call to an external authorization server (JWKS, metadata, introspection) is bounded by this."""
 
@@ -146,20 +148,16 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         return security.add_security_headers(response, settings)
 
     @app.errorhandler(Unauthorized)
-    async def on_unauthorized(exc: Unauthorized) -> Response:
+    @app.errorhandler(InsufficientScope)
+    async def on_auth_failure(exc: Unauthorized | InsufficientScope) -> Response:
         response = error_response(exc)
-        error = exc.error if exc.error else None
-        response.headers["WWW-Authenticate"] = resource.www_authenticate(
-            settings, error=error, description=exc.message if error else None
-        )
+        response.headers["WWW-Authenticate"] = resource.challenge_for(settings, exc)
         return response
 
-    @app.errorhandler(InsufficientScope)
-    async def on_insufficient_scope(exc: InsufficientScope) -> Response:
+    @app.errorhandler(AuthServerUnavailable)
+    async def on_auth_server_unavailable(exc: AuthServerUnavailable) -> Response:
         response = error_response(exc)
-        response.headers["WWW-Authenticate"] = resource.www_authenticate(
-            settings, error="insufficient_scope", description=exc.message, scope=exc.required
-        )
+        response.headers["Retry-After"] = str(AUTH_RETRY_AFTER_SECONDS)
         return response
 
     @app.errorhandler(RefserverError)

@@ -90,6 +90,9 @@ class ServerProcess:
 
 
 def server_env(**settings: Any) -> dict[str, str]:
+    """Environment for a server process. The MCP-feature tests run with `auth_mode=none` unless they say
+    otherwise; the OAuth tests (test_oauth_*.py) and the conformance run exercise the real flow."""
+    settings.setdefault("auth_mode", "none")
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFSERVER_")}
     env["PYTHONUNBUFFERED"] = "1"
     for key, value in settings.items():

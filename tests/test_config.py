@@ -15,7 +15,20 @@ from refserver.errors import ConfigError
 DEFAULTS: dict[str, Any] = {
     "base_url": "http://localhost:3232",
     "redis_url": None,
-    "auth_mode": "none",
+    "auth_mode": "embedded",
+    "auth_server_url": None,
+    "resource_url": None,
+    "auth_resources": (),
+    "scopes_supported": ("mcp", "offline_access"),
+    "required_scope": "mcp",
+    "access_token_ttl": 3600.0,
+    "refresh_token_ttl": 2592000.0,
+    "code_ttl": 300.0,
+    "introspection_client_id": None,
+    "introspection_client_secret": None,
+    "introspection_cache_ttl": 30.0,
+    "trusted_proxies": (),
+    "rate_limit_per_minute": 60,
     "session_idle_ttl": 300.0,
     "subscription_update_interval": 10.0,
     "log_message_interval": 15.0,
@@ -141,7 +154,7 @@ def test_many_settings_together() -> None:
 
 def test_unknown_setting_is_rejected_by_name() -> None:
     error = config_error(FOO="1")
-    assert error.message.startswith("unknown setting(s) REFSERVER_FOO; known settings: REFSERVER_ALLOWED_HOSTS")
+    assert error.message.startswith("unknown setting(s) REFSERVER_FOO; known settings: REFSERVER_ACCESS_TOKEN_TTL, REFSERVER_ALLOWED_HOSTS")
     assert "REFSERVER_SESSION_IDLE_TTL" in error.message
 
 
@@ -202,7 +215,9 @@ def test_invalid_value_messages_explain() -> None:
     assert config_error(BASE_URL="localhost").message == (
         "REFSERVER_BASE_URL='localhost': must be an absolute http(s) URL"
     )
-    assert config_error(AUTH_MODE="jwt").message == "REFSERVER_AUTH_MODE='jwt': must be one of none"
+    assert config_error(AUTH_MODE="oauth2").message == (
+        "REFSERVER_AUTH_MODE='oauth2': must be one of embedded, jwt, introspection, none"
+    )
     assert config_error(FEATURES="reference,extra").message == (
         "REFSERVER_FEATURES='reference,extra': unknown feature module(s) ['extra']; known: reference, conformance"
     )
@@ -303,7 +318,20 @@ def test_documented_defaults_are_shown_as_text() -> None:
     assert shown == {
         "REFSERVER_BASE_URL": "http://localhost:3232",
         "REFSERVER_REDIS_URL": "(unset)",
-        "REFSERVER_AUTH_MODE": "none",
+        "REFSERVER_AUTH_MODE": "embedded",
+        "REFSERVER_AUTH_SERVER_URL": "(unset)",
+        "REFSERVER_RESOURCE_URL": "(unset)",
+        "REFSERVER_AUTH_RESOURCES": "(empty)",
+        "REFSERVER_SCOPES_SUPPORTED": "mcp,offline_access",
+        "REFSERVER_REQUIRED_SCOPE": "mcp",
+        "REFSERVER_ACCESS_TOKEN_TTL": "3600.0",
+        "REFSERVER_REFRESH_TOKEN_TTL": "2592000.0",
+        "REFSERVER_CODE_TTL": "300.0",
+        "REFSERVER_INTROSPECTION_CLIENT_ID": "(unset)",
+        "REFSERVER_INTROSPECTION_CLIENT_SECRET": "(unset)",
+        "REFSERVER_INTROSPECTION_CACHE_TTL": "30.0",
+        "REFSERVER_TRUSTED_PROXIES": "(empty)",
+        "REFSERVER_RATE_LIMIT_PER_MINUTE": "60",
         "REFSERVER_SESSION_IDLE_TTL": "300.0",
         "REFSERVER_SUBSCRIPTION_UPDATE_INTERVAL": "10.0",
         "REFSERVER_LOG_MESSAGE_INTERVAL": "15.0",

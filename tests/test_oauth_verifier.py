@@ -1,8 +1,9 @@
 """The resource server's token verification in its three modes, against real components.
 
 Embedded mode uses a real `AuthorizationServer` over a `MemoryKeyValueStore`. The jwt and introspection
-modes talk over real HTTP to a real `AuthorizationServer` served by a small Quart-Trio app in a real
-Hypercorn (its `trio.serve`, in the fixture's nursery), so stopping and restarting that app is a real outage.
+modes talk over real HTTP to a real `AuthorizationServer` behind its real routes (`refserver.oauth.routes`),
+served by a real Hypercorn (its `trio.serve`, in the fixture's nursery), so stopping and restarting that app
+is a real outage.
 Wall-clock time (token expiry, cache lifetimes) comes from a fake clock shared by the authorization server
 and the verifier; only the availability probes use real (short) intervals, guarded by `fail_after`.
 """
@@ -16,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import httpx
@@ -26,14 +27,17 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
-from quart import Response, request
+from quart import request
 from quart_trio import QuartTrio
 
 from refserver.backend.memory_kv import MemoryKeyValueStore
 from refserver.config import Settings
-from refserver.errors import AuthServerUnavailable, ConfigError, InsufficientScope, OAuthError, Unauthorized
+from refserver.errors import AuthServerUnavailable, ConfigError, InsufficientScope, Unauthorized
+from refserver.oauth import routes
 from refserver.oauth.crypto import new_token, s256_challenge
+from refserver.oauth.http import client_credentials
 from refserver.oauth.keys import SigningKeys
+from refserver.oauth.ratelimit import RateLimiter
 from refserver.oauth.resource import (
     ResourceGuard,
     challenge_for,
@@ -44,7 +48,7 @@ from refserver.oauth.resource import (
 from refserver.oauth.server import AuthorizationServer, ClientCredentials
 from refserver.oauth.store import OAuthStore
 from refserver.oauth.verifier import (
-    CLOCK_LEEWAY,
+    NOT_BEFORE_LEEWAY,
     EmbeddedVerifier,
     IntrospectionVerifier,
     JwtVerifier,
@@ -91,7 +95,7 @@ def b64url(data: Any) -> str:
 
 
 async def make_server(issuer: str, clock: FakeClock, *, access_ttl: float = 300.0) -> AuthorizationServer:
-    kv = MemoryKeyValueStore()
+    kv = MemoryKeyValueStore(clock=clock)  # revocation markers expire on the same clock as the tokens
     keys = SigningKeys(kv)
     await keys.load_or_create()
     return AuthorizationServer(
@@ -161,37 +165,16 @@ def claims_of(server: AuthorizationServer, clock: FakeClock, **override: Any) ->
 
 
 def auth_app(server: AuthorizationServer) -> QuartTrio:
-    """The authorization server endpoints a resource server uses: metadata, JWKS, introspection."""
+    """The real authorization server blueprint, plus one misbehaving introspection endpoint."""
     app = QuartTrio("test-authorization-server")
-
-    @app.get("/.well-known/oauth-authorization-server")
-    async def metadata() -> dict[str, Any]:
-        return server.metadata()
-
-    @app.get("/.well-known/jwks.json")
-    async def jwks() -> dict[str, Any]:
-        return server.keys.jwks()
-
-    async def introspection() -> dict[str, Any]:
-        auth = request.authorization
-        credentials = ClientCredentials(
-            unquote_plus(auth.username or "") if auth else None,
-            unquote_plus(auth.password or "") if auth else None,
-            via_basic=True,
-        )
-        return await server.introspect(dict(await request.form), credentials)
-
-    @app.post("/introspect")
-    async def introspect() -> Response | dict[str, Any]:
-        try:
-            return await introspection()
-        except OAuthError as exc:
-            return Response(json.dumps({"error": exc.error}), status=exc.status, content_type="application/json")
+    app.register_blueprint(routes.create_blueprint(server, RateLimiter(server.store.kv, 10_000, ())))
 
     @app.post("/introspect-foreign-issuer")
     async def introspect_foreign() -> dict[str, Any]:
-        """A misbehaving server whose answers name another issuer."""
-        return {**await introspection(), "iss": "https://evil.example"}
+        """A server whose introspection answers name another issuer."""
+        form = dict(await request.form)
+        answer = await server.introspect(form, client_credentials(request.headers.get("Authorization"), form))
+        return {**answer, "iss": "https://evil.example"}
 
     return app
 
@@ -321,10 +304,12 @@ async def test_token_for_another_resource_is_rejected(env: Factory, mode: Mode) 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_expired_token_is_rejected(env: Factory, mode: Mode) -> None:
-    e = await env(mode, access_ttl=60.0)
+    e = await env(mode, access_ttl=60.0, cache_ttl=120.0)
     issued = await issue(e.server)
     await e.verifier.verify(issued.access_token)
-    e.clock.advance(60 + CLOCK_LEEWAY + 1)
+    e.clock.advance(59)
+    await e.verifier.verify(issued.access_token)
+    e.clock.advance(1)  # exactly exp
     with pytest.raises(Unauthorized):
         await e.verifier.verify(issued.access_token)
 
@@ -410,9 +395,20 @@ async def test_jwt_revocation_without_shared_store_is_honoured_at_exp(env: Facto
     issued = await issue(e.server)
     await e.server.revoke({"token": issued.access_token}, issued.credentials)
     assert (await e.verifier.verify(issued.access_token)).subject == "alice"  # documented limitation
-    e.clock.advance(60 + CLOCK_LEEWAY + 1)
+    e.clock.advance(60)
     with pytest.raises(Unauthorized):
         await e.verifier.verify(issued.access_token)
+
+
+async def test_jwt_revoked_token_never_verifies_again_up_to_and_past_exp(env: Factory) -> None:
+    """The shared store's revocation marker lives until `exp`, and `exp` gets no leeway: no gap at the end."""
+    e = await env("jwt", access_ttl=60.0)
+    issued = await issue(e.server)
+    await e.server.revoke({"token": issued.access_token}, issued.credentials)
+    for _ in range(61 + NOT_BEFORE_LEEWAY):
+        with pytest.raises(Unauthorized):
+            await e.verifier.verify(issued.access_token)
+        e.clock.advance(1)
 
 
 async def test_jwt_unknown_kid_triggers_a_jwks_refetch_and_then_verifies(env: Factory) -> None:
@@ -448,18 +444,21 @@ async def test_jwt_refuses_a_non_access_token_signed_by_the_right_key(env: Facto
         await e.verifier.verify(token)
 
 
-async def test_jwt_token_not_yet_valid_is_rejected(env: Factory) -> None:
+async def test_jwt_not_before_allows_a_little_issuer_clock_skew_only(env: Factory) -> None:
     e = await env("jwt")
     now = int(e.clock())
-    token = e.server.keys.sign(claims_of(e.server, e.clock, nbf=now + CLOCK_LEEWAY + 60))
+    ahead = e.server.keys.sign(claims_of(e.server, e.clock, nbf=now + NOT_BEFORE_LEEWAY))
+    assert (await e.verifier.verify(ahead)).subject == "alice"
+    future = e.server.keys.sign(claims_of(e.server, e.clock, nbf=now + NOT_BEFORE_LEEWAY + 1))
     with pytest.raises(Unauthorized):
-        await e.verifier.verify(token)
+        await e.verifier.verify(future)
 
 
-async def test_metadata_naming_another_issuer_is_refused(env: Factory) -> None:
+async def test_metadata_naming_another_issuer_is_refused(env: Factory, caplog: pytest.LogCaptureFixture) -> None:
     """RFC 8414 sec. 3.3: localhost and 127.0.0.1 are different issuers; the verifier does not trust it."""
     e = await env("jwt", trusted_host="localhost")
     assert e.verifier.state == "degraded"
+    assert "the metadata names issuer 'http://127.0.0.1:" in caplog.text
     with pytest.raises(AuthServerUnavailable):
         await e.verifier.verify((await issue(e.server)).access_token)
 

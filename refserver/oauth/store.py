@@ -22,6 +22,8 @@ from refserver.oauth.models import AuthorizationCode, Client, Grant, PendingAuth
 
 CLIENT_TTL: Final = 180 * 24 * 3600.0
 """Dynamic registrations are forgotten after half a year; clients re-register (RFC 7591 allows it)."""
+REVOCATION_MARGIN: Final = 60.0
+"""Revocation markers outlive the token by this much, so a verifier whose clock lags cannot accept it."""
 PENDING_TTL: Final = 600.0
 """A person has ten minutes from /authorize to the identity provider's callback."""
 
@@ -83,7 +85,7 @@ class OAuthStore:
 
     async def revoke_grant(self, grant_id: str) -> None:
         """Every token of the grant dies: refresh tokens (no grant) and access tokens (the marker)."""
-        await self.kv.set(f"oauth:grant-revoked:{grant_id}", b"1", self.access_ttl)
+        await self.kv.set(f"oauth:grant-revoked:{grant_id}", b"1", self.access_ttl + REVOCATION_MARGIN)
         await self.kv.delete(f"oauth:grant:{grant_id}")
 
     async def save_refresh(self, token: RefreshToken) -> None:
@@ -113,7 +115,7 @@ class OAuthStore:
 
     async def revoke_access_token(self, jti: str, seconds_left: float) -> None:
         if seconds_left > 0:
-            await self.kv.set(f"oauth:jti-revoked:{jti}", b"1", seconds_left)
+            await self.kv.set(f"oauth:jti-revoked:{jti}", b"1", seconds_left + REVOCATION_MARGIN)
 
     async def is_revoked(self, jti: str, grant_id: str | None) -> bool:
         keys = [f"oauth:jti-revoked:{jti}"]

@@ -53,8 +53,10 @@ ALGORITHMS: Final = ("ES256", "RS256", "Ed25519", "EdDSA")
 ACCESS_TOKEN_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
 """RFC 9068 sec. 4: the `typ` that tells an access token from an ID token signed by the same keys."""
 KEY_TYPES: Final = frozenset({"EC", "RSA", "OKP"})
-CLOCK_LEEWAY: Final = 30
-"""Seconds of clock skew tolerated between the authorization server and us, for `exp` and `nbf`."""
+NOT_BEFORE_LEEWAY: Final = 30
+"""Seconds a token's `nbf` may lie in our future: the issuer's clock may run a little ahead of ours. `exp` gets
+no leeway: revocation markers in a shared store live exactly until `exp`, so a token accepted after its `exp`
+could be a revoked one whose marker is already gone."""
 HTTP_TIMEOUT: Final = 3.0
 """Whole-call limit (connect, send, read) of every request to the authorization server."""
 MAX_RESPONSE_BYTES: Final = 256 * 1024
@@ -115,9 +117,9 @@ def access_info(
     exp, nbf = claims.get("exp"), claims.get("nbf")
     if not _number(exp):
         raise Unauthorized("the token has no expiry")
-    if exp + CLOCK_LEEWAY <= now:
+    if exp <= now:
         raise Unauthorized("the token has expired")
-    if nbf is not None and (not _number(nbf) or nbf > now + CLOCK_LEEWAY):
+    if nbf is not None and (not _number(nbf) or nbf > now + NOT_BEFORE_LEEWAY):
         raise Unauthorized("the token is not valid yet")
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:

@@ -67,7 +67,7 @@ def create_blueprint(services: Services, *, verifier: TokenVerifier | None, back
     if verifier is not None:
 
         @blueprint.get("/.well-known/oauth-protected-resource")
-        @blueprint.get("/.well-known/oauth-protected-resource/mcp")
+        @blueprint.get(resource.resource_metadata_path(settings))
         async def protected_resource_metadata() -> Response:
             return Response(
                 encode_json(resource.protected_resource_metadata(settings)),
