@@ -53,9 +53,13 @@ class ServerProcess:
         return f"{self.url}/mcp"
 
     def start(self) -> None:
+        self.start_app("refserver.app:app", "hypercorn.toml")
+
+    def start_app(self, app: str, config: str) -> None:
+        """Start `app` (e.g. the standalone authorization server) with its own Hypercorn config."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [*HYPERCORN, "--config", "hypercorn.toml", "--bind", f"127.0.0.1:{self.port}", "refserver.app:app"],
+            [*HYPERCORN, "--config", config, "--bind", f"127.0.0.1:{self.port}", app],
             cwd=ROOT,
             env=self.env,
             stdout=log,
