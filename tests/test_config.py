@@ -354,3 +354,12 @@ def test_documented_defaults_parse_back_to_the_defaults() -> None:
     placeholders = ("(unset)", "(empty)")
     environ = {variable: default for variable, default, _ in documented_settings() if default not in placeholders}
     assert Settings.from_env(environ, dotenv_path=None) == Settings()
+
+
+def test_operations_doc_lists_every_setting() -> None:
+    from pathlib import Path
+
+    from refserver.config import settings_table_markdown
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    assert settings_table_markdown() in doc, "regenerate the table with `python -m refserver.config`"
