@@ -16,7 +16,6 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from refserver.backend.factory import backend_from_settings
-from refserver.backend.memory import MemoryEventLog
 from refserver.config import Settings
 from refserver.dispatch import McpDispatcher
 from refserver.errors import AuthServerUnavailable, InsufficientScope, RefserverError, Unauthorized
@@ -91,9 +90,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
     dispatcher = McpDispatcher(features)
-    events = MemoryEventLog(settings.event_log_max_events)
     registry = SessionRegistry(
-        events=events,
+        events=backend.events,
+        store=backend.store,
+        bus=backend.bus,
         handler=dispatcher,
         idle_ttl=settings.session_idle_ttl,
         max_sessions=settings.max_sessions,
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     async def start_background_work() -> None:
         if backend.redis is not None:
             await app.nursery.start(backend.redis.run)
+            await app.nursery.start(backend.bus.run)  # type: ignore[attr-defined]
         if auth_server is not None:
             await auth_server.keys.load_or_create()
         if verifier is not None:

@@ -13,14 +13,19 @@ import attrs
 import trio
 
 from refserver.backend.events import EventLog
-from refserver.errors import SessionNotFound, TooManySessions
-from refserver.session import RequestHandler, Session, TransportKind
+from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionRecord, SessionStore, TransportKind
+from refserver.errors import BackendUnavailable, SessionNotFound, TooManySessions
+from refserver.protocol.jsonrpc import ErrorResponse, Response, parse_message
+from refserver.session import RequestHandler, Session, SessionState
 
 logger = logging.getLogger(__name__)
 
 SESSION_ID_BYTES: Final = 32
 """256 bits from the OS CSPRNG, URL-safe base64: visible ASCII as the transport spec requires."""
 
+NOT_FOUND: Final = "Session not found: it expired, was deleted, or never existed"
+CLEANUP_TIMEOUT: Final = 2.0
+"""Bound on the cleanup a closing session does against the backend (unsubscribing)."""
 REAPER_MAX_PERIOD: Final = 5.0
 """The reaper looks at least this often, so a session outlives its TTL by at most this much."""
 
@@ -44,8 +49,12 @@ class SessionRegistry:
         max_sessions: int,
         client_request_timeout: float,
         notifiers: Sequence[PeriodicNotifier] = (),
+        store: SessionStore | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.events = events
+        self.store: SessionStore = store or LocalSessionStore()
+        self.bus: Bus = bus or LocalBus()
         self._handler = handler
         self.idle_ttl = idle_ttl
         self._max_sessions = max_sessions
@@ -55,6 +64,7 @@ class SessionRegistry:
         self._nursery: trio.Nursery | None = None
         self._draining = False
         self._created = 0
+        self._adopted = 0
         self._reaped = 0
         self._deleted = 0
 
@@ -64,6 +74,9 @@ class SessionRegistry:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._reap_idle_sessions)
+                if self.bus.distributed:
+                    self.bus.set_handler(self._on_bus_message)  # type: ignore[attr-defined]
+                    nursery.start_soon(self._keep_shared_sessions_alive)
                 for notifier in self._notifiers:
                     nursery.start_soon(self._run_notifier, notifier)
                 task_status.started(self)
@@ -87,46 +100,126 @@ class SessionRegistry:
 
     # --- sessions ---------------------------------------------------------------------------------
 
-    async def create_session(self, kind: TransportKind, owner: str | None = None) -> Session:
-        """A new session belonging to `owner` (the token subject; None when auth is off)."""
-        if self._nursery is None or self._draining:
-            raise TooManySessions("server is shutting down; retry on another instance")
-        if len(self._sessions) >= self._max_sessions:
-            raise TooManySessions("too many sessions on this instance")
-        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
-        session = Session(
+    def _new_session(
+        self, session_id: str, kind: TransportKind, owner: str | None, state: SessionState | None = None
+    ) -> Session:
+        return Session(
             session_id,
             kind,
             events=self.events,
             handler=self._handler,
             client_request_timeout=self._client_request_timeout,
             owner=owner,
+            state=state,
+            store=self.store,
+            bus=self.bus,
+            ttl=self.idle_ttl,
         )
-        self._sessions[session_id] = session
+
+    def _check_capacity(self) -> trio.Nursery:
+        if self._nursery is None or self._draining:
+            raise TooManySessions("server is shutting down; retry on another instance")
+        if len(self._sessions) >= self._max_sessions:
+            raise TooManySessions("too many sessions on this instance")
+        return self._nursery
+
+    async def create_session(self, kind: TransportKind, owner: str | None = None) -> Session:
+        """A new session belonging to `owner` (the token subject; None when auth is off)."""
+        nursery = self._check_capacity()
+        session = self._new_session(secrets.token_urlsafe(SESSION_ID_BYTES), kind, owner)
+        if self.bus.distributed:
+            await self.store.save(session.record(), self.idle_ttl)
+            await self.bus.subscribe(session.id)
+        self._sessions[session.id] = session
         self._created += 1
-        await self._nursery.start(self._own_session, session)
+        await nursery.start(self._own_session, session)
         return session
 
     async def _own_session(self, session: Session, *, task_status: trio.TaskStatus[None]) -> None:
         try:
             await session.run(task_status=task_status)
         finally:
-            self._sessions.pop(session.id, None)
-            logger.info("session %s closed (%s)", session.id, session.close_reason)
+            if self._sessions.get(session.id) is session:
+                del self._sessions[session.id]
+            if self.bus.distributed:
+                # If the subscriber connection is gone, it resubscribes only what is live anyway.
+                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True), contextlib.suppress(BackendUnavailable):
+                    await self.bus.unsubscribe(session.id)
+            logger.info("session %s closed here (%s)", session.id, session.close_reason)
 
-    def get(self, session_id: str, *, owner: str | None = None) -> Session:
-        """The live session `session_id` if `owner` owns it.
+    async def get(self, session_id: str, *, owner: str | None = None) -> Session:
+        """The live session `session_id` if `owner` owns it, from this instance or from the store.
 
         Another subject's session looks exactly like an unknown one (404): its existence is not leaked.
         """
-        session = self._sessions.get(session_id)
-        if session is None or session.closed or session.owner != owner:
-            raise SessionNotFound("Session not found: it expired, was deleted, or never existed")
+        local = self._sessions.get(session_id)
+        if local is not None and not local.closed:
+            if local.owner != owner:
+                raise SessionNotFound(NOT_FOUND)
+            return local
+        if not self.bus.distributed:
+            raise SessionNotFound(NOT_FOUND)
+        record = await self.store.load(session_id)
+        if record is None or record.owner != owner:
+            raise SessionNotFound(NOT_FOUND)
+        local = self._sessions.get(session_id)  # another request may have brought it here meanwhile
+        if local is not None and not local.closed:
+            return local
+        nursery = self._check_capacity()
+        session = self._new_session(session_id, record.kind, record.owner, SessionState.from_record(record))
+        self._sessions[session_id] = session
+        try:
+            await self.bus.subscribe(session_id)
+        except BaseException:
+            del self._sessions[session_id]
+            raise
+        self._adopted += 1
+        await nursery.start(self._own_session, session)
         return session
 
-    def delete(self, session_id: str, *, owner: str | None = None) -> None:
-        self.get(session_id, owner=owner).close("deleted")
+    async def delete(self, session_id: str, *, owner: str | None = None) -> None:
+        """End the session everywhere: its work on every instance, its streams, its stored state."""
+        session = await self.get(session_id, owner=owner)
+        if self.bus.distributed:
+            await self.store.delete(session_id)
+            await self.bus.publish(session_id, {"t": "delete"})
+        session.close("deleted")
         self._deleted += 1
+
+    async def _on_bus_message(self, session_id: str, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "event":
+            self.events.notice(session_id, str(message.get("s")), int(message.get("n", 0)))
+            return
+        session = self._sessions.get(session_id)
+        if session is None:
+            return
+        if kind == "cancel":
+            session.cancel_request(message.get("id"))
+        elif kind == "reply":
+            parsed = parse_message(message.get("message"))
+            if isinstance(parsed, (Response, ErrorResponse)):
+                session.deliver_reply(parsed)
+        elif kind == "delete":
+            session.close("deleted")
+        elif kind == "state":
+            session.apply_record(SessionRecord(**message["record"]))
+        elif kind == "resync":
+            self.events.wake_session(session_id)
+
+    async def _keep_shared_sessions_alive(self) -> None:
+        """Push back the stored expiry of sessions active here, all in one round trip per period."""
+        period = self.idle_ttl / 3
+        last = trio.current_time()
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            active = [s.id for s in self._sessions.values() if not s.closed and s.active_since(last)]
+            last = now
+            try:
+                await self.store.touch(active, self.idle_ttl)
+            except BackendUnavailable:
+                logger.warning("could not refresh %d sessions in the store", len(active))
 
     def __iter__(self) -> Any:
         return iter(list(self._sessions.values()))
@@ -159,6 +252,7 @@ class SessionRegistry:
             "sessions": len(self._sessions),
             "in_flight_requests": in_flight,
             "created": self._created,
+            "adopted": self._adopted,
             "reaped_idle": self._reaped,
             "deleted": self._deleted,
             "draining": self._draining,

@@ -10,17 +10,18 @@ HTTP handlers only read streams, so a client disconnect never loses or blocks th
 from __future__ import annotations
 
 import contextlib
-import itertools
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import mcp_types as types
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog
+from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionRecord, SessionStore, TransportKind
 from refserver.errors import (
     ClientCapabilityMissing,
     ClientRequestFailed,
@@ -36,15 +37,19 @@ from refserver.protocol.jsonrpc import (
     RequestId,
     Response,
     encode_message,
+    is_request_id,
+    message_to_dict,
 )
 from refserver.protocol.lifecycle import Lifecycle, Phase, log_level_allows
 
 logger = logging.getLogger(__name__)
 
-TransportKind = Literal["streamable", "legacy"]
 
 REQUEST_STREAM_ID_BYTES: Final = 6
 """Request stream ids are random within a session (48 bits), so no counter has to be shared."""
+
+OUTGOING_ID_BYTES: Final = 8
+"""Server-to-client request ids: 64 random bits, unique across instances for the life of a session."""
 
 CANCEL_NOTICE_TIMEOUT: Final = 1.0
 """How long a cancelled tool may spend telling the client to drop its pending sampling request."""
@@ -52,11 +57,40 @@ CANCEL_NOTICE_TIMEOUT: Final = 1.0
 
 @attrs.define(eq=False)
 class SessionState:
-    """What the protocol remembers about a session (serializable; Redis stores it in the scaling issue)."""
+    """What the protocol remembers about a session; stored as a `SessionRecord` when sessions are shared."""
 
     lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
     log_level: str | None = None
     subscriptions: set[str] = attrs.field(factory=set)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """Changes whenever something another instance must know changes."""
+        lifecycle = self.lifecycle
+        return (lifecycle.phase, lifecycle.protocol_version, self.log_level, frozenset(self.subscriptions))
+
+    def to_record(self, session_id: str, kind: TransportKind, owner: str | None) -> SessionRecord:
+        lifecycle = self.lifecycle
+        return SessionRecord(
+            session_id=session_id,
+            kind=kind,
+            owner=owner,
+            phase=lifecycle.phase.value,
+            protocol_version=lifecycle.protocol_version,
+            client_capabilities=lifecycle.client_capabilities,
+            client_info=lifecycle.client_info,
+            log_level=self.log_level,
+            subscriptions=sorted(self.subscriptions),
+        )
+
+    @classmethod
+    def from_record(cls, record: SessionRecord) -> SessionState:
+        lifecycle = Lifecycle(
+            phase=Phase(record.phase),
+            protocol_version=record.protocol_version,
+            client_info=record.client_info,
+            client_capabilities=record.client_capabilities,
+        )
+        return cls(lifecycle=lifecycle, log_level=record.log_level, subscriptions=set(record.subscriptions))
 
 
 class RequestHandler(Protocol):
@@ -89,12 +123,19 @@ class Session:
         handler: RequestHandler,
         client_request_timeout: float,
         owner: str | None = None,
+        state: SessionState | None = None,
+        store: SessionStore | None = None,
+        bus: Bus | None = None,
+        ttl: float = 300.0,
         now: Callable[[], float] = trio.current_time,
     ) -> None:
         self.id = session_id
         self.owner = owner
         self.kind: TransportKind = kind
-        self.state = SessionState()
+        self.state = state or SessionState()
+        self._store: SessionStore = store or LocalSessionStore()
+        self._bus: Bus = bus or LocalBus()
+        self._ttl = ttl
         self.events = events
         self._handler = handler
         self._client_request_timeout = client_request_timeout
@@ -106,7 +147,6 @@ class Session:
         self._in_flight: dict[RequestId, InFlight] = {}
         self._pending: dict[RequestId, PendingClientRequest] = {}
         self._open_requests_per_stream: dict[str, int] = {}
-        self._outgoing_ids = itertools.count(1)
         self._listeners = 0
         self._listener_generations: dict[str, int] = {}
         self._standalone_delivered = 0
@@ -150,6 +190,24 @@ class Session:
 
     def touch(self) -> None:
         self.last_activity = self._now()
+
+    def record(self) -> SessionRecord:
+        return self.state.to_record(self.id, self.kind, self.owner)
+
+    async def persist(self) -> None:
+        """Store the state and tell the other instances holding this session (no-op without Redis)."""
+        if self._bus.distributed:
+            record = self.record()
+            await self._store.save(record, self._ttl)
+            await self._bus.publish(self.id, {"t": "state", "record": json.loads(record.to_json())})
+
+    def apply_record(self, record: SessionRecord) -> None:
+        """Another instance changed the state: adopt it (`lifecycle.close` stays ours to decide)."""
+        if not self.closed:
+            self.state = SessionState.from_record(record)
+
+    def active_since(self, moment: float) -> bool:
+        return bool(self._in_flight) or self._listeners > 0 or self.last_activity >= moment
 
     def is_idle(self, ttl: float) -> bool:
         return not self._in_flight and self._listeners == 0 and self._now() - self.last_activity >= ttl
@@ -258,7 +316,10 @@ class Session:
                 task_status.started()
                 try:
                     self.state.lifecycle.check_request(request.method)
+                    before = self.state.fingerprint()
                     result = await self._handler(self, request, RequestContext(self, request, stream_id))
+                    if self.state.fingerprint() != before:
+                        await self.persist()
                     reply = Response(request.id, result)
                 except RefserverError as exc:
                     reply = _error(request.id, exc)
@@ -289,16 +350,23 @@ class Session:
     async def receive_notification(self, notification: Notification) -> None:
         self.touch()
         if notification.method == "notifications/initialized":
+            before = self.state.fingerprint()
             self.state.lifecycle.receive_initialized()
+            if self.state.fingerprint() != before:
+                await self.persist()
         elif notification.method == "notifications/cancelled":
             params = notification.params or {}
-            self.cancel_request(params.get("requestId"))
+            request_id = params.get("requestId")
+            if not self.cancel_request(request_id) and is_request_id(request_id) and self._bus.distributed:
+                # The request may run on another instance: the bus carries the id with its JSON type.
+                await self._bus.publish(self.id, {"t": "cancel", "id": request_id})
         # Other client notifications (roots/list_changed, progress) need no action from this server.
 
     def cancel_request(self, request_id: object) -> bool:
-        """Cancel exactly the in-flight request with this id (type-sensitive: 1 is not "1")."""
-        if isinstance(request_id, bool) or not isinstance(request_id, (int, str)):
+        """Cancel exactly the in-flight request with this id here (type-sensitive: 1 is not "1")."""
+        if not is_request_id(request_id):
             return False
+        assert isinstance(request_id, (int, str))
         entry = self._in_flight.get(request_id)
         if entry is None or entry.request.method == "initialize":
             return False
@@ -306,14 +374,21 @@ class Session:
         entry.cancel_scope.cancel()
         return True
 
-    def receive_reply(self, reply: Response | ErrorResponse) -> bool:
-        """A client's answer to one of our requests (sampling, elicitation, ping)."""
+    async def receive_reply(self, reply: Response | ErrorResponse) -> bool:
+        """A client's answer to one of our requests (sampling, elicitation), wherever it waits."""
         self.touch()
+        if self.deliver_reply(reply):
+            return True
+        if reply.id is not None and self._bus.distributed:
+            await self._bus.publish(self.id, {"t": "reply", "message": message_to_dict(reply)})
+        return False
+
+    def deliver_reply(self, reply: Response | ErrorResponse) -> bool:
+        """Hand the answer to the tool waiting for it in this instance, if one does."""
         if reply.id is None:
             return False
         pending = self._pending.get(reply.id)
         if pending is None or pending.done.is_set():
-            logger.debug("session %s: reply to unknown request %r ignored", self.id, reply.id)
             return False
         pending.reply = reply
         pending.done.set()
@@ -323,7 +398,9 @@ class Session:
 
     async def request_client(self, stream_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send a request to the client on `stream_id` and wait (bounded) for its answer."""
-        outgoing_id = f"srv-{next(self._outgoing_ids)}"
+        # Random, not a counter: several instances may send requests in one session, and an answer must
+        # never match another instance's request.
+        outgoing_id = f"srv-{secrets.token_hex(OUTGOING_ID_BYTES)}"
         pending = PendingClientRequest()
         self._pending[outgoing_id] = pending
         try:

@@ -130,12 +130,12 @@ async def test_delete_cancels_everything_the_session_owns(
     other = await ready_session(registry)
     other_stream = await other.start_requests([long_call(1, duration=4, steps=2)])
 
-    registry.delete(session.id)
+    await registry.delete(session.id)
     with trio.fail_after(1):
         await session.wait_closed()
     await trio.lowlevel.checkpoint()
     with pytest.raises(SessionNotFound):
-        registry.get(session.id)
+        await registry.get(session.id)
     for stream in (*streams, STANDALONE_STREAM):
         read = await session.events.read_after(session.id, stream, 0)
         assert not read.exists  # the event log forgot the session
@@ -157,8 +157,8 @@ async def test_idle_session_is_reaped_after_ttl_but_not_while_working(
     await trio.sleep(IDLE_TTL + 10)
     assert idle.closed and idle.close_reason == "idle"
     with pytest.raises(SessionNotFound):
-        registry.get(idle.id)
-    assert registry.get(busy.id) is busy  # in flight: not idle
+        await registry.get(idle.id)
+    assert await registry.get(busy.id) is busy  # in flight: not idle
 
     completed = await wait_closed(busy, busy_stream)
     assert "result" in completed[-1]
@@ -189,8 +189,8 @@ async def test_sampling_reply_is_routed_to_the_waiting_tool(
     assert sampling["method"] == "sampling/createMessage"
     assert sampling["params"]["maxTokens"] == 10
     answer = {"role": "assistant", "content": {"type": "text", "text": "42"}, "model": "m"}
-    assert session.receive_reply(Response(sampling["id"], answer))
-    assert not session.receive_reply(Response(sampling["id"], answer))  # a second answer is ignored
+    assert await session.receive_reply(Response(sampling["id"], answer))
+    assert not await session.receive_reply(Response(sampling["id"], answer))  # a second answer is ignored
     completed = await wait_closed(session, stream)
     assert completed[-1]["result"]["content"][0]["text"] == "LLM sampling result: 42"
 

@@ -1,20 +1,28 @@
-"""Choosing the backend from settings: memory (embedded default) or Redis."""
+"""Choosing the backend from settings: memory (embedded default, one instance) or Redis (any number)."""
 
 from __future__ import annotations
 
 import attrs
 
+from refserver.backend.events import EventLog
 from refserver.backend.kv import KeyValueStore
+from refserver.backend.memory import MemoryEventLog
 from refserver.backend.memory_kv import MemoryKeyValueStore
 from refserver.backend.redis import RedisConnection, RedisKeyValueStore
+from refserver.backend.redis_sessions import RedisBus, RedisEventLog, RedisSessionStore, new_instance_id
+from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionStore
 from refserver.config import Settings
 
 
 @attrs.frozen
 class Backend:
     kv: KeyValueStore
+    events: EventLog
+    store: SessionStore
+    bus: Bus
     redis: RedisConnection | None
-    """Started by the app (`nursery.start(redis.run)`) before anything uses `kv`."""
+    """Started by the app (`nursery.start(redis.run)`, then the bus) before anything uses the rest."""
+    instance_id: str
 
     @property
     def kind(self) -> str:
@@ -22,7 +30,27 @@ class Backend:
 
 
 def backend_from_settings(settings: Settings) -> Backend:
+    instance_id = new_instance_id()
     if settings.redis_url:
         connection = RedisConnection(settings.redis_url)
-        return Backend(RedisKeyValueStore(connection), connection)
-    return Backend(MemoryKeyValueStore(), None)
+        return Backend(
+            kv=RedisKeyValueStore(connection),
+            events=RedisEventLog(
+                connection,
+                instance_id=instance_id,
+                max_events=settings.event_log_max_events,
+                ttl=settings.session_idle_ttl,
+            ),
+            store=RedisSessionStore(connection),
+            bus=RedisBus(connection, instance_id=instance_id),
+            redis=connection,
+            instance_id=instance_id,
+        )
+    return Backend(
+        kv=MemoryKeyValueStore(),
+        events=MemoryEventLog(settings.event_log_max_events),
+        store=LocalSessionStore(),
+        bus=LocalBus(),
+        redis=None,
+        instance_id=instance_id,
+    )

@@ -91,6 +91,13 @@ class MemoryEventLog:
             history.closed = True
             history.wake()
 
+    def notice(self, session_id: str, stream_id: str, seq: int) -> None:
+        self.wake(session_id, stream_id)
+
+    def wake_session(self, session_id: str) -> None:
+        for stream_id in self._by_session.get(session_id, ()):
+            self.wake(session_id, stream_id)
+
     def wake(self, session_id: str, stream_id: str) -> None:
         history = self._streams.get((session_id, stream_id))
         if history is not None:

@@ -112,6 +112,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def parse_message(obj: object) -> Message | None:
+    """One already-decoded message (e.g. relayed between instances); None if it is not valid."""
+    try:
+        return _parse_object(obj)
+    except InvalidRequest:
+        return None
+
+
 def parse_body(body: bytes | str) -> ParsedBody:
     """Parse one HTTP body: a single message, or a batch (array) of them.
 

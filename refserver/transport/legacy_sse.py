@@ -7,11 +7,13 @@ server-to-client request of the session travels on that one stream.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Final
 
+import trio
 from quart import Blueprint, Response, request
 
 from refserver.backend.events import STANDALONE_STREAM
-from refserver.errors import INVALID_REQUEST, InvalidRequest, MissingSessionId, SessionNotFound
+from refserver.errors import INVALID_REQUEST, BackendUnavailable, InvalidRequest, MissingSessionId, SessionNotFound
 from refserver.protocol.jsonrpc import ErrorResponse, Invalid, Notification, Request, parse_body
 from refserver.protocol.jsonrpc import Response as RpcResponse
 from refserver.protocol.lifecycle import batch_allowed
@@ -22,6 +24,9 @@ from refserver.transport.admission import admit
 from refserver.transport.guards import check_json_content_type, check_sse_accept, read_body
 from refserver.transport.services import Services
 from refserver.transport.sse_stream import follow_stream, sse_response
+
+STREAM_END_CLEANUP_TIMEOUT: Final = 2.0
+"""A legacy session ends with its stream; deleting it everywhere may take this long at most."""
 
 
 def create_blueprint(services: Services) -> Blueprint:
@@ -53,7 +58,11 @@ def create_blueprint(services: Services) -> Blueprint:
             ):
                 yield chunk
         finally:
-            session.close("stream closed")
+            with trio.move_on_after(STREAM_END_CLEANUP_TIMEOUT, shield=True):
+                try:
+                    await registry.delete(session.id, owner=session.owner)
+                except (SessionNotFound, BackendUnavailable):
+                    session.close("stream closed")
 
     @blueprint.post("/message")
     async def post_message() -> Response:
@@ -63,7 +72,7 @@ def create_blueprint(services: Services) -> Blueprint:
         if not session_id:
             raise MissingSessionId("Bad Request: sessionId query parameter is required")
         # Another user's session id gets 404 like an unknown one: nothing is delivered into it.
-        session = registry.get(session_id, owner=owner)
+        session = await registry.get(session_id, owner=owner)
         if session.kind != "legacy":
             raise SessionNotFound("Session not found")
         parsed = parse_body(await read_body(request, settings.max_body_bytes))
@@ -81,7 +90,7 @@ def create_blueprint(services: Services) -> Blueprint:
             elif isinstance(message, Notification):
                 await session.receive_notification(message)
             elif isinstance(message, (RpcResponse, ErrorResponse)):
-                session.receive_reply(message)
+                await session.receive_reply(message)
         if requests or refusals:
             await session.start_requests(requests, refusals=refusals)
         return Response("Accepted", status=202, content_type="text/plain")

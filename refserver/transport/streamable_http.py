@@ -52,11 +52,11 @@ def create_blueprint(services: Services) -> Blueprint:
     settings = services.settings
     registry = services.registry
 
-    def session_from_headers(owner: str | None, *, for_delete: bool = False) -> Session:
+    async def session_from_headers(owner: str | None, *, for_delete: bool = False) -> Session:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             raise MissingSessionId("Bad Request: Mcp-Session-Id header is required")
-        session = registry.get(session_id, owner=owner)
+        session = await registry.get(session_id, owner=owner)
         if session.kind != "streamable":
             raise SessionNotFound("Session not found")
         if not for_delete:
@@ -107,7 +107,7 @@ def create_blueprint(services: Services) -> Blueprint:
         parsed = parse_body(await read_body(request, settings.max_body_bytes))
         if not request.headers.get(SESSION_HEADER):
             return await initialize(parsed, owner)
-        session = session_from_headers(owner)
+        session = await session_from_headers(owner)
         return await deliver(session, parsed)
 
     async def initialize(parsed: ParsedBody, owner: str | None) -> Response:
@@ -121,7 +121,7 @@ def create_blueprint(services: Services) -> Blueprint:
         reply = await _wait_closed(session, stream_id)
         if session.state.lifecycle.phase is Phase.NEW:
             # initialize was refused (bad params): the half-made session must not linger.
-            registry.delete(session.id, owner=owner)
+            await registry.delete(session.id, owner=owner)
             if not reply:
                 raise InvalidRequest("initialize was cancelled")
             return Response(reply, content_type="application/json", status=400)
@@ -157,7 +157,7 @@ def create_blueprint(services: Services) -> Blueprint:
             elif isinstance(message, Notification):
                 await session.receive_notification(message)
             elif isinstance(message, (RpcResponse, ErrorResponse)):
-                session.receive_reply(message)
+                await session.receive_reply(message)
         if not requests and not refusals:
             return Response("", status=202, content_type="text/plain")
         stream_id = await session.start_requests(requests, refusals=refusals)
@@ -167,7 +167,7 @@ def create_blueprint(services: Services) -> Blueprint:
     async def get_mcp() -> Response:
         owner = await admit(services)
         check_sse_accept(request.headers.get("Accept"))
-        session = session_from_headers(owner)
+        session = await session_from_headers(owner)
         # A fresh GET gets what was never delivered on the standalone stream, nothing twice.
         stream_id, after_seq = STANDALONE_STREAM, session.standalone_delivered
         last_event_id = request.headers.get("Last-Event-ID")
@@ -197,8 +197,8 @@ def create_blueprint(services: Services) -> Blueprint:
     @blueprint.delete("/mcp")
     async def delete_mcp() -> Response:
         owner = await admit(services)
-        session = session_from_headers(owner, for_delete=True)
-        registry.delete(session.id, owner=owner)
+        session = await session_from_headers(owner, for_delete=True)
+        await registry.delete(session.id, owner=owner)
         return Response("", status=204, content_type="text/plain")
 
     @blueprint.route("/mcp", methods=["PUT", "PATCH"])

@@ -1,0 +1,411 @@
+"""Sessions, the bus and the event log on Redis: what lets any instance serve any session.
+
+Key layout (prefix `refserver:`; every key has a TTL, refreshed while the session is active):
+
+    session:{id}                JSON SessionRecord                                 idle TTL
+    session:{id}:streams        hash stream id -> instance that opened it          idle TTL
+    events:{id}:{stream}        Redis Stream of SSE events, ids 0-<seq>, ~MAXLEN   idle TTL (from the last append)
+    instance:{instance id}      liveness of an instance                            INSTANCE_TTL
+
+Channel: `session:{id}` carries JSON messages between instances: {"t": "event" | "cancel" | "reply" |
+"delete" | "state", ...}. Every instance holds ONE subscriber connection for all of its channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import attrs
+import trio
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from refserver.backend.events import STANDALONE_STREAM, StoredEvent, StreamRead
+from refserver.backend.redis import RedisConnection
+from refserver.backend.sessions import BusHandler, SessionRecord
+from refserver.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+PREFIX: Final = "refserver:"
+READ_BATCH: Final = 500
+"""Events fetched per XRANGE; a listener catching up loops, so memory per read stays bounded."""
+POLL_TIMEOUT: Final = 0.05
+"""The subscriber waits at most this long for a message before taking pending (un)subscriptions."""
+RECONNECT_DELAY: Final = 0.5
+"""Pause between attempts to re-open the subscriber connection while Redis is down."""
+SUBSCRIBE_TIMEOUT: Final = 5.0
+"""A subscription not confirmed within this long means Redis is unavailable."""
+INSTANCE_TTL: Final = 10.0
+"""An instance that has not refreshed its liveness key for this long is considered dead."""
+INSTANCE_REFRESH: Final = 3.0
+
+
+def session_key(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}"
+
+
+def streams_key(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}:streams"
+
+
+def events_key(session_id: str, stream_id: str) -> str:
+    return f"{PREFIX}events:{session_id}:{stream_id}"
+
+
+def channel(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}"
+
+
+def instance_key(instance_id: str) -> str:
+    return f"{PREFIX}instance:{instance_id}"
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    # The client is configured without decode_responses: replies are bytes.
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisSessionStore:
+    def __init__(self, conn: RedisConnection) -> None:
+        self._conn = conn
+
+    async def save(self, record: SessionRecord, ttl: float) -> None:
+        await self._conn.call(lambda r: r.set(session_key(record.session_id), record.to_json(), px=_ms(ttl)))
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        raw = await self._conn.call(lambda r: r.get(session_key(session_id)))
+        return SessionRecord.from_json(_as_bytes(raw)) if raw else None
+
+    async def touch(self, session_ids: list[str], ttl: float) -> None:
+        if not session_ids:
+            return
+
+        async def pipeline(r: Redis) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for session_id in session_ids:
+                    pipe.pexpire(session_key(session_id), _ms(ttl))
+                    pipe.pexpire(streams_key(session_id), _ms(ttl))
+                    pipe.pexpire(events_key(session_id, STANDALONE_STREAM), _ms(ttl))
+                await pipe.execute()
+
+        await self._conn.call(pipeline)
+
+    async def delete(self, session_id: str) -> None:
+        async def remove(r: Redis) -> None:
+            stream_ids = [_as_bytes(s) for s in await r.hkeys(streams_key(session_id))]
+            keys = [session_key(session_id), streams_key(session_id), events_key(session_id, STANDALONE_STREAM)]
+            keys += [events_key(session_id, s.decode()) for s in stream_ids]
+            await r.delete(*keys)
+
+        await self._conn.call(remove)
+
+
+# Append one event (or the closing marker) to a stream, refresh its TTL, record which instance opened
+# the stream, and tell every instance holding the session: one round trip, atomic.
+_APPEND_LUA: Final = """
+local fields
+if ARGV[2] == 'c' then fields = {'c', '1'} else fields = {'d', ARGV[1], 'r', ARGV[2]} end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-*', unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('HSETNX', KEYS[2], ARGV[6], ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local seq = string.sub(id, 3)
+redis.call('PUBLISH', ARGV[5], '{"t":"event","s":"' .. ARGV[6] .. '","n":' .. seq .. '}')
+return seq
+"""
+
+# Close a stream only if it is still open, with a final event (an error for a lost request).
+_CLOSE_ABANDONED_LUA: Final = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 and last[1][2][1] == 'c' then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-*', 'd', ARGV[1], 'r', '1')
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-*', 'c', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], '{"t":"event","s":"' .. ARGV[6] .. '","n":' .. string.sub(id, 3) .. '}')
+return 1
+"""
+
+
+@attrs.define(eq=False)
+class _StreamWaiters:
+    latest: int = 0
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class RedisEventLog:
+    """SSE events in Redis Streams: a listener on any instance reads and resumes any stream."""
+
+    def __init__(self, conn: RedisConnection, *, instance_id: str, max_events: int, ttl: float) -> None:
+        self._conn = conn
+        self.instance_id = instance_id
+        self._max_events = max_events
+        self._ttl_ms = _ms(ttl)
+        self._waiters: dict[tuple[str, str], _StreamWaiters] = {}
+        self._appended = 0
+
+    def _waiter(self, session_id: str, stream_id: str) -> _StreamWaiters:
+        key = (session_id, stream_id)
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            waiters = self._waiters[key] = _StreamWaiters()
+        return waiters
+
+    async def open_stream(self, session_id: str, stream_id: str) -> None:
+        return None  # the first append records the stream (no extra round trip)
+
+    async def _append(self, session_id: str, stream_id: str, data: str, flag: str) -> int:
+        args = [data, flag, self._max_events, self._ttl_ms, channel(session_id), stream_id, self.instance_id]
+        keys = [events_key(session_id, stream_id), streams_key(session_id)]
+        seq = int(await self._conn.call(lambda r: _run_script(r, _APPEND_LUA, keys, args)))
+        self._appended += 1
+        self.notice(session_id, stream_id, seq)
+        return seq
+
+    async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
+        return await self._append(session_id, stream_id, data, "1" if is_response else "0")
+
+    async def close_stream(self, session_id: str, stream_id: str) -> None:
+        await self._append(session_id, stream_id, "", "c")
+
+    async def close_abandoned(self, session_id: str, stream_id: str, final: str) -> bool:
+        """Close a stream whose instance died, with `final` as its last event, unless already closed."""
+        args = [final, "", self._max_events, self._ttl_ms, channel(session_id), stream_id]
+        keys = [events_key(session_id, stream_id)]
+        return bool(await self._conn.call(lambda r: _run_script(r, _CLOSE_ABANDONED_LUA, keys, args)))
+
+    async def stream_owner_alive(self, session_id: str, stream_id: str) -> bool:
+        async def check(r: Redis) -> bool:
+            owner = await r.hget(streams_key(session_id), stream_id)
+            return owner is None or bool(await r.exists(instance_key(_as_bytes(owner).decode())))
+
+        return bool(await self._conn.call(check))
+
+    async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
+        key = events_key(session_id, stream_id)
+
+        async def read(r: Redis) -> tuple[Any, int]:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.xrange(key, min=f"(0-{after_seq}", max="+", count=READ_BATCH)
+                pipe.exists(key)
+                entries, exists = await pipe.execute()
+            return entries, exists
+
+        entries, exists = await self._conn.call(read)
+        events: list[StoredEvent] = []
+        closed = False
+        for entry_id, fields in entries:
+            seq = int(entry_id.split(b"-", 1)[1])
+            if b"c" in fields:
+                closed = True
+                break
+            events.append(StoredEvent(seq, fields[b"d"].decode(), fields[b"r"] == b"1"))
+        # The standalone stream exists as long as its session does; its key may simply be empty.
+        return StreamRead(events, closed=closed, exists=bool(exists) or stream_id == STANDALONE_STREAM)
+
+    async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
+        waiters = self._waiter(session_id, stream_id)
+        if waiters.latest > after_seq:
+            return
+        await waiters.changed.wait()
+
+    def notice(self, session_id: str, stream_id: str, seq: int) -> None:
+        """Something was appended (here, or on another instance and announced on the bus)."""
+        waiters = self._waiter(session_id, stream_id)
+        waiters.latest = max(waiters.latest, seq)
+        waiters.wake()
+
+    async def drop_session(self, session_id: str) -> None:
+        """Forget this instance's local view; the Redis keys belong to the session's TTL or DELETE."""
+        for key in [k for k in self._waiters if k[0] == session_id]:
+            self._waiters.pop(key).wake()
+
+    def wake(self, session_id: str, stream_id: str) -> None:
+        waiters = self._waiters.get((session_id, stream_id))
+        if waiters is not None:
+            waiters.wake()
+
+    def wake_session(self, session_id: str) -> None:
+        for key, waiters in list(self._waiters.items()):
+            if key[0] == session_id:
+                waiters.wake()
+
+    def wake_all(self) -> None:
+        for waiters in list(self._waiters.values()):
+            waiters.wake()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"streams_watched": len(self._waiters), "events_appended": self._appended}
+
+
+async def _run_script(r: Redis, script: str, keys: list[str], args: list[Any]) -> Any:
+    return await r.eval(script, len(keys), *keys, *args)
+
+
+class RedisBus:
+    """One subscriber connection for all of this instance's session channels, reconnecting by itself."""
+
+    distributed = True
+
+    def __init__(self, conn: RedisConnection, *, instance_id: str) -> None:
+        self._conn = conn
+        self.instance_id = instance_id
+        self._handler: BusHandler | None = None
+        self._channels: set[str] = set()
+        self._pending_subscribe: dict[str, trio.Event] = {}
+        """Subscriptions requested and not yet confirmed by Redis."""
+        self._to_subscribe: set[str] = set()
+        self._pending_unsubscribe: set[str] = set()
+        self._connected = trio.Event()
+        self._received = 0
+        self._published = 0
+        self._reconnects = 0
+
+    def set_handler(self, handler: BusHandler) -> None:
+        self._handler = handler
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def run(self, *, task_status: trio.TaskStatus[RedisBus] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read messages until cancelled; while Redis is away, retry, then resubscribe everything."""
+        started = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_instance_alive)
+            while True:
+                try:
+                    pubsub = await self._conn.call(_new_pubsub)
+                    try:
+                        self._channels.update(self._pending_subscribe)
+                        self._to_subscribe.clear()
+                        await self._conn.call(_on_pubsub(pubsub.subscribe, f"{PREFIX}bus", *self._channels))
+                        self._connected.set()
+                        if not started:
+                            started = True
+                            task_status.started(self)
+                        elif self._handler is not None:
+                            # Whatever was published while we were away is in the streams: re-read them.
+                            for name in list(self._channels):
+                                await self._handler(name.removeprefix(f"{PREFIX}session:"), {"t": "resync"})
+                        await self._read(pubsub)
+                    finally:
+                        self._connected = trio.Event()
+                        with trio.move_on_after(1.0, shield=True):
+                            with contextlib.suppress(BackendUnavailable):
+                                await self._conn.call(_on_pubsub(pubsub.aclose))
+                except BackendUnavailable as exc:
+                    if not started:
+                        started = True
+                        task_status.started(self)
+                    self._reconnects += 1
+                    logger.warning("redis bus disconnected (%s); reconnecting", exc)
+                    await trio.sleep(RECONNECT_DELAY)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            await self._apply_pending(pubsub)
+            message = await self._conn.call(_on_pubsub(pubsub.get_message, False, POLL_TIMEOUT))
+            if message is None:
+                continue
+            kind = message.get("type")
+            name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else ""
+            if kind == b"subscribe" or kind == "subscribe":
+                event = self._pending_subscribe.pop(name, None)
+                if event is not None:
+                    event.set()
+                continue
+            if kind not in ("message", b"message") or self._handler is None:
+                continue
+            self._received += 1
+            try:
+                payload = json.loads(message["data"])
+            except ValueError:
+                logger.warning("ignoring a malformed bus message on %s", name)
+                continue
+            await self._handler(name.removeprefix(f"{PREFIX}session:"), payload)
+
+    async def _apply_pending(self, pubsub: PubSub) -> None:
+        if self._to_subscribe:
+            names = list(self._to_subscribe)
+            self._to_subscribe.clear()
+            self._channels.update(names)
+            await self._conn.call(_on_pubsub(pubsub.subscribe, *names))
+        if self._pending_unsubscribe:
+            names = list(self._pending_unsubscribe)
+            self._pending_unsubscribe.clear()
+            self._channels.difference_update(names)
+            await self._conn.call(_on_pubsub(pubsub.unsubscribe, *names))
+
+    async def subscribe(self, session_id: str) -> None:
+        name = channel(session_id)
+        self._pending_unsubscribe.discard(name)
+        if name in self._channels and name not in self._pending_subscribe:
+            return
+        if name not in self._pending_subscribe:
+            self._pending_subscribe[name] = trio.Event()
+            self._to_subscribe.add(name)
+        event = self._pending_subscribe[name]
+        with trio.move_on_after(SUBSCRIBE_TIMEOUT):
+            await event.wait()
+            return
+        self._pending_subscribe.pop(name, None)
+        self._to_subscribe.discard(name)
+        raise BackendUnavailable("Redis did not confirm a subscription in time")
+
+    async def unsubscribe(self, session_id: str) -> None:
+        name = channel(session_id)
+        self._pending_subscribe.pop(name, None)
+        self._to_subscribe.discard(name)
+        if name in self._channels:
+            self._pending_unsubscribe.add(name)
+
+    async def publish(self, session_id: str, message: dict[str, Any]) -> None:
+        payload = json.dumps(message, separators=(",", ":"))
+        self._published += 1
+        await self._conn.call(lambda r: r.publish(channel(session_id), payload))
+
+    async def _keep_instance_alive(self) -> None:
+        while True:
+            with contextlib.suppress(BackendUnavailable):
+                await self._conn.call(lambda r: r.set(instance_key(self.instance_id), b"1", px=_ms(INSTANCE_TTL)))
+            await trio.sleep(INSTANCE_REFRESH)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "channels": len(self._channels),
+            "received": self._received,
+            "published": self._published,
+            "reconnects": self._reconnects,
+        }
+
+
+def _on_pubsub(method: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[Redis], Awaitable[Any]]:
+    """A call on the subscriber connection, in the shape `RedisConnection.call` runs on the asyncio side."""
+
+    async def run(_client: Redis) -> Any:
+        return await method(*args)
+
+    return run
+
+
+async def _new_pubsub(r: Redis) -> PubSub:
+    return r.pubsub()
+
+
+def new_instance_id() -> str:
+    return secrets.token_hex(8)
