@@ -242,8 +242,9 @@ class SessionRegistry:
             for session in list(self._sessions.values()):
                 if session.closed:
                     continue
-                # The session may close between the check and the send.
-                with contextlib.suppress(trio.ClosedResourceError):
+                # The session may close between the check and the send, or the backend be down: the
+                # demo notifications of this round are skipped, the next round tries again.
+                with contextlib.suppress(trio.ClosedResourceError, BackendUnavailable):
                     await notifier.emit(session)
 
     def statistics(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import trio
 from refserver.backend.events import STANDALONE_STREAM, EventLog
 from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionRecord, SessionStore, TransportKind
 from refserver.errors import (
+    BackendUnavailable,
     ClientCapabilityMissing,
     ClientRequestFailed,
     InternalError,
@@ -244,6 +245,10 @@ class Session:
         """The last standalone event handed to a connection (the transport cannot know more)."""
         return self._standalone_delivered
 
+    def runs_stream(self, stream_id: str) -> bool:
+        """True if this instance executes the requests writing to `stream_id`."""
+        return stream_id in self._open_requests_per_stream
+
     def listener_generation(self, stream_id: str) -> int:
         return self._listener_generations.get(stream_id, 0)
 
@@ -289,7 +294,7 @@ class Session:
         if stream_id is None:
             stream_id = STANDALONE_STREAM if self.kind == "legacy" else self.new_stream_id()
         if stream_id != STANDALONE_STREAM:
-            await self.events.open_stream(self.id, stream_id)
+            await self.events.open_stream(self.id, stream_id, [r.id for r in requests])
             self._open_requests_per_stream[stream_id] = len(requests) + 1  # +1 held until all are started
         for refusal in refusals:
             await self._append(stream_id, refusal)
@@ -331,9 +336,14 @@ class Session:
         # A cancelled request gets no response (the spec's rule for notifications/cancelled); for DELETE,
         # expiry and shutdown the session's streams are dropped anyway.
         with trio.CancelScope(shield=True):
-            if reply is not None and not self.closed:
-                await self._append(stream_id, reply)
-            await self._request_done(stream_id)
+            try:
+                if reply is not None and not self.closed:
+                    await self._append(stream_id, reply)
+                await self._request_done(stream_id)
+            except (BackendUnavailable, trio.ClosedResourceError) as exc:
+                # The backend is down or the session was deleted meanwhile: the answer cannot be stored,
+                # and nobody can ask for it. The request is lost, not the instance.
+                logger.warning("session %s: answer to %r not recorded: %s", self.id, request.id, exc)
         self.touch()
 
     async def _request_done(self, stream_id: str) -> None:
@@ -345,7 +355,8 @@ class Session:
         else:
             del self._open_requests_per_stream[stream_id]
             self._listener_generations.pop(stream_id, None)
-            await self.events.close_stream(self.id, stream_id)
+            if not self.closed:  # a closed session's streams are gone: writing would resurrect them
+                await self.events.close_stream(self.id, stream_id)
 
     async def receive_notification(self, notification: Notification) -> None:
         self.touch()

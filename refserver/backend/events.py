@@ -6,9 +6,12 @@ resumption names its stream and can only ever replay that stream's events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, Protocol
 
 import attrs
+
+from refserver.protocol.jsonrpc import RequestId
 
 STANDALONE_STREAM: Final = "get"
 """Stream id of a session's standalone (GET) stream; request streams get random ids."""
@@ -42,7 +45,13 @@ def parse_event_id(event_id: str) -> tuple[str, int] | None:
 
 
 class EventLog(Protocol):
-    async def open_stream(self, session_id: str, stream_id: str) -> None: ...
+    async def open_stream(self, session_id: str, stream_id: str, request_ids: Sequence[RequestId] = ()) -> None:
+        """A stream for these requests starts here (so a listener elsewhere can tell if it is abandoned)."""
+        ...
+
+    async def close_if_abandoned(self, session_id: str, stream_id: str) -> bool:
+        """Close the stream with errors for its requests if the instance running them died."""
+        ...
 
     async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
         """Record one event; return its sequence number (1, 2, ...). Listeners are woken."""

@@ -32,7 +32,7 @@ class Backend:
 def backend_from_settings(settings: Settings) -> Backend:
     instance_id = new_instance_id()
     if settings.redis_url:
-        connection = RedisConnection(settings.redis_url)
+        connection = RedisConnection(settings.redis_url, client_name=f"refserver-{instance_id}")
         return Backend(
             kv=RedisKeyValueStore(connection),
             events=RedisEventLog(

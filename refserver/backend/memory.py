@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
 from refserver.backend.events import StoredEvent, StreamRead
+from refserver.protocol.jsonrpc import RequestId
 
 
 @attrs.define
@@ -44,8 +46,11 @@ class MemoryEventLog:
             self._by_session.setdefault(session_id, set()).add(stream_id)
         return history
 
-    async def open_stream(self, session_id: str, stream_id: str) -> None:
+    async def open_stream(self, session_id: str, stream_id: str, request_ids: Sequence[RequestId] = ()) -> None:
         self._history(session_id, stream_id)
+
+    async def close_if_abandoned(self, session_id: str, stream_id: str) -> bool:
+        return False  # one instance: its streams die with it
 
     async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
         history = self._history(session_id, stream_id)

@@ -111,6 +111,7 @@ class RedisConnection:
             client = Redis(connection_pool=pool)
             self._loop, self._client, self._pool = loop, client, pool
             try:
+                await self._open_all_connections()
                 task_status.started(self)
                 await trio.sleep_forever()
             finally:
@@ -120,6 +121,26 @@ class RedisConnection:
                 # A dead peer must not mask the reason we are exiting: the sockets are dropped either way.
                 with trio.move_on_after(CLOSE_TIMEOUT, shield=True), contextlib.suppress(rx.RedisError, OSError):
                     await loop.run_aio_coroutine(pool.aclose())
+
+    async def _open_all_connections(self) -> None:
+        """Open the whole pool up front, so a process holds the same connections under any load.
+
+        Best effort: with Redis down at start-up the pool fills lazily once it is back.
+        """
+        pool, count = self._pool, self.max_connections
+        assert pool is not None
+
+        async def fill(_client: Redis) -> None:
+            taken = []
+            try:
+                for _ in range(count):
+                    taken.append(await pool.get_connection())  # type: ignore[no-untyped-call]
+            finally:
+                for connection in taken:
+                    await pool.release(connection)
+
+        with contextlib.suppress(BackendUnavailable, InternalError):
+            await self.call(fill)
 
     async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
         """Run `command(client)` on the asyncio side and return its result, within `command_timeout`.

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -28,7 +28,8 @@ from redis.asyncio.client import PubSub
 from refserver.backend.events import STANDALONE_STREAM, StoredEvent, StreamRead
 from refserver.backend.redis import RedisConnection
 from refserver.backend.sessions import BusHandler, SessionRecord
-from refserver.errors import BackendUnavailable
+from refserver.errors import SERVER_ERROR, BackendUnavailable
+from refserver.protocol.jsonrpc import ErrorResponse, RequestId, encode_message
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,10 @@ class RedisSessionStore:
 
 
 # Append one event (or the closing marker) to a stream, refresh its TTL, record which instance opened
-# the stream, and tell every instance holding the session: one round trip, atomic.
+# the stream, and tell every instance holding the session: one round trip, atomic. Nothing is written
+# for a session that no longer exists, so a DELETE racing with running work leaves no key behind.
 _APPEND_LUA: Final = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local fields
 if ARGV[2] == 'c' then fields = {'c', '1'} else fields = {'d', ARGV[1], 'r', ARGV[2]} end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-*', unpack(fields))
@@ -124,14 +127,16 @@ redis.call('PUBLISH', ARGV[5], '{"t":"event","s":"' .. ARGV[6] .. '","n":' .. se
 return seq
 """
 
-# Close a stream only if it is still open, with a final event (an error for a lost request).
+# Close a stream only if it is still open, after final events (errors for the lost requests).
 _CLOSE_ABANDONED_LUA: Final = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #last > 0 and last[1][2][1] == 'c' then return 0 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-*', 'd', ARGV[1], 'r', '1')
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-*', 'c', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], '{"t":"event","s":"' .. ARGV[6] .. '","n":' .. string.sub(id, 3) .. '}')
+for i = 5, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-*', 'd', ARGV[i], 'r', '1')
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-*', 'c', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], '{"t":"event","s":"' .. ARGV[4] .. '","n":' .. string.sub(id, 3) .. '}')
 return 1
 """
 
@@ -155,6 +160,8 @@ class RedisEventLog:
         self._max_events = max_events
         self._ttl_ms = _ms(ttl)
         self._waiters: dict[tuple[str, str], _StreamWaiters] = {}
+        self._stream_meta: dict[tuple[str, str], str] = {}
+        """Streams opened here and not yet closed: who runs them (memory: one entry per open stream)."""
         self._appended = 0
 
     def _waiter(self, session_id: str, stream_id: str) -> _StreamWaiters:
@@ -164,13 +171,20 @@ class RedisEventLog:
             waiters = self._waiters[key] = _StreamWaiters()
         return waiters
 
-    async def open_stream(self, session_id: str, stream_id: str) -> None:
-        return None  # the first append records the stream (no extra round trip)
+    async def open_stream(self, session_id: str, stream_id: str, request_ids: Sequence[RequestId] = ()) -> None:
+        # No round trip: the stream's first append records who runs it, for `close_if_abandoned`.
+        meta = json.dumps({"i": self.instance_id, "r": list(request_ids)}, separators=(",", ":"))
+        self._stream_meta[(session_id, stream_id)] = meta
 
     async def _append(self, session_id: str, stream_id: str, data: str, flag: str) -> int:
-        args = [data, flag, self._max_events, self._ttl_ms, channel(session_id), stream_id, self.instance_id]
-        keys = [events_key(session_id, stream_id), streams_key(session_id)]
+        meta = self._stream_meta.get((session_id, stream_id)) or json.dumps({"i": self.instance_id, "r": []})
+        if flag == "c":
+            self._stream_meta.pop((session_id, stream_id), None)
+        args = [data, flag, self._max_events, self._ttl_ms, channel(session_id), stream_id, meta]
+        keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
         seq = int(await self._conn.call(lambda r: _run_script(r, _APPEND_LUA, keys, args)))
+        if seq < 0:
+            raise trio.ClosedResourceError(f"session {session_id} no longer exists")
         self._appended += 1
         self.notice(session_id, stream_id, seq)
         return seq
@@ -181,18 +195,34 @@ class RedisEventLog:
     async def close_stream(self, session_id: str, stream_id: str) -> None:
         await self._append(session_id, stream_id, "", "c")
 
-    async def close_abandoned(self, session_id: str, stream_id: str, final: str) -> bool:
-        """Close a stream whose instance died, with `final` as its last event, unless already closed."""
-        args = [final, "", self._max_events, self._ttl_ms, channel(session_id), stream_id]
+    async def close_if_abandoned(self, session_id: str, stream_id: str) -> bool:
+        """If the instance running this stream's requests died, answer them with an error and close it.
+
+        The requests are lost (they were executing there); the client gets a definite error instead of
+        a stream that never ends. Idempotent: a stream already closed is left alone.
+        """
+
+        async def owner_of(r: Redis) -> tuple[str | None, list[RequestId], bool]:
+            raw = await r.hget(streams_key(session_id), stream_id)
+            if raw is None:
+                return None, [], True
+            meta = json.loads(_as_bytes(raw))
+            alive = bool(await r.exists(instance_key(meta["i"])))
+            return meta["i"], meta.get("r", []), alive
+
+        owner, request_ids, alive = await self._conn.call(owner_of)
+        if owner is None or alive:
+            return False
+        finals = [
+            encode_message(ErrorResponse(rid, SERVER_ERROR, "Request lost: the instance executing it stopped"))
+            for rid in request_ids
+        ]
+        args = [self._max_events, self._ttl_ms, channel(session_id), stream_id, *finals]
         keys = [events_key(session_id, stream_id)]
-        return bool(await self._conn.call(lambda r: _run_script(r, _CLOSE_ABANDONED_LUA, keys, args)))
-
-    async def stream_owner_alive(self, session_id: str, stream_id: str) -> bool:
-        async def check(r: Redis) -> bool:
-            owner = await r.hget(streams_key(session_id), stream_id)
-            return owner is None or bool(await r.exists(instance_key(_as_bytes(owner).decode())))
-
-        return bool(await self._conn.call(check))
+        closed = bool(await self._conn.call(lambda r: _run_script(r, _CLOSE_ABANDONED_LUA, keys, args)))
+        if closed:
+            logger.warning("stream %s of session %s abandoned by instance %s: closed", stream_id, session_id, owner)
+        return closed
 
     async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
         key = events_key(session_id, stream_id)
@@ -232,6 +262,8 @@ class RedisEventLog:
         """Forget this instance's local view; the Redis keys belong to the session's TTL or DELETE."""
         for key in [k for k in self._waiters if k[0] == session_id]:
             self._waiters.pop(key).wake()
+        for key in [k for k in self._stream_meta if k[0] == session_id]:
+            del self._stream_meta[key]
 
     def wake(self, session_id: str, stream_id: str) -> None:
         waiters = self._waiters.get((session_id, stream_id))

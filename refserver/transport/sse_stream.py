@@ -13,7 +13,7 @@ from typing import Final
 import trio
 from quart import Response
 
-from refserver.backend.events import format_event_id
+from refserver.backend.events import STANDALONE_STREAM, format_event_id
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
@@ -48,6 +48,8 @@ async def follow_stream(
             if registry.draining:
                 yield encode_event(None, retry_ms=retry_ms)
                 return
+            if session.closed:
+                return  # deleted or expired: nothing more will come, and nothing to resume
             if session.listener_superseded(stream_id, generation):
                 yield encode_event(None, retry_ms=retry_ms)
                 return
@@ -64,6 +66,10 @@ async def follow_stream(
                 if waited.cancelled_caught:
                     session.touch()
                     yield HEARTBEAT
+                    if stream_id != STANDALONE_STREAM and not session.runs_stream(stream_id):
+                        # Its requests run elsewhere: if that instance died, they get an error and the
+                        # stream closes, instead of a client waiting forever.
+                        await events.close_if_abandoned(session.id, stream_id)
     finally:
         session.detach_listener()
 

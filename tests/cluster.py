@@ -1,0 +1,105 @@
+"""Several refserver instances sharing one redis-server, and clients that spread requests over them.
+
+`RoundRobinTransport` sends every HTTP request to the next instance in turn, like a plain round-robin
+load balancer with no stickiness: it is used under both httpx (raw tests) and httpx2 (the official
+`mcp` client), so every feature is exercised with consecutive requests landing on different instances.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import httpx2
+
+from tests.conftest import ServerProcess, free_port, server_env
+from tests.redis_server import RedisServer
+
+
+@attrs.define
+class Cluster:
+    redis: RedisServer
+    instances: list[ServerProcess]
+
+    @property
+    def urls(self) -> list[str]:
+        return [i.url for i in self.instances]
+
+    def stop(self) -> None:
+        for instance in self.instances:
+            instance.stop()
+
+
+def start_cluster(redis: RedisServer, directory: Path, count: int = 3, **settings: Any) -> Cluster:
+    settings.setdefault("redis_url", redis.url)
+    settings.setdefault("heartbeat_interval", 1)
+    instances = []
+    try:
+        for index in range(count):
+            port = free_port()
+            env = server_env(base_url="http://127.0.0.1:3232", allowed_hosts="127.0.0.1", **settings)
+            instance = ServerProcess(port, env, directory / f"instance-{index}.log")
+            instance.start()
+            instances.append(instance)
+    except BaseException:
+        for instance in instances:
+            instance.stop()
+        raise
+    return Cluster(redis, instances)
+
+
+class _Rotation:
+    def __init__(self, urls: list[str]) -> None:
+        self._ports = itertools.cycle([int(u.rsplit(":", 1)[1]) for u in urls])
+        self.sent: list[int] = []
+
+    def next_port(self) -> int:
+        port = next(self._ports)
+        self.sent.append(port)
+        return port
+
+
+class RoundRobinTransport(httpx.AsyncBaseTransport):
+    """httpx: each request goes to the next instance."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.rotation = _Rotation(urls)
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(port=self.rotation.next_port())
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class RoundRobinTransport2(httpx2.AsyncBaseTransport):
+    """httpx2 (the mcp SDK's HTTP client): each request goes to the next instance."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.rotation = _Rotation(urls)
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        request.url = request.url.copy_with(port=self.rotation.next_port())
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def redis_keys(redis: RedisServer) -> list[str]:
+    return sorted(k.decode() if isinstance(k, bytes) else k for k in redis.client().scan_iter("refserver:*"))
+
+
+def session_keys(redis: RedisServer, session_id: str) -> list[str]:
+    return [k for k in redis_keys(redis) if session_id in k]
+
+
+def iter_instances(cluster: Cluster) -> Iterator[ServerProcess]:
+    return iter(cluster.instances)

@@ -1,0 +1,369 @@
+"""Three instances, one redis-server, and clients whose every HTTP request goes to the next instance.
+
+Each test checks that the cluster behaves as one server: features, cancellation and DELETE arriving at
+an instance other than the one running the work, resumption on another instance event by event, a
+constant number of Redis connections, and no keys left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import mcp_types as types
+import pytest
+import trio
+from mcp import Client
+from mcp.client.session import ClientRequestContext, IncomingMessage
+from mcp.client.streamable_http import streamable_http_client
+
+from refserver.protocol.sse import SSEDecoder, SSEEvent
+from tests.cluster import Cluster, RoundRobinTransport, RoundRobinTransport2, redis_keys, session_keys, start_cluster
+from tests.conftest import INIT_PARAMS, POST_HEADERS
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
+
+WAIT = 20.0
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    started = start_cluster(
+        module_redis,
+        tmp_path_factory.mktemp("cluster"),
+        subscription_update_interval=0.5,
+        log_message_interval=0.5,
+    )
+    yield started
+    started.stop()
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[SSEEvent]:
+    decoder = SSEDecoder()
+    async for chunk in response.aiter_bytes():
+        for event in decoder.feed(chunk):
+            yield event
+
+
+def rpc(method: str, request_id: int | str | None = None, **params: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if request_id is not None:
+        message["id"] = request_id
+    if params:
+        message["params"] = params
+    return message
+
+
+def long_call(request_id: int | str, duration: float, steps: int) -> dict[str, Any]:
+    return rpc(
+        "tools/call",
+        request_id,
+        name="longRunningOperation",
+        arguments={"duration": duration, "steps": steps},
+        _meta={"progressToken": f"p{request_id}"},
+    )
+
+
+async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
+    response = await http.post(f"{url}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=POST_HEADERS)
+    assert response.status_code == 200, response.text
+    headers = {
+        **POST_HEADERS,
+        "Mcp-Session-Id": response.headers["mcp-session-id"],
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    assert (await http.post(f"{url}/mcp", json=rpc("notifications/initialized"), headers=headers)).status_code == 202
+    return headers
+
+
+async def in_flight(http: httpx.AsyncClient, url: str) -> int:
+    return int((await http.get(f"{url}/health")).json()["inFlightRequests"])
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.updates: list[str] = []
+        self.logs: list[types.LoggingMessageNotificationParams] = []
+        self.sampling: list[types.CreateMessageRequestParams] = []
+
+    async def on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            self.updates.append(str(message.params.uri))
+
+    async def on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        self.logs.append(params)
+
+    async def sample(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        self.sampling.append(params)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(text="from the client"), model="test-model"
+        )
+
+    async def elicit(self, context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "Ada", "email": "ada@example.com"})
+
+
+async def test_every_feature_through_a_round_robin_client(cluster: Cluster) -> None:
+    transport = RoundRobinTransport2(cluster.urls)
+    recorder = Recorder()
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
+    with trio.fail_after(60):
+        async with (
+            httpx2.AsyncClient(transport=transport, timeout=httpx2.Timeout(30, read=300)) as http,
+            Client(
+                streamable_http_client(f"{cluster.urls[0]}/mcp", http_client=http),
+                mode="legacy",
+                cache=None,
+                sampling_callback=recorder.sample,
+                elicitation_callback=recorder.elicit,
+                logging_callback=recorder.on_log,
+                message_handler=recorder.on_message,
+            ) as client,
+        ):
+            echo = await client.call_tool("echo", {"message": "round robin"})
+            assert echo.content[0].text == "Echo: round robin"  # type: ignore[union-attr]
+            # Sampling and elicitation: the answer is POSTed to another instance than the tool's.
+            sampled = await client.call_tool("sampleLLM", {"prompt": "hi", "maxTokens": 20})
+            assert sampled.content[0].text == "LLM sampling result: from the client"  # type: ignore[union-attr]
+            assert recorder.sampling[0].max_tokens == 20
+            elicited = await client.call_tool("elicitInputs", {})
+            assert "Ada" in elicited.content[0].text  # type: ignore[union-attr]
+            long = await client.call_tool(
+                "longRunningOperation", {"duration": 1, "steps": 4}, progress_callback=on_progress
+            )
+            assert "completed" in long.content[0].text  # type: ignore[union-attr]
+            assert [p[0] for p in progress] == [1, 2, 3, 4]
+            # Pagination across instances: the cursor is opaque and instance-independent.
+            cursor, uris = None, []
+            for _ in range(20):
+                page = await client.list_resources(cursor=cursor)
+                uris += [str(r.uri) for r in page.resources]
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert cursor is None and len(set(uris)) == len(uris)
+            assert {f"test://static/resource/{i}" for i in range(1, 101)} <= set(uris)
+            # Log level set on one instance filters logs produced on another.
+            await client.set_logging_level("error")
+            # Other instances learn the new level over the bus: allow them its latency.
+            await trio.sleep(0.3)
+            logs_before = len(recorder.logs)
+            with_logs = await client.call_tool("test_tool_with_logging", {})
+            assert "successfully" in with_logs.content[0].text  # type: ignore[union-attr]
+            # Subscriptions are session state: whichever instance holds the GET stream sends updates.
+            await client.subscribe_resource("test://static/resource/7")
+            with trio.fail_after(WAIT):
+                while "test://static/resource/7" not in recorder.updates:
+                    await trio.sleep(0.05)
+            prompt = await client.get_prompt("complex_prompt", {"temperature": "0.7"})
+            assert len(prompt.messages) == 3
+            completion = await client.complete(
+                types.PromptReference(name="complex_prompt"), {"name": "style", "value": "f"}
+            )
+            assert completion.completion.values == ["formal", "friendly"]
+    after = recorder.logs[logs_before:]
+    assert all(log.level in ("error", "critical", "alert", "emergency") for log in after)
+    assert not [log for log in after if "Tool execution" in str(log.data)]  # the tool's info logs were filtered
+    assert set(transport.rotation.sent) == {int(u.rsplit(":", 1)[1]) for u in cluster.urls}
+
+
+async def test_cancel_and_delete_arriving_at_other_instances(cluster: Cluster) -> None:
+    a, b, c = cluster.urls
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        headers = await open_session(http, a)
+        received: list[dict[str, Any]] = []
+        with trio.fail_after(WAIT):
+            async with http.stream("POST", f"{a}/mcp", json=long_call(1, 60, 60), headers=headers) as stream:
+                events = sse_events(stream)
+                async for event in events:
+                    if event.data:
+                        received.append(json.loads(event.data))
+                        break
+                # The cancellation goes to instance b; the work runs on a.
+                cancel = rpc("notifications/cancelled", requestId=1)
+                assert (await http.post(f"{b}/mcp", json=cancel, headers=headers)).status_code == 202
+                async for event in events:
+                    if event.data:
+                        received.append(json.loads(event.data))
+        assert all(m.get("method") == "notifications/progress" for m in received)  # no response: cancelled
+        assert await in_flight(http, a) == 0
+
+        # DELETE on c ends the work running on a and the GET stream open on b.
+        ended: list[str] = []
+
+        async def follow(name: str, method: str, url: str, body: dict[str, Any] | None) -> None:
+            async with http.stream(method, url, json=body, headers=headers) as response:
+                assert response.status_code == 200
+                async for _ in sse_events(response):
+                    pass
+            ended.append(name)
+
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow, "work", "POST", f"{a}/mcp", long_call(2, 60, 60))
+                nursery.start_soon(follow, "get", "GET", f"{b}/mcp", None)
+                while await in_flight(http, a) != 1:
+                    await trio.sleep(0.05)
+                await trio.sleep(0.3)
+                deleted = await http.delete(f"{c}/mcp", headers={"Mcp-Session-Id": headers["Mcp-Session-Id"]})
+                assert deleted.status_code == 204
+        assert sorted(ended) == ["get", "work"]
+        assert await in_flight(http, a) == 0
+        for url in cluster.urls:
+            assert (await http.post(f"{url}/mcp", json=rpc("ping", 9), headers=headers)).status_code == 404
+    assert session_keys(cluster.redis, headers["Mcp-Session-Id"]) == []
+
+
+async def test_resume_on_another_instance_event_by_event(cluster: Cluster) -> None:
+    a, b, c = cluster.urls
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        headers = await open_session(http, a)
+        first: list[SSEEvent] = []
+        with trio.fail_after(WAIT):
+            async with http.stream("POST", f"{a}/mcp", json=long_call(5, 2, 8), headers=headers) as stream:
+                async for event in sse_events(stream):
+                    first.append(event)
+                    if len(first) == 3:  # the priming event and two progress notifications: drop the stream
+                        break
+        priming, *seen = first
+        assert priming.data == "" and priming.id
+
+        async def read_all(url: str, last_event_id: str) -> list[SSEEvent]:
+            with trio.fail_after(WAIT):
+                async with http.stream("GET", f"{url}/mcp", headers={**headers, "Last-Event-ID": last_event_id}) as r:
+                    assert r.status_code == 200
+                    return [e async for e in sse_events(r) if e.data]
+
+        rest = await read_all(b, str(seen[-1].id))
+        progress = [json.loads(e.data)["params"]["progress"] for e in rest[:-1]]
+        assert progress == [3, 4, 5, 6, 7, 8]  # exactly what was missed: no gap, no duplicate
+        final = json.loads(rest[-1].data)
+        assert final["id"] == 5 and "result" in final
+        everything = await read_all(c, str(priming.id))
+        assert [e.id for e in everything] == [e.id for e in seen] + [e.id for e in rest]
+        assert [e.data for e in everything] == [e.data for e in seen] + [e.data for e in rest]
+
+
+async def test_legacy_sse_across_instances(cluster: Cluster) -> None:
+    a, b, c = cluster.urls
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        with trio.fail_after(WAIT):
+            async with http.stream("GET", f"{a}/sse", headers={"Accept": "text/event-stream"}) as stream:
+                events = sse_events(stream)
+                endpoint = await events.__anext__()
+                assert endpoint.event == "endpoint"
+                post = {"Content-Type": "application/json"}
+                for index, url in enumerate([b, c, b]):
+                    message = rpc("initialize", 0, **{**INIT_PARAMS, "protocolVersion": "2024-11-05"})
+                    if index > 0:
+                        message = rpc("tools/call", index, name="echo", arguments={"message": f"via {url}"})
+                    accepted = await http.post(f"{url}{endpoint.data}", json=message, headers=post)
+                    assert accepted.status_code == 202
+                    async for event in events:
+                        if event.data and "id" in (answer := json.loads(event.data)):
+                            break  # (the periodic demo notifications have no id)
+                    assert answer["id"] == (0 if index == 0 else index)
+                    if index > 0:
+                        assert answer["result"]["content"][0]["text"] == f"Echo: via {url}"
+        session_id = endpoint.data.split("sessionId=")[1]
+        with trio.fail_after(WAIT):
+            while session_keys(cluster.redis, session_id):
+                await trio.sleep(0.05)  # the legacy session ended with its stream, everywhere
+
+
+def connections_by_instance(redis: RedisServer) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for client in redis.client().client_list():
+        name = client.get("name", "")
+        if name.startswith("refserver-"):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+async def test_redis_connections_do_not_grow_with_sessions(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(timeout=WAIT, transport=RoundRobinTransport(cluster.urls)) as http:
+        await open_session(http, cluster.urls[0])
+        with_one = connections_by_instance(cluster.redis)
+        sessions: list[dict[str, str]] = []
+
+        async def another() -> None:
+            sessions.append(await open_session(http, cluster.urls[0]))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(200):
+                    nursery.start_soon(another)
+
+            # Every session in use at once, each on a different instance than it was created on.
+            async def ping(headers: dict[str, str]) -> None:
+                response = await http.post(f"{cluster.urls[0]}/mcp", json=rpc("ping", 1), headers=headers)
+                assert response.status_code == 200
+
+            async with trio.open_nursery() as nursery:
+                for headers in sessions:
+                    nursery.start_soon(ping, headers)
+        with_many = connections_by_instance(cluster.redis)
+    assert len(with_one) == 3
+    assert with_many == with_one
+    assert all(count <= 8 for count in with_many.values())
+
+
+async def test_every_key_has_a_ttl_and_nothing_is_left_after_delete(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(timeout=WAIT, transport=RoundRobinTransport(cluster.urls)) as http:
+        headers = await open_session(http, cluster.urls[0])
+        session_id = headers["Mcp-Session-Id"]
+        for index in range(6):
+            call = rpc("tools/call", index, name="longRunningOperation", arguments={"duration": 0.2, "steps": 2})
+            call["params"]["_meta"] = {"progressToken": index}
+            response = await http.post(f"{cluster.urls[0]}/mcp", json=call, headers=headers)
+            assert response.status_code == 200
+        await http.post(
+            f"{cluster.urls[0]}/mcp",
+            json=rpc("resources/subscribe", 50, uri="test://static/resource/1"),
+            headers=headers,
+        )
+        keys = session_keys(cluster.redis, session_id)
+        assert len(keys) >= 3
+        client = cluster.redis.client()
+        assert all(client.pttl(key) > 0 for key in redis_keys(cluster.redis))  # nothing lives forever
+        deleted = await http.delete(f"{cluster.urls[0]}/mcp", headers={"Mcp-Session-Id": session_id})
+        assert deleted.status_code == 204
+    assert session_keys(cluster.redis, session_id) == []
+
+
+async def test_expired_sessions_leave_nothing(module_redis: RedisServer, tmp_path: Path) -> None:
+    short = start_cluster(module_redis, tmp_path, count=2, session_idle_ttl=2)
+    try:
+        async with httpx.AsyncClient(timeout=WAIT, transport=RoundRobinTransport(short.urls)) as http:
+            headers = await open_session(http, short.urls[0])
+            session_id = headers["Mcp-Session-Id"]
+            call = rpc("tools/call", 1, name="echo", arguments={"message": "x"})
+            assert (await http.post(f"{short.urls[0]}/mcp", json=call, headers=headers)).status_code == 200
+            assert session_keys(module_redis, session_id)
+            with trio.fail_after(WAIT):
+                while session_keys(module_redis, session_id):
+                    await trio.sleep(0.2)
+            for _ in short.urls:
+                gone = await http.post(f"{short.urls[0]}/mcp", json=rpc("ping", 2), headers=headers)
+                assert gone.status_code == 404
+    finally:
+        short.stop()
