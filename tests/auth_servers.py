@@ -5,18 +5,17 @@ start several of them at once."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
-import httpx
 
-from tests.conftest import HYPERCORN, ROOT, SERVER_START_TIMEOUT, ServerProcess, server_env
+from tests.conftest import ServerProcess, server_env
 
 
 class Process(Protocol):
@@ -43,37 +42,18 @@ class AuthServerProcess(ServerProcess):
     """
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                *HYPERCORN,
-                "--config",
-                "hypercorn-auth.toml",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "refserver.oauth.app:app",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"authorization server exited at start-up:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"authorization server did not start in {SERVER_START_TIMEOUT}s:\n{self.log()}")
+        self.start_app("refserver.oauth.app:app", "hypercorn-auth.toml")
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group (Hypercorn's parent and its worker): an abrupt outage."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
 
 
-def auth_server(directory: Path, *, resources: list[str], port: int | None = None, **settings: Any) -> AuthServerProcess:
+def auth_server(
+    directory: Path, *, resources: list[str], port: int | None = None, **settings: Any
+) -> AuthServerProcess:
     """A standalone authorization server (not started) issuing tokens for `resources`."""
     port = port or free_ports(1)[0]
     settings.setdefault("auth_server_url", f"http://127.0.0.1:{port}")

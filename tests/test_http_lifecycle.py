@@ -43,7 +43,7 @@ async def health(http: httpx.AsyncClient, server: ServerProcess) -> dict[str, An
 async def wait_until(predicate: Any) -> None:
     """Poll another process's state (no event can cross the process boundary), bounded by WAIT."""
     with trio.fail_after(WAIT):
-        while not await predicate():  # noqa: ASYNC110
+        while not await predicate():
             await trio.sleep(0.05)
 
 
