@@ -88,7 +88,12 @@ def create_blueprint(services: Services, *, verifier: TokenVerifier | None, back
 
     @blueprint.get("/")
     async def splash() -> Response:
-        return Response(splash_html(services), content_type="text/html; charset=utf-8", headers=HTML_SECURITY_HEADERS)
+        degraded = verifier is not None and verifier.state == "degraded"
+        return Response(
+            splash_html(services, degraded=degraded),
+            content_type="text/html; charset=utf-8",
+            headers=HTML_SECURITY_HEADERS,
+        )
 
     return blueprint
 
