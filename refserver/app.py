@@ -24,6 +24,7 @@ from refserver.features.periodic import periodic_notifiers
 from refserver.oauth import resource, routes
 from refserver.oauth.assembly import authorization_server, oauth_store
 from refserver.oauth.ratelimit import RateLimiter
+from refserver.oauth.revocations import connect_revocations
 from refserver.oauth.verifier import create_verifier
 from refserver.registry import SessionRegistry
 from refserver.transport import legacy_sse, pages, security, streamable_http
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         settings, server=auth_server, store=auth_server.store if auth_server else shared_store, http=http
     )
     guard = resource.ResourceGuard(verifier, settings) if verifier else None
+    connect_revocations(auth_server, getattr(verifier, "cache", None), backend.bus)
     origin_policy = OriginPolicy.from_settings(settings)
     services = Services(settings, registry, dispatcher, origin_policy, guard)
 

@@ -34,14 +34,18 @@ class Cluster:
             instance.stop()
 
 
-def start_cluster(redis: RedisServer, directory: Path, count: int = 3, **settings: Any) -> Cluster:
+def start_cluster(
+    redis: RedisServer, directory: Path, count: int = 3, *, ports: list[int] | None = None, **settings: Any
+) -> Cluster:
+    """`count` instances behind one public URL (`base_url`, by default one no instance listens on)."""
     settings.setdefault("redis_url", redis.url)
     settings.setdefault("heartbeat_interval", 1)
+    settings.setdefault("base_url", "http://127.0.0.1:3232")
+    ports = ports or [free_port() for _ in range(count)]
     instances = []
     try:
-        for index in range(count):
-            port = free_port()
-            env = server_env(base_url="http://127.0.0.1:3232", allowed_hosts="127.0.0.1", **settings)
+        for index, port in enumerate(ports[:count]):
+            env = server_env(allowed_hosts="127.0.0.1", **settings)
             instance = ServerProcess(port, env, directory / f"instance-{index}.log")
             instance.start()
             instances.append(instance)

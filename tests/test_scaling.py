@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from refserver.protocol.sse import SSEDecoder, SSEEvent
 from tests.cluster import Cluster, RoundRobinTransport, RoundRobinTransport2, redis_keys, session_keys, start_cluster
-from tests.conftest import INIT_PARAMS, POST_HEADERS
+from tests.conftest import INIT_PARAMS, POST_HEADERS, free_port
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
@@ -367,3 +367,44 @@ async def test_expired_sessions_leave_nothing(module_redis: RedisServer, tmp_pat
                 assert gone.status_code == 404
     finally:
         short.stop()
+
+
+async def test_revocation_on_one_instance_reaches_the_token_cache_of_another(
+    module_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Instances cache verified tokens; a revocation anywhere must still take effect everywhere at once."""
+    from refserver.oauth.headless import obtain_tokens
+
+    ports = [free_port(), free_port()]
+    # The public URL (issuer and resource) is instance a's, so discovery needs no load balancer.
+    pair = start_cluster(
+        module_redis,
+        tmp_path,
+        count=2,
+        ports=ports,
+        base_url=f"http://127.0.0.1:{ports[0]}",
+        auth_mode="embedded",
+        rate_limit_per_minute=1000,
+    )
+    a, b = pair.urls
+    try:
+        async with httpx.AsyncClient(timeout=WAIT) as http:
+            tokens = await obtain_tokens(http, f"{a}/mcp", user="carol")
+            bearer = {**POST_HEADERS, "Authorization": f"Bearer {tokens['access_token']}"}
+            for url in (a, b, b):  # verified, then served from each instance's cache
+                ping = await http.post(f"{url}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=bearer)
+                assert ping.status_code == 200
+            revoked = await http.post(
+                f"{a}/revoke", data={"token": tokens["access_token"], "client_id": tokens["client_id"]}
+            )
+            assert revoked.status_code == 200
+            with trio.fail_after(5):
+                while (
+                    await http.post(f"{b}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=bearer)
+                ).status_code != 401:
+                    await trio.sleep(0.02)  # the bus carries the revocation within milliseconds
+            assert (
+                await http.post(f"{a}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=bearer)
+            ).status_code == 401
+    finally:
+        pair.stop()

@@ -27,13 +27,15 @@ from redis.asyncio.client import PubSub
 
 from refserver.backend.events import STANDALONE_STREAM, StoredEvent, StreamRead
 from refserver.backend.redis import RedisConnection
-from refserver.backend.sessions import BusHandler, SessionRecord
+from refserver.backend.sessions import BusHandler, GlobalHandler, SessionRecord
 from refserver.errors import SERVER_ERROR, BackendUnavailable
 from refserver.protocol.jsonrpc import ErrorResponse, RequestId, encode_message
 
 logger = logging.getLogger(__name__)
 
 PREFIX: Final = "refserver:"
+GLOBAL_CHANNEL: Final = f"{PREFIX}bus"
+"""Messages for every instance (revocations), on the same subscriber connection as the sessions'."""
 READ_BATCH: Final = 500
 """Events fetched per XRANGE; a listener catching up loops, so memory per read stays bounded."""
 POLL_TIMEOUT: Final = 0.05
@@ -296,6 +298,7 @@ class RedisBus:
         self._conn = conn
         self.instance_id = instance_id
         self._handler: BusHandler | None = None
+        self._global_handler: GlobalHandler | None = None
         self._channels: set[str] = set()
         self._pending_subscribe: dict[str, trio.Event] = {}
         """Subscriptions requested and not yet confirmed by Redis."""
@@ -308,6 +311,15 @@ class RedisBus:
 
     def set_handler(self, handler: BusHandler) -> None:
         self._handler = handler
+
+    def set_global_handler(self, handler: GlobalHandler) -> None:
+        """Messages for every instance (revocations); {"t": "resync"} after a reconnect."""
+        self._global_handler = handler
+
+    async def publish_global(self, message: dict[str, Any]) -> None:
+        self._published += 1
+        payload = json.dumps(message, separators=(",", ":"))
+        await self._conn.call(lambda r: r.publish(GLOBAL_CHANNEL, payload))
 
     @property
     def connected(self) -> bool:
@@ -324,15 +336,18 @@ class RedisBus:
                     try:
                         self._channels.update(self._pending_subscribe)
                         self._to_subscribe.clear()
-                        await self._conn.call(_on_pubsub(pubsub.subscribe, f"{PREFIX}bus", *self._channels))
+                        await self._conn.call(_on_pubsub(pubsub.subscribe, GLOBAL_CHANNEL, *self._channels))
                         self._connected.set()
                         if not started:
                             started = True
                             task_status.started(self)
-                        elif self._handler is not None:
-                            # Whatever was published while we were away is in the streams: re-read them.
-                            for name in list(self._channels):
-                                await self._handler(name.removeprefix(f"{PREFIX}session:"), {"t": "resync"})
+                        else:
+                            # Whatever was published while we were away is in Redis: re-read it.
+                            if self._global_handler is not None:
+                                await self._global_handler({"t": "resync"})
+                            if self._handler is not None:
+                                for name in list(self._channels):
+                                    await self._handler(name.removeprefix(f"{PREFIX}session:"), {"t": "resync"})
                         await self._read(pubsub)
                     finally:
                         self._connected = trio.Event()
@@ -360,7 +375,7 @@ class RedisBus:
                 if event is not None:
                     event.set()
                 continue
-            if kind not in ("message", b"message") or self._handler is None:
+            if kind not in ("message", b"message"):
                 continue
             self._received += 1
             try:
@@ -368,7 +383,11 @@ class RedisBus:
             except ValueError:
                 logger.warning("ignoring a malformed bus message on %s", name)
                 continue
-            await self._handler(name.removeprefix(f"{PREFIX}session:"), payload)
+            if name == GLOBAL_CHANNEL:
+                if self._global_handler is not None:
+                    await self._global_handler(payload)
+            elif self._handler is not None:
+                await self._handler(name.removeprefix(f"{PREFIX}session:"), payload)
 
     async def _apply_pending(self, pubsub: PubSub) -> None:
         if self._to_subscribe:

@@ -19,6 +19,8 @@ TransportKind = Literal["streamable", "legacy"]
 
 BusHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 """(session id, message) -> None; called for messages published by other instances."""
+GlobalHandler = Callable[[dict[str, Any]], Awaitable[None]]
+"""message -> None; called for messages addressed to every instance."""
 
 
 @attrs.define
@@ -66,6 +68,12 @@ class Bus(Protocol):
 
     async def publish(self, session_id: str, message: dict[str, Any]) -> None: ...
 
+    async def publish_global(self, message: dict[str, Any]) -> None:
+        """To every instance (e.g. a revoked token: drop it from every verifier cache)."""
+        ...
+
+    def set_global_handler(self, handler: GlobalHandler) -> None: ...
+
     @property
     def distributed(self) -> bool:
         """False when there is no other instance to talk to (memory backend)."""
@@ -98,4 +106,10 @@ class LocalBus:
         return None
 
     async def publish(self, session_id: str, message: dict[str, Any]) -> None:
+        return None
+
+    async def publish_global(self, message: dict[str, Any]) -> None:
+        return None
+
+    def set_global_handler(self, handler: GlobalHandler) -> None:
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import SplitResult, urlencode, urlsplit
 
@@ -43,6 +43,9 @@ SUBJECT_PATTERN: Final = re.compile(r"[A-Za-z0-9._@+\-]{1,64}")
 GRANT_TYPES: Final = ("authorization_code", "refresh_token")
 ACCESS_TOKEN_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
 """RFC 9068 sec. 2.1: an ID token or other JWT signed by the same key is not an access token."""
+
+
+RevocationListener = Callable[[str | None, str | None], Awaitable[None]]
 
 
 class AuthorizePageError(Exception):
@@ -114,6 +117,9 @@ class AuthorizationServer:
         self.access_ttl = access_ttl
         self._introspection_credentials = introspection_credentials
         self._clock = clock
+        self.clock = clock
+        self.revocation_listeners: list[RevocationListener] = []
+        """Told (jti, grant id) after each revocation: verifier caches, the bus to other instances."""
 
     def _now(self) -> int:
         return int(self._clock())
@@ -343,25 +349,25 @@ class AuthorizationServer:
         if code is None:
             replayed_grant = await self.store.grant_of_used_code(code_hash)
             if replayed_grant:
-                await self.store.revoke_grant(replayed_grant)
+                await self.revoke_grant(replayed_grant)
                 logger.warning("authorization code replayed: grant %s revoked", replayed_grant[:8])
                 raise OAuthError("invalid_grant", "authorization code already used; its tokens are revoked")
             raise OAuthError("invalid_grant", "authorization code is invalid or expired")
         if code.expires_at < self._now():
-            await self.store.revoke_grant(code.grant_id)
+            await self.revoke_grant(code.grant_id)
             raise OAuthError("invalid_grant", "authorization code expired")
         if code.client_id != client.client_id:
-            await self.store.revoke_grant(code.grant_id)
+            await self.revoke_grant(code.grant_id)
             raise OAuthError("invalid_grant", "authorization code was issued to another client")
         if form.get("redirect_uri", code.redirect_uri) != code.redirect_uri:
-            await self.store.revoke_grant(code.grant_id)
+            await self.revoke_grant(code.grant_id)
             raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
         if not pkce_matches(verifier, code.code_challenge):
-            await self.store.revoke_grant(code.grant_id)
+            await self.revoke_grant(code.grant_id)
             raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
         resource = form.get("resource")
         if resource is not None and resource != code.resource:
-            await self.store.revoke_grant(code.grant_id)
+            await self.revoke_grant(code.grant_id)
             raise OAuthError("invalid_target", "resource does not match the authorization request")
         grant = await self.store.grant(code.grant_id)
         if grant is None:
@@ -383,7 +389,7 @@ class AuthorizationServer:
         if token is None:
             reused_grant = await self.store.grant_of_used_refresh(digest)
             if reused_grant:
-                await self.store.revoke_grant(reused_grant)
+                await self.revoke_grant(reused_grant)
                 logger.warning("refresh token reused: grant %s revoked", reused_grant[:8])
                 raise OAuthError("invalid_grant", "refresh token already used; the grant is revoked")
             raise OAuthError("invalid_grant", "refresh token is invalid or expired")
@@ -530,7 +536,7 @@ class AuthorizationServer:
             if refresh.client_id != client.client_id:
                 raise OAuthError("unauthorized_client", "the token was issued to another client")
             await self.store.delete_refresh(refresh.token_hash)
-            await self.store.revoke_grant(refresh.grant_id)  # sec. 2.1: its access tokens go too
+            await self.revoke_grant(refresh.grant_id)  # sec. 2.1: its access tokens go too
             return
         info = await self.decode_access_token(token)
         if info is None:
@@ -538,6 +544,16 @@ class AuthorizationServer:
         if info.client_id != client.client_id:
             raise OAuthError("unauthorized_client", "the token was issued to another client")
         await self.store.revoke_access_token(info.token_id, info.expires_at - self._now())
+        await self._announce(jti=info.token_id, grant_id=None)
+
+    async def revoke_grant(self, grant_id: str) -> None:
+        """Every token of the grant dies, here and (through the listeners) in every verifier's cache."""
+        await self.store.revoke_grant(grant_id)
+        await self._announce(jti=None, grant_id=grant_id)
+
+    async def _announce(self, *, jti: str | None, grant_id: str | None) -> None:
+        for listener in self.revocation_listeners:
+            await listener(jti, grant_id)
 
 
 @attrs.frozen

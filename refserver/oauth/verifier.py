@@ -39,6 +39,7 @@ from refserver.errors import AuthServerUnavailable, ConfigError, Unauthorized
 from refserver.oauth.models import AccessInfo
 from refserver.oauth.server import AuthorizationServer
 from refserver.oauth.store import OAuthStore
+from refserver.oauth.tokencache import VerifiedTokenCache
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +160,11 @@ class _Counters:
 class EmbeddedVerifier:
     """Tokens of the `AuthorizationServer` running in this process."""
 
-    def __init__(self, server: AuthorizationServer, *, resource: str) -> None:
+    def __init__(self, server: AuthorizationServer, *, resource: str, cache: VerifiedTokenCache | None = None) -> None:
         self._server = server
         self._resource = resource
         self._counters = _Counters()
+        self.cache = cache or VerifiedTokenCache(clock=server.clock)
 
     @property
     def state(self) -> State:
@@ -175,16 +177,25 @@ class EmbeddedVerifier:
         return await self._counters.outcome(lambda: self._verify(token))
 
     async def _verify(self, token: str) -> AccessInfo:
+        cached = self.cache.get(token)
+        if cached is not None:
+            return cached
         check_token_shape(token)
         info = await self._server.decode_access_token(token)
         if info is None:
             raise Unauthorized("the token is invalid, expired or revoked")
         if self._resource not in info.audience:
             raise Unauthorized("the token was not issued for this resource (audience mismatch)")
+        self.cache.put(token, info)
         return info
 
     def statistics(self) -> dict[str, Any]:
-        return {"mode": "embedded", "state": self.state, **self._counters.counts}
+        return {
+            "mode": "embedded",
+            "state": self.state,
+            **self._counters.counts,
+            "cache": self.cache.statistics(),
+        }
 
 
 class _Unreachable(AuthServerUnavailable):
