@@ -5,6 +5,7 @@ Launched as `hypercorn --config hypercorn.toml refserver.app:app`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 from typing import Any, Final
@@ -43,16 +44,11 @@ AUTH_SERVER_HTTP_TIMEOUT: Final = httpx.Timeout(5.0, connect=2.0)
 
 
 def load_catalogs(names: tuple[str, ...]) -> list[Catalog]:
+    """Each name is a built-in feature module or a dotted path to a module with `build_catalog()`."""
     catalogs = []
     for name in names:
-        if name == "reference":
-            from refserver.features import reference
-
-            catalogs.append(reference.build_catalog())
-        elif name == "conformance":
-            from refserver.features import conformance
-
-            catalogs.append(conformance.build_catalog())
+        module = importlib.import_module(name if "." in name else f"refserver.features.{name}")
+        catalogs.append(module.build_catalog())
     return catalogs
 
 

@@ -78,10 +78,14 @@ def _optional_url(raw: str) -> str | None:
 
 
 def _feature_modules(raw: str) -> tuple[str, ...]:
+    """Built-in names, or dotted module paths of your own (each module exposes `build_catalog()`)."""
     modules = _csv(raw)
-    unknown = [m for m in modules if m not in FEATURE_MODULES]
+    unknown = [m for m in modules if m not in FEATURE_MODULES and "." not in m]
     if unknown:
-        raise ValueError(f"unknown feature module(s) {unknown}; known: {', '.join(FEATURE_MODULES)}")
+        raise ValueError(
+            f"unknown feature module(s) {unknown}; built in: {', '.join(FEATURE_MODULES)}, "
+            "or a dotted module path such as mycompany.mcp_features"
+        )
     return modules
 
 
@@ -203,7 +207,8 @@ class Settings:
     features: tuple[str, ...] = _setting(
         "FEATURES",
         _feature_modules,
-        "Comma-separated feature modules to serve: `reference`, `conformance`.",
+        "Comma-separated feature modules to serve: `reference`, `conformance`, or dotted paths of your own "
+        "modules exposing `build_catalog()`.",
         FEATURE_MODULES,
     )
     max_body_bytes: int = _setting(

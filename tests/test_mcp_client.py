@@ -1034,3 +1034,35 @@ async def test_legacy_sse_transport(reference_server: ServerProcess) -> None:
                 await recorder.wait_for(lambda: resource_uri(5) in recorder.resource_updates())
             assert set(recorder.resource_updates()) == {resource_uri(5)}
     assert recorder.transport_errors == []
+
+
+async def test_a_feature_module_of_your_own_is_served(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """REFSERVER_FEATURES accepts a dotted module path (docs/customization-guide.md)."""
+    root = tmp_path_factory.mktemp("custom")
+    package = root / "mycompany"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mcp_features.py").write_text(
+        "import mcp_types as types\n"
+        "from refserver.features.catalog import Catalog, Tool\n"
+        "async def shout(arguments, ctx):\n"
+        "    return types.CallToolResult(content=[types.TextContent(text=arguments['text'].upper())])\n"
+        "def build_catalog():\n"
+        "    schema = {'type': 'object', 'properties': {'text': {'type': 'string'}}, 'required': ['text']}\n"
+        "    definition = types.Tool(name='shout', description='Upper-case', input_schema=schema)\n"
+        "    return Catalog(tools=[Tool(definition, shout)])\n"
+    )
+    port = free_port()
+    env = server_env(base_url=f"http://127.0.0.1:{port}", features="reference,mycompany.mcp_features")
+    env["PYTHONPATH"] = str(root)
+    server = ServerProcess(port, env, root / "server.log")
+    server.start()
+    try:
+        with trio.fail_after(TEST_TIMEOUT):
+            async with Client(server.mcp_url, mode="legacy", cache=None) as client:
+                names = {tool.name for tool in (await client.list_tools()).tools}
+                assert {"shout", "echo"} <= names
+                result = await client.call_tool("shout", {"text": "quiet"})
+        assert only_text(result) == "QUIET"
+    finally:
+        server.stop()
