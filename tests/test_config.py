@@ -221,7 +221,8 @@ def test_invalid_value_messages_explain() -> None:
         "REFSERVER_AUTH_MODE='oauth2': must be one of embedded, jwt, introspection, none"
     )
     assert config_error(FEATURES="reference,extra").message == (
-        "REFSERVER_FEATURES='reference,extra': unknown feature module(s) ['extra']; built in: reference, conformance, or a dotted module path such as mycompany.mcp_features"
+        "REFSERVER_FEATURES='reference,extra': unknown feature module(s) ['extra']; built in: reference, "
+        "conformance, or a dotted module path such as mycompany.mcp_features"
     )
 
 

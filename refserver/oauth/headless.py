@@ -142,4 +142,8 @@ async def obtain_tokens(
 
 def _expect(response: httpx.Response, status: int, step: str) -> None:
     if response.status_code != status:
-        raise FlowError(f"{step}: expected HTTP {status}, got {response.status_code}: {response.text[:300]}")
+        text = response.text
+        if "html" in response.headers.get("content-type", ""):
+            # An error page: keep its words, not its markup and stylesheet.
+            text = re.sub(r"\s+", " ", re.sub(r"(?s)<style.*?</style>|<[^>]+>", " ", text)).strip()
+        raise FlowError(f"{step}: expected HTTP {status}, got {response.status_code}: {text[:300]}")

@@ -49,6 +49,8 @@ button.primary{background:#1f5fd6;border-color:#1f5fd6;color:#fff}
 .users small{display:block;color:#5b5d66}
 input[type=text]{font:inherit;padding:.55rem .7rem;border:1px solid #c5c7cf;border-radius:8px;width:100%}
 .row{display:flex;gap:.5rem;margin-top:.5rem}
+.row input{flex:1}
+.row button{white-space:nowrap}
 .notice{background:#fff8e1;border:1px solid #f0d78c;border-radius:8px;padding:.6rem .9rem;font-size:.92rem}
 .error{border-left:4px solid #c62828;padding-left:1rem}
 """
@@ -94,8 +96,9 @@ def _page(title: str, body: str) -> str:
 
 
 def _host(uri: str) -> str:
+    """host[:port]: two loopback clients on different ports must not look the same."""
     try:
-        return urlsplit(uri).hostname or uri
+        return urlsplit(uri).netloc or uri
     except ValueError:
         return uri
 

@@ -52,6 +52,12 @@ def add_cors_headers(response: Response, policy: OriginPolicy) -> Response:
     elif path.startswith(PUBLIC_CORS_PREFIXES):
         response.headers.setdefault("Access-Control-Allow-Origin", "*")
         response.headers.setdefault("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+        if request.method == "OPTIONS":
+            # Quart answers the preflight itself; it must also allow the headers MCP clients send
+            # (the SDKs add MCP-Protocol-Version to discovery requests).
+            response.headers.setdefault("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            response.headers.setdefault("Access-Control-Allow-Headers", ALLOWED_REQUEST_HEADERS)
+            response.headers.setdefault("Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
     return response
 
 
