@@ -56,7 +56,7 @@ async def events_of(session: Session, stream_id: str) -> list[dict[str, Any]]:
 
 
 async def wait_closed(session: Session, stream_id: str) -> list[dict[str, Any]]:
-    with trio.fail_after(3600):
+    with trio.fail_after(3600), session.events.watching(session.id, stream_id):
         while True:
             read = await session.events.read_after(session.id, stream_id, 0)
             if read.closed:
@@ -183,7 +183,7 @@ async def test_sampling_reply_is_routed_to_the_waiting_tool(
     session = await ready_session(registry)
     call = Request(5, "tools/call", {"name": "sampleLLM", "arguments": {"prompt": "hi", "maxTokens": 10}})
     stream = await session.start_requests([call])
-    with trio.fail_after(5):
+    with trio.fail_after(5), session.events.watching(session.id, stream):
         await session.events.wait_for_events(session.id, stream, 0)
     (sampling,) = await events_of(session, stream)
     assert sampling["method"] == "sampling/createMessage"

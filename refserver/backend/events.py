@@ -7,6 +7,7 @@ resumption names its stream and can only ever replay that stream's events.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Final, Protocol
 
 import attrs
@@ -61,8 +62,12 @@ class EventLog(Protocol):
 
     async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead: ...
 
+    def watching(self, session_id: str, stream_id: str) -> AbstractContextManager[None]:
+        """Hold this around reading and waiting: announcements are kept only for watched streams."""
+        ...
+
     async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
-        """Return once an event after `after_seq` exists, the stream closed, or it is gone."""
+        """Return once an event after `after_seq` exists, the stream closed, or it is gone (inside `watching`)."""
         ...
 
     async def drop_session(self, session_id: str) -> None: ...

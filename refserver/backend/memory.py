@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from contextlib import AbstractContextManager
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +84,9 @@ class MemoryEventLog:
         if history.next_seq - 1 <= after_seq:
             return StreamRead([], closed=history.closed)
         return StreamRead([e for e in history.events if e.seq > after_seq], closed=history.closed)
+
+    def watching(self, session_id: str, stream_id: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()  # every stream's history lives here: nothing to register
 
     async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
         history = self._streams.get((session_id, stream_id))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar, cast
 
@@ -89,6 +90,8 @@ class RedisConnection:
         self._errors = 0
         self._timeouts = 0
         self._in_flight = 0
+        self.on_call: Callable[[Callable[[Redis], Awaitable[Any]], float], None] | None = None
+        """Called with each call's command and the seconds it took, failed or not (the app's metrics set it)."""
 
     async def run(self, *, task_status: trio.TaskStatus[RedisConnection] = trio.TASK_STATUS_IGNORED) -> None:
         if self._started:
@@ -160,6 +163,7 @@ class RedisConnection:
 
         self._commands += 1
         self._in_flight += 1
+        started = time.perf_counter()
         try:
             with trio.fail_after(self.command_timeout):
                 return cast(T, await loop.run_aio_coroutine(on_asyncio_side()))
@@ -181,6 +185,8 @@ class RedisConnection:
             raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
         finally:
             self._in_flight -= 1
+            if self.on_call is not None:
+                self.on_call(command, time.perf_counter() - started)
 
     def statistics(self) -> dict[str, Any]:
         pool = self._pool

@@ -14,10 +14,11 @@ Channel: `session:{id}` carries JSON messages between instances: {"t": "event" |
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final
 
 import attrs
@@ -147,6 +148,7 @@ return 1
 class _StreamWaiters:
     latest: int = 0
     changed: trio.Event = attrs.field(factory=trio.Event)
+    watchers: int = 0
 
     def wake(self) -> None:
         self.changed.set()
@@ -166,12 +168,21 @@ class RedisEventLog:
         """Streams opened here and not yet closed: who runs them (memory: one entry per open stream)."""
         self._appended = 0
 
-    def _waiter(self, session_id: str, stream_id: str) -> _StreamWaiters:
+    @contextlib.contextmanager
+    def watching(self, session_id: str, stream_id: str) -> Iterator[None]:
+        """Register interest in a stream before reading it, so no announcement between the read and
+        the wait is lost; only watched streams keep state here (memory: one entry per listener)."""
         key = (session_id, stream_id)
         waiters = self._waiters.get(key)
         if waiters is None:
             waiters = self._waiters[key] = _StreamWaiters()
-        return waiters
+        waiters.watchers += 1
+        try:
+            yield
+        finally:
+            waiters.watchers -= 1
+            if waiters.watchers == 0 and self._waiters.get(key) is waiters:
+                del self._waiters[key]
 
     async def open_stream(self, session_id: str, stream_id: str, request_ids: Sequence[RequestId] = ()) -> None:
         # No round trip: the stream's first append records who runs it, for `close_if_abandoned`.
@@ -245,25 +256,33 @@ class RedisEventLog:
                 closed = True
                 break
             events.append(StoredEvent(seq, fields[b"d"].decode(), fields[b"r"] == b"1"))
-        # The standalone stream exists as long as its session does; its key may simply be empty.
-        return StreamRead(events, closed=closed, exists=bool(exists) or stream_id == STANDALONE_STREAM)
+        # The standalone stream exists as long as its session does, and a stream opened here exists before
+        # its first append creates the key.
+        known = stream_id == STANDALONE_STREAM or (session_id, stream_id) in self._stream_meta
+        return StreamRead(events, closed=closed, exists=bool(exists) or known)
 
     async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
-        waiters = self._waiter(session_id, stream_id)
+        waiters = self._waiters.get((session_id, stream_id))
+        if waiters is None:
+            return  # not watched (or just dropped): let the caller read again
         if waiters.latest > after_seq:
             return
         await waiters.changed.wait()
 
     def notice(self, session_id: str, stream_id: str, seq: int) -> None:
         """Something was appended (here, or on another instance and announced on the bus)."""
-        waiters = self._waiter(session_id, stream_id)
-        waiters.latest = max(waiters.latest, seq)
-        waiters.wake()
+        waiters = self._waiters.get((session_id, stream_id))
+        if waiters is not None:  # nobody listens here: nothing to remember
+            waiters.latest = max(waiters.latest, seq)
+            waiters.wake()
 
     async def drop_session(self, session_id: str) -> None:
         """Forget this instance's local view; the Redis keys belong to the session's TTL or DELETE."""
         for key in [k for k in self._waiters if k[0] == session_id]:
-            self._waiters.pop(key).wake()
+            waiters = self._waiters[key]
+            waiters.wake()
+            if waiters.watchers == 0:
+                del self._waiters[key]  # watched entries go when their last watcher leaves
         for key in [k for k in self._stream_meta if k[0] == session_id]:
             del self._stream_meta[key]
 

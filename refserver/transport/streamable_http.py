@@ -69,7 +69,7 @@ def create_blueprint(services: Services) -> Blueprint:
         cursor = 0
         seen_data: list[str] = []
         generation = session.listener_generation(stream_id)
-        with trio.move_on_after(settings.heartbeat_interval):
+        with trio.move_on_after(settings.heartbeat_interval), events.watching(session.id, stream_id):
             while True:
                 if session.listener_generation(stream_id) != generation:
                     # The work asked for this connection to end before it said anything: prime the
@@ -80,7 +80,7 @@ def create_blueprint(services: Services) -> Blueprint:
                     break
                 seen_data.extend(e.data for e in read.events)
                 cursor = read.events[-1].seq if read.events else cursor
-                if read.closed:
+                if read.closed or not read.exists:
                     if not seen_data:
                         # Every request was cancelled: nothing is owed, an empty stream says so.
                         return sse_response(_empty(), headers)
@@ -130,14 +130,15 @@ def create_blueprint(services: Services) -> Blueprint:
     async def _wait_closed(session: Session, stream_id: str) -> str:
         cursor = 0
         data = ""
-        while True:
-            read = await registry.events.read_after(session.id, stream_id, cursor)
-            for event in read.events:
-                data = event.data
-                cursor = event.seq
-            if read.closed:
-                return data
-            await registry.events.wait_for_events(session.id, stream_id, cursor)
+        with registry.events.watching(session.id, stream_id):
+            while True:
+                read = await registry.events.read_after(session.id, stream_id, cursor)
+                for event in read.events:
+                    data = event.data
+                    cursor = event.seq
+                if read.closed or not read.exists:
+                    return data
+                await registry.events.wait_for_events(session.id, stream_id, cursor)
 
     async def deliver(session: Session, parsed: ParsedBody) -> Response:
         version = session.state.lifecycle.protocol_version
