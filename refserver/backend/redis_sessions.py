@@ -14,7 +14,6 @@ Channel: `session:{id}` carries JSON messages between instances: {"t": "event" |
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import json
 import logging
 import secrets
