@@ -27,6 +27,9 @@ from refserver.oauth.assembly import authorization_server, oauth_store
 from refserver.oauth.ratelimit import RateLimiter
 from refserver.oauth.revocations import connect_revocations
 from refserver.oauth.verifier import create_verifier
+from refserver.observability import hooks, logs
+from refserver.observability.metrics import BUS_STATS, EVENT_LOG_STATS, REDIS_STATS, REGISTRY_STATS, Metrics
+from refserver.observability.web import observe_http
 from refserver.registry import SessionRegistry
 from refserver.transport import legacy_sse, pages, security, streamable_http
 from refserver.transport.errors import error_response, http_exception_response, unexpected_exception_response
@@ -73,7 +76,8 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """JSON lines (or text) on stderr for every logger, Hypercorn's included; see refserver.observability."""
+    logs.configure_logging(settings.log_level, settings.log_format)
 
 
 def create_app(settings: Settings | None = None) -> QuartTrio:
@@ -87,7 +91,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
     dispatcher = McpDispatcher(features)
-    registry = SessionRegistry(
+    registry: SessionRegistry = hooks.ObservedRegistry(
         events=backend.events,
         store=backend.store,
         bus=backend.bus,
@@ -108,7 +112,19 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     verifier = create_verifier(
         settings, server=auth_server, store=auth_server.store if auth_server else shared_store, http=http
     )
-    guard = resource.ResourceGuard(verifier, settings) if verifier else None
+    guard = hooks.ObservedGuard(verifier, settings) if verifier else None
+    metrics = Metrics() if settings.metrics != "off" else None
+    bus_statistics = getattr(backend.bus, "statistics", None)
+    if metrics is not None:
+        metrics.add_statistics(registry.statistics, REGISTRY_STATS)
+        metrics.add_statistics(backend.events.statistics, EVENT_LOG_STATS)  # type: ignore[attr-defined]
+        if backend.redis is not None:
+            metrics.add_statistics(backend.redis.statistics, REDIS_STATS)
+            backend.redis.on_call = metrics.observe_redis_call
+        if bus_statistics is not None:
+            metrics.add_statistics(bus_statistics, BUS_STATS)
+        if verifier is not None:
+            metrics.add_verifier(verifier.statistics)
     connect_revocations(auth_server, getattr(verifier, "cache", None), backend.bus)
     origin_policy = OriginPolicy.from_settings(settings)
     services = Services(settings, registry, dispatcher, origin_policy, guard)
@@ -116,6 +132,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     app = QuartTrio("refserver")
     app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413)
     app.extensions["refserver"] = services
+    observe_http(app, settings, metrics, origin_policy)
     app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
     app.register_blueprint(security.create_blueprint(origin_policy))
     app.register_blueprint(streamable_http.create_blueprint(services))
@@ -135,6 +152,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             await app.nursery.start(verifier.run)
         await app.nursery.start(registry.run)
         app.nursery.start_soon(watch_for_shutdown, registry)
+        if backend.redis is not None:
+            await app.nursery.start(hooks.watch_redis, backend.redis.statistics, bus_statistics)
 
     @app.after_serving
     async def close_clients() -> None:
@@ -149,12 +168,14 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     @app.errorhandler(Unauthorized)
     @app.errorhandler(InsufficientScope)
     async def on_auth_failure(exc: Unauthorized | InsufficientScope) -> Response:
+        hooks.record_auth_failure(metrics, exc)
         response = error_response(exc)
         response.headers["WWW-Authenticate"] = resource.challenge_for(settings, exc)
         return response
 
     @app.errorhandler(AuthServerUnavailable)
     async def on_auth_server_unavailable(exc: AuthServerUnavailable) -> Response:
+        hooks.record_auth_failure(metrics, exc)
         response = error_response(exc)
         response.headers["Retry-After"] = str(AUTH_RETRY_AFTER_SECONDS)
         return response

@@ -29,6 +29,8 @@ MAX_CODE_TTL: Final = 600.0
 DEFAULT_EXTERNAL_AUTH_SERVER: Final = "http://localhost:3001"
 
 FEATURE_MODULES: Final = ("reference", "conformance")
+LOG_FORMATS: Final = ("json", "text")
+SWITCH: Final = ("off", "on")
 
 
 def _positive_float(raw: str) -> float:
@@ -106,6 +108,32 @@ def _log_level(raw: str) -> str:
     if level not in logging.getLevelNamesMapping():
         raise ValueError(f"must be one of {', '.join(sorted(logging.getLevelNamesMapping()))}")
     return level
+
+
+def _log_format(raw: str) -> str:
+    value = raw.lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
+def _switch(raw: str) -> str:
+    value = raw.lower()
+    if value not in SWITCH:
+        raise ValueError("must be off or on")
+    return value
+
+
+def _metrics(raw: str) -> str:
+    """`off`, `on` (GET /metrics on the main port) or `host:port` (a separate listener; `[::1]:9100` for IPv6)."""
+    if raw.lower() in SWITCH:
+        return raw.lower()
+    host, sep, port = raw.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    name = host[1:-1] if bracketed else host
+    if not sep or not name or (":" in name and not bracketed) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be off, on, or host:port of a separate listener (e.g. 127.0.0.1:9100)")
+    return raw
 
 
 def _setting(env: str, parse: Callable[[str], Any], doc: str, default: Any) -> Any:
@@ -248,6 +276,25 @@ class Settings:
         120.0,
     )
     log_level: str = _setting("LOG_LEVEL", _log_level, "Python log level of the server's own log.", "INFO")
+    log_format: str = _setting(
+        "LOG_FORMAT",
+        _log_format,
+        "`json`: one JSON object per line (see Logs below); `text`: one human-readable line per record.",
+        "json",
+    )
+    access_log: str = _setting(
+        "ACCESS_LOG",
+        _switch,
+        "`on`: one INFO line per HTTP request; `off`: the same line at DEBUG (5xx answers are always logged).",
+        "off",
+    )
+    metrics: str = _setting(
+        "METRICS",
+        _metrics,
+        "Prometheus metrics: `off`, `on` (GET /metrics on the main port, unauthenticated) or `host:port` "
+        "(a separate listener, e.g. `127.0.0.1:9100`).",
+        "off",
+    )
 
     @property
     def base_origin(self) -> str:

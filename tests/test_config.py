@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "event_log_max_events": 1000,
     "client_request_timeout": 120.0,
     "log_level": "INFO",
+    "log_format": "json",
+    "access_log": "off",
+    "metrics": "off",
 }
 
 
@@ -348,6 +351,9 @@ def test_documented_defaults_are_shown_as_text() -> None:
         "REFSERVER_EVENT_LOG_MAX_EVENTS": "1000",
         "REFSERVER_CLIENT_REQUEST_TIMEOUT": "120.0",
         "REFSERVER_LOG_LEVEL": "INFO",
+        "REFSERVER_LOG_FORMAT": "json",
+        "REFSERVER_ACCESS_LOG": "off",
+        "REFSERVER_METRICS": "off",
     }
 
 

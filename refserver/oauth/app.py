@@ -24,6 +24,9 @@ from refserver.errors import BackendUnavailable
 from refserver.oauth import routes
 from refserver.oauth.assembly import authorization_server
 from refserver.oauth.ratelimit import RateLimiter
+from refserver.observability import logs
+from refserver.observability.metrics import Metrics
+from refserver.observability.web import observe_http
 from refserver.protocol.jsonrpc import encode_json
 from refserver.transport import security
 from refserver.transport.errors import http_exception_response, unexpected_exception_response
@@ -35,12 +38,16 @@ HEALTH_PING_TIMEOUT: Final = 1.0
 
 def create_auth_app(settings: Settings | None = None) -> QuartTrio:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_logging(settings.log_level, settings.log_format)
     backend = backend_from_settings(settings)
     server = authorization_server(settings, backend.kv, issuer=settings.standalone_issuer)
 
     app = QuartTrio("refserver-auth")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # OAuth requests are small forms and JSON documents
+    metrics = Metrics() if settings.metrics != "off" else None
+    if metrics is not None and backend.redis is not None:
+        backend.redis.on_call = metrics.observe_redis_call
+    observe_http(app, settings, metrics)
     app.register_blueprint(
         routes.create_blueprint(
             server, RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
