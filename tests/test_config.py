@@ -158,7 +158,7 @@ def test_many_settings_together() -> None:
 def test_unknown_setting_is_rejected_by_name() -> None:
     error = config_error(FOO="1")
     assert error.message.startswith(
-        "unknown setting(s) REFSERVER_FOO; known settings: REFSERVER_ACCESS_TOKEN_TTL, REFSERVER_ALLOWED_HOSTS"
+        "unknown setting(s) REFSERVER_FOO; known settings: REFSERVER_ACCESS_LOG, REFSERVER_ACCESS_TOKEN_TTL"
     )
     assert "REFSERVER_SESSION_IDLE_TTL" in error.message
 
