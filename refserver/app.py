@@ -29,11 +29,11 @@ from refserver.oauth.revocations import connect_revocations
 from refserver.oauth.verifier import create_verifier
 from refserver.observability import hooks, logs
 from refserver.observability.metrics import BUS_STATS, EVENT_LOG_STATS, REDIS_STATS, REGISTRY_STATS, Metrics
-from refserver.observability.web import observe_http
 from refserver.registry import SessionRegistry
 from refserver.transport import legacy_sse, pages, security, streamable_http
 from refserver.transport.errors import error_response, http_exception_response, unexpected_exception_response
 from refserver.transport.guards import OriginPolicy
+from refserver.transport.observability import observe_http
 from refserver.transport.services import Services
 
 logger = logging.getLogger("refserver")

@@ -26,10 +26,10 @@ from refserver.oauth.assembly import authorization_server
 from refserver.oauth.ratelimit import RateLimiter
 from refserver.observability import logs
 from refserver.observability.metrics import Metrics
-from refserver.observability.web import observe_http
 from refserver.protocol.jsonrpc import encode_json
 from refserver.transport import security
 from refserver.transport.errors import http_exception_response, unexpected_exception_response
+from refserver.transport.observability import observe_http
 
 logger = logging.getLogger("refserver.oauth")
 
