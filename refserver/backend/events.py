@@ -50,6 +50,10 @@ class EventLog(Protocol):
         """A stream for these requests starts here (so a listener elsewhere can tell if it is abandoned)."""
         ...
 
+    async def persist(self, session_id: str, stream_id: str) -> None:
+        """The stream is about to be served as SSE: make it resumable from any instance from now on."""
+        ...
+
     async def close_if_abandoned(self, session_id: str, stream_id: str) -> bool:
         """Close the stream with errors for its requests if the instance running them died."""
         ...

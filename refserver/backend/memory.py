@@ -51,6 +51,9 @@ class MemoryEventLog:
     async def open_stream(self, session_id: str, stream_id: str, request_ids: Sequence[RequestId] = ()) -> None:
         self._history(session_id, stream_id)
 
+    async def persist(self, session_id: str, stream_id: str) -> None:
+        return None  # one instance: every stream is already where any listener reads it
+
     async def close_if_abandoned(self, session_id: str, stream_id: str) -> bool:
         return False  # one instance: its streams die with it
 

@@ -13,6 +13,7 @@ Channel: `session:{id}` carries JSON messages between instances: {"t": "event" |
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -143,6 +144,48 @@ return 1
 """
 
 
+# Write a stream that was kept locally so far, with the sequence numbers already handed out (so ids a
+# client may hold stay valid), then continue as any stream: TTL, owner record, announcement.
+_PERSIST_LUA: Final = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+local last = 0
+for i = 6, #ARGV, 3 do
+  if ARGV[i + 2] == 'c' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-' .. ARGV[i], 'c', '1')
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-' .. ARGV[i], 'd', ARGV[i + 1], 'r', ARGV[i + 2])
+  end
+  last = tonumber(ARGV[i])
+end
+if last > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PUBLISH', ARGV[3], '{"t":"event","s":"' .. ARGV[4] .. '","n":' .. last .. '}')
+end
+redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return last
+"""
+
+LOCAL_CLOSED_KEPT: Final = 1024
+"""Finished local streams whose HTTP answer has not picked them up yet, at most (oldest dropped)."""
+
+
+@attrs.define(eq=False)
+class _LocalStream:
+    """A request stream run here and not (yet) needed elsewhere: its events stay in memory.
+
+    Most requests are answered with plain JSON by the handler on this instance; their events are never
+    resumable, so they never touch Redis. The first time a stream is served as SSE it is persisted
+    (`persist`), and from then on every event is written through to Redis.
+    """
+
+    meta: str
+    events: list[StoredEvent] = attrs.field(factory=list)
+    closed: bool = False
+    persisted: bool = False
+    watched: bool = False
+
+
 @attrs.define(eq=False)
 class _StreamWaiters:
     latest: int = 0
@@ -163,9 +206,11 @@ class RedisEventLog:
         self._max_events = max_events
         self._ttl_ms = _ms(ttl)
         self._waiters: dict[tuple[str, str], _StreamWaiters] = {}
-        self._stream_meta: dict[tuple[str, str], str] = {}
-        """Streams opened here and not yet closed: who runs them (memory: one entry per open stream)."""
+        self._local: dict[tuple[str, str], _LocalStream] = {}
+        """Streams run here: open ones (one per in-flight request) and up to LOCAL_CLOSED_KEPT finished ones."""
+        self._closed_local: collections.deque[tuple[str, str]] = collections.deque()
         self._appended = 0
+        self._persisted = 0
 
     @contextlib.contextmanager
     def watching(self, session_id: str, stream_id: str) -> Iterator[None]:
@@ -176,22 +221,78 @@ class RedisEventLog:
         if waiters is None:
             waiters = self._waiters[key] = _StreamWaiters()
         waiters.watchers += 1
+        local = self._local.get(key)
+        if local is not None:
+            local.watched = True
         try:
             yield
         finally:
             waiters.watchers -= 1
             if waiters.watchers == 0 and self._waiters.get(key) is waiters:
                 del self._waiters[key]
+                local = self._local.get(key)
+                if local is not None and local.closed:
+                    del self._local[key]  # answered: nothing more will read it here
 
     async def open_stream(self, session_id: str, stream_id: str, request_ids: Sequence[RequestId] = ()) -> None:
-        # No round trip: the stream's first append records who runs it, for `close_if_abandoned`.
+        # No round trip: the stream lives here until it is served as SSE (see `_LocalStream`). The
+        # standalone stream is written from every instance: it always lives in Redis.
+        if stream_id == STANDALONE_STREAM:
+            return
         meta = json.dumps({"i": self.instance_id, "r": list(request_ids)}, separators=(",", ":"))
-        self._stream_meta[(session_id, stream_id)] = meta
+        self._local[(session_id, stream_id)] = _LocalStream(meta)
+
+    async def persist(self, session_id: str, stream_id: str) -> None:
+        """From now on this stream must be resumable from any instance: write it to Redis."""
+        key = (session_id, stream_id)
+        local = self._local.get(key)
+        if local is None or local.persisted:
+            return
+        entries: list[Any] = []
+        for event in local.events:
+            entries += [event.seq, event.data, "1" if event.is_response else "0"]
+        if local.closed:
+            entries += [(local.events[-1].seq if local.events else 0) + 1, "", "c"]
+        args = [self._max_events, self._ttl_ms, channel(session_id), stream_id, local.meta, *entries]
+        keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
+        if int(await self._conn.call(lambda r: _run_script(r, _PERSIST_LUA, keys, args))) < 0:
+            raise trio.ClosedResourceError(f"session {session_id} no longer exists")
+        local.persisted = True
+        local.events.clear()
+        self._persisted += 1
+        if local.closed:
+            self._local.pop(key, None)
+
+    def _append_locally(self, key: tuple[str, str], local: _LocalStream, data: str, flag: str) -> int:
+        if flag == "c":
+            local.closed = True
+            seq = local.events[-1].seq if local.events else 0
+            if not local.watched:
+                # Nobody has read it yet (a fast answer beats its reader): keep it a while, bounded.
+                self._closed_local.append(key)
+                while len(self._closed_local) > LOCAL_CLOSED_KEPT:
+                    old = self._closed_local.popleft()
+                    stale = self._local.get(old)
+                    if stale is not None and stale.closed:
+                        del self._local[old]
+            elif key not in self._waiters:
+                del self._local[key]
+        else:
+            if len(local.events) >= self._max_events:
+                raise trio.ClosedResourceError("stream history is full")  # bounded like a Redis stream
+            seq = (local.events[-1].seq if local.events else 0) + 1
+            local.events.append(StoredEvent(seq, data, flag == "1"))
+        self.notice(key[0], key[1], seq)
+        return seq
 
     async def _append(self, session_id: str, stream_id: str, data: str, flag: str) -> int:
-        meta = self._stream_meta.get((session_id, stream_id)) or json.dumps({"i": self.instance_id, "r": []})
+        key = (session_id, stream_id)
+        local = self._local.get(key)
+        if local is not None and not local.persisted:
+            return self._append_locally(key, local, data, flag)
+        meta = local.meta if local is not None else json.dumps({"i": self.instance_id, "r": []})
         if flag == "c":
-            self._stream_meta.pop((session_id, stream_id), None)
+            self._local.pop(key, None)
         args = [data, flag, self._max_events, self._ttl_ms, channel(session_id), stream_id, meta]
         keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
         seq = int(await self._conn.call(lambda r: _run_script(r, _APPEND_LUA, keys, args)))
@@ -237,6 +338,9 @@ class RedisEventLog:
         return closed
 
     async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
+        local = self._local.get((session_id, stream_id))
+        if local is not None and not local.persisted:
+            return StreamRead([e for e in local.events if e.seq > after_seq], closed=local.closed)
         key = events_key(session_id, stream_id)
 
         async def read(r: Redis) -> tuple[Any, int]:
@@ -257,7 +361,7 @@ class RedisEventLog:
             events.append(StoredEvent(seq, fields[b"d"].decode(), fields[b"r"] == b"1"))
         # The standalone stream exists as long as its session does, and a stream opened here exists before
         # its first append creates the key.
-        known = stream_id == STANDALONE_STREAM or (session_id, stream_id) in self._stream_meta
+        known = stream_id == STANDALONE_STREAM or (session_id, stream_id) in self._local
         return StreamRead(events, closed=closed, exists=bool(exists) or known)
 
     async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
@@ -282,8 +386,8 @@ class RedisEventLog:
             waiters.wake()
             if waiters.watchers == 0:
                 del self._waiters[key]  # watched entries go when their last watcher leaves
-        for key in [k for k in self._stream_meta if k[0] == session_id]:
-            del self._stream_meta[key]
+        for key in [k for k in self._local if k[0] == session_id]:
+            del self._local[key]
 
     def wake(self, session_id: str, stream_id: str) -> None:
         waiters = self._waiters.get((session_id, stream_id))
@@ -300,7 +404,12 @@ class RedisEventLog:
             waiters.wake()
 
     def statistics(self) -> dict[str, Any]:
-        return {"streams_watched": len(self._waiters), "events_appended": self._appended}
+        return {
+            "streams_watched": len(self._waiters),
+            "local_streams": len(self._local),
+            "events_appended": self._appended,
+            "streams_persisted": self._persisted,
+        }
 
 
 async def _run_script(r: Redis, script: str, keys: list[str], args: list[Any]) -> Any:

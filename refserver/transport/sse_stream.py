@@ -14,6 +14,7 @@ import trio
 from quart import Response
 
 from refserver.backend.events import STANDALONE_STREAM, format_event_id
+from refserver.errors import BackendUnavailable
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
@@ -38,6 +39,13 @@ async def follow_stream(
     generation = session.attach_listener(stream_id)
     events = registry.events
     try:
+        # Event ids are about to reach the client: the stream must be resumable anywhere from now on.
+        try:
+            await events.persist(session.id, stream_id)
+        except trio.ClosedResourceError:
+            return  # the session was deleted meanwhile
+        except BackendUnavailable:
+            pass  # still served from here; resuming elsewhere waits for the backend
         for chunk in preamble:
             yield chunk
         if prime:
