@@ -5,9 +5,11 @@ Launched as `hypercorn --config hypercorn.toml refserver.app:app`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing
+import socket
 from typing import Any, Final
 
 import httpx
@@ -72,7 +74,46 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
         return
     while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
         await trio.sleep(SHUTDOWN_POLL_INTERVAL)
+    stop_listening()
     registry.begin_drain()
+
+
+def stop_listening() -> None:
+    """Refuse new connections from now on, rather than leave them in the backlog until the worker exits.
+
+    Hypercorn stops accepting at shutdown, but the listening socket (shared with its parent process)
+    stays open until the worker has exited, so the kernel keeps completing handshakes nobody will serve.
+    Shutting it down resets those and refuses the next: clients go to another instance at once.
+    """
+    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
+    sockets = kwargs.get("sockets")
+    for sock in [*getattr(sockets, "insecure_sockets", ()), *getattr(sockets, "secure_sockets", ())]:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class ShieldFinalSend:
+    """ASGI wrapper: lets the last `send` of an HTTP response finish although Quart-Trio cancels the
+    request's nursery as soon as the response is sent. Hypercorn does its connection bookkeeping inside
+    that send (re-arming the keep-alive timer, closing the connection once shutdown started); cut short,
+    idle keep-alive connections are never closed and shutdown waits for the whole graceful_timeout."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+
+        async def send_last_shielded(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await self.inner(scope, receive, send_last_shielded)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -130,6 +171,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     services = Services(settings, registry, dispatcher, origin_policy, guard)
 
     app = QuartTrio("refserver")
+    app.asgi_app = ShieldFinalSend(app.asgi_app)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413)
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)

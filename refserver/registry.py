@@ -205,7 +205,12 @@ class SessionRegistry:
         elif kind == "state":
             session.apply_record(SessionRecord(**message["record"]))
         elif kind == "resync":
+            # Back from a Redis outage: listeners re-read what they missed, and a session the store lost
+            # (Redis restarted without persistence) ends here too, so every instance answers 404 alike.
             self.events.wake_session(session_id)
+            with contextlib.suppress(BackendUnavailable):
+                if await self.store.load(session_id) is None:
+                    session.close("gone")
 
     async def _keep_shared_sessions_alive(self) -> None:
         """Push back the stored expiry of sessions active here, all in one round trip per period."""

@@ -344,6 +344,8 @@ class Session:
                 # The backend is down or the session was deleted meanwhile: the answer cannot be stored,
                 # and nobody can ask for it. The request is lost, not the instance.
                 logger.warning("session %s: answer to %r not recorded: %s", self.id, request.id, exc)
+                if isinstance(exc, trio.ClosedResourceError):
+                    self.close("gone")  # the store no longer has it (deleted elsewhere, or Redis lost it)
         self.touch()
 
     async def _request_done(self, stream_id: str) -> None:

@@ -342,15 +342,19 @@ class RedisEventLog:
         if local is not None and not local.persisted:
             return StreamRead([e for e in local.events if e.seq > after_seq], closed=local.closed)
         key = events_key(session_id, stream_id)
+        # Decided before the read: a close during it removes the local record (the race of an answer
+        # finishing while its listener reads).
+        known = stream_id == STANDALONE_STREAM or (session_id, stream_id) in self._local
 
-        async def read(r: Redis) -> tuple[Any, int]:
+        async def read(r: Redis) -> tuple[Any, int, int]:
             async with r.pipeline(transaction=False) as pipe:
                 pipe.xrange(key, min=f"(0-{after_seq}", max="+", count=READ_BATCH)
                 pipe.exists(key)
-                entries, exists = await pipe.execute()
-            return entries, exists
+                pipe.hexists(streams_key(session_id), stream_id)  # persisted before its first event
+                entries, exists, recorded = await pipe.execute()
+            return entries, exists, recorded
 
-        entries, exists = await self._conn.call(read)
+        entries, exists, recorded = await self._conn.call(read)
         events: list[StoredEvent] = []
         closed = False
         for entry_id, fields in entries:
@@ -359,10 +363,9 @@ class RedisEventLog:
                 closed = True
                 break
             events.append(StoredEvent(seq, fields[b"d"].decode(), fields[b"r"] == b"1"))
-        # The standalone stream exists as long as its session does, and a stream opened here exists before
-        # its first append creates the key.
-        known = stream_id == STANDALONE_STREAM or (session_id, stream_id) in self._local
-        return StreamRead(events, closed=closed, exists=bool(exists) or known)
+        # The standalone stream exists as long as its session does, and a stream opened here (or persisted
+        # elsewhere) exists before its first event creates the key.
+        return StreamRead(events, closed=closed, exists=bool(exists) or bool(recorded) or known)
 
     async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
         waiters = self._waiters.get((session_id, stream_id))
@@ -492,29 +495,32 @@ class RedisBus:
     async def _read(self, pubsub: PubSub) -> None:
         while True:
             await self._apply_pending(pubsub)
-            message = await self._conn.call(_on_pubsub(pubsub.get_message, False, POLL_TIMEOUT))
-            if message is None:
-                continue
-            kind = message.get("type")
-            name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else ""
-            if kind == b"subscribe" or kind == "subscribe":
-                event = self._pending_subscribe.pop(name, None)
-                if event is not None:
-                    event.set()
-                continue
-            if kind not in ("message", b"message"):
-                continue
-            self._received += 1
-            try:
-                payload = json.loads(message["data"])
-            except ValueError:
-                logger.warning("ignoring a malformed bus message on %s", name)
-                continue
-            if name == GLOBAL_CHANNEL:
-                if self._global_handler is not None:
-                    await self._global_handler(payload)
-            elif self._handler is not None:
-                await self._handler(name.removeprefix(f"{PREFIX}session:"), payload)
+            # Everything already received, in one hop to the asyncio side (one hop per message cannot keep
+            # up with a busy cluster: subscription confirmations then queue behind seconds of messages).
+            for message in await self._conn.call(lambda _r: _receive_batch(pubsub)):
+                await self._dispatch(message)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else ""
+        if kind == b"subscribe" or kind == "subscribe":
+            event = self._pending_subscribe.pop(name, None)
+            if event is not None:
+                event.set()
+            return
+        if kind not in ("message", b"message"):
+            return
+        self._received += 1
+        try:
+            payload = json.loads(message["data"])
+        except ValueError:
+            logger.warning("ignoring a malformed bus message on %s", name)
+            return
+        if name == GLOBAL_CHANNEL:
+            if self._global_handler is not None:
+                await self._global_handler(payload)
+        elif self._handler is not None:
+            await self._handler(name.removeprefix(f"{PREFIX}session:"), payload)
 
     async def _apply_pending(self, pubsub: PubSub) -> None:
         if self._to_subscribe:
@@ -579,6 +585,24 @@ def _on_pubsub(method: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[R
         return await method(*args)
 
     return run
+
+
+RECEIVE_BATCH: Final = 1000
+"""Messages taken per hop to the asyncio side at most (memory bound of one batch)."""
+
+
+async def _receive_batch(pubsub: PubSub) -> list[dict[str, Any]]:
+    """Wait up to POLL_TIMEOUT for a message, then take whatever else is already buffered (bounded)."""
+    first = await pubsub.get_message(False, POLL_TIMEOUT)
+    if first is None:
+        return []
+    batch = [first]
+    while len(batch) < RECEIVE_BATCH:
+        message = await pubsub.get_message(False, 0.0)
+        if message is None:
+            break
+        batch.append(message)
+    return batch
 
 
 async def _new_pubsub(r: Redis) -> PubSub:

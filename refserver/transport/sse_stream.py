@@ -52,33 +52,38 @@ async def follow_stream(
             # Priming event: an id to resume from and the reconnection delay, before any message.
             yield encode_event("", event_id=format_event_id(stream_id, after_seq), retry_ms=retry_ms)
         cursor = after_seq
-        with events.watching(session.id, stream_id):
-            while True:
-                if registry.draining:
-                    yield encode_event(None, retry_ms=retry_ms)
-                    return
-                if session.closed:
-                    return  # deleted or expired: nothing more will come, and nothing to resume
-                if session.listener_superseded(stream_id, generation):
-                    yield encode_event(None, retry_ms=retry_ms)
-                    return
-                read = await events.read_after(session.id, stream_id, cursor)
-                for event in read.events:
-                    yield encode_event(event.data, event_id=format_event_id(stream_id, event.seq))
-                    cursor = event.seq
-                    session.mark_delivered(stream_id, cursor)
-                if read.closed or not read.exists:
-                    return
-                if not read.events:
-                    with trio.move_on_after(heartbeat_interval) as waited:
-                        await events.wait_for_events(session.id, stream_id, cursor)
-                    if waited.cancelled_caught:
-                        session.touch()
-                        yield HEARTBEAT
-                        if stream_id != STANDALONE_STREAM and not session.runs_stream(stream_id):
-                            # Its requests run elsewhere: if that instance died, they get an error and the
-                            # stream closes, instead of a client waiting forever.
-                            await events.close_if_abandoned(session.id, stream_id)
+        try:
+            with events.watching(session.id, stream_id):
+                while True:
+                    if registry.draining:
+                        yield encode_event(None, retry_ms=retry_ms)
+                        return
+                    if session.closed:
+                        return  # deleted or expired: nothing more will come, and nothing to resume
+                    if session.listener_superseded(stream_id, generation):
+                        yield encode_event(None, retry_ms=retry_ms)
+                        return
+                    read = await events.read_after(session.id, stream_id, cursor)
+                    for event in read.events:
+                        yield encode_event(event.data, event_id=format_event_id(stream_id, event.seq))
+                        cursor = event.seq
+                        session.mark_delivered(stream_id, cursor)
+                    if read.closed or not read.exists:
+                        return
+                    if not read.events:
+                        with trio.move_on_after(heartbeat_interval) as waited:
+                            await events.wait_for_events(session.id, stream_id, cursor)
+                        if waited.cancelled_caught:
+                            session.touch()
+                            yield HEARTBEAT
+                            if stream_id != STANDALONE_STREAM and not session.runs_stream(stream_id):
+                                # Its requests run elsewhere: if that instance died, they get an error and the
+                                # stream closes, instead of a client waiting forever.
+                                await events.close_if_abandoned(session.id, stream_id)
+        except BackendUnavailable:
+            # Redis went away: end the response properly instead of breaking it off (with a logged
+            # traceback); `retry:` has the client reconnect with Last-Event-ID (503 until Redis is back).
+            yield encode_event(None, retry_ms=retry_ms)
     finally:
         session.detach_listener()
 

@@ -76,6 +76,8 @@ def create_blueprint(services: Services) -> Blueprint:
                     # stream and close it; the client resumes with Last-Event-ID.
                     return sse_response(_primed_and_closed(stream_id, settings.sse_retry_ms), headers)
                 read = await events.read_after(session.id, stream_id, cursor)
+                if session.close_reason == "gone" and not read.events and not read.closed:
+                    raise SessionNotFound("Session not found: it expired, was deleted, or never existed")
                 if any(not e.is_response for e in read.events):
                     break
                 seen_data.extend(e.data for e in read.events)
