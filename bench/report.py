@@ -1,0 +1,252 @@
+"""bench/results/<timestamp>.json (every raw number), .md (tables, targets) and .png (the plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Final
+
+SCENARIO_NAMES: Final = {
+    "S0": "S0 bare Quart-Trio JSON endpoint (stack ceiling)",
+    "S1": "S1 refserver, tools/call echo, memory backend",
+    "S2": "S2 refserver, tools/call echo, Redis backend",
+    "P": "P official SDK MCPServer on uvicorn, no auth (SDK default: SSE answers)",
+    "PJ": "PJ the same SDK server with json_response=True",
+}
+PLOT_ORDER: Final = ("S0", "S1", "S2", "P", "PJ")
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0%}"
+
+
+def _code_line(code: dict[str, Any]) -> str:
+    if not code:
+        return "Code: not recorded."
+    text = f"Code: commit {code['commit']}"
+    if code.get("refserver_modified_since_commit"):
+        text += " with uncommitted changes in refserver/"
+    text += f" (refserver/ digest {code['refserver_digest']})"
+    if code.get("changed_during_run"):
+        text += "; **refserver/ changed on disk during the run**"
+    return text + "."
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def markdown(data: dict[str, Any], plot_name: str | None) -> str:
+    m = data["machine"]
+    o = data["options"]
+    s = data["scenarios"]
+    lines = [
+        f"# refserver benchmark {data['timestamp']}",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['memory_gib']} GiB, {m['kernel']}; "
+        f"Python {m['python']}; wrk {m['wrk']}; redis-server {m['redis_server']}. "
+        f"Load average at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
+        "",
+        _code_line(data.get("code", {})),
+        "",
+        f"Server pinned to CPU {o['server_cpu']}; generator (wrk, Trio clients) and redis-server to CPU "
+        f"{o['client_cpu']}, all at nice {o.get('nice', 0)}. One Hypercorn trio worker. "
+        f"{o['runs']} run(s), medians shown; "
+        f"{o['duration']:g} s per wrk point" + (" (--quick: sizes too small to mean anything)." if o["quick"] else "."),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met | detail |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in data.get("targets", []):
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} | {_fmt(t['measured'], 2)} {t['unit']} | {met} | {t['detail']} |")
+    lines += [
+        "",
+        "## Request floods (wrk, one session, `tools/call` echo)",
+        "",
+        "| scenario | conns | req/s | p50 ms | p99 ms | wrk CPU | server CPU | others on server core | bad |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in PLOT_ORDER:
+        for c, point in s.get(name, {}).get("points", {}).items():
+            med = point["median"]
+            lines.append(
+                f"| {SCENARIO_NAMES[name]} | {c} | {_fmt(med['requests_per_s'], 0)} | {_fmt(med['p50_ms'], 2)} | "
+                f"{_fmt(med['p99_ms'], 2)} | {_pct(med['generator_cpu'])} | {_pct(med['server_cpu'])} | "
+                f"{_pct(med['interference'])} | {med['bad'] + med['errors']} |"
+            )
+    s2_runs = [r for point in s.get("S2", {}).get("points", {}).values() for r in point["runs"]]
+    per_request = [r["redis_calls_per_request"] for r in s2_runs if "redis_calls_per_request" in r]
+    if per_request:
+        commands: dict[str, float] = {}
+        for run in s2_runs:
+            for name, value in run.get("redis_commands_per_request", {}).items():
+                commands[name] = commands.get(name, 0.0) + value / len(s2_runs)
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in sorted(commands.items(), key=lambda kv: -kv[1])[:6])
+        lines += [
+            "",
+            f"Redis commands per S2 `tools/call` (INFO commandstats over each run): {min(per_request):.1f} to "
+            f"{max(per_request):.1f} ({shown}).",
+        ]
+    if "median" in s.get("S3", {}):
+        s3 = s["S3"]
+        med = s3["median"]
+        wrk = next(iter(s3["wrk_alternating_connections"].values()))["median"]
+        lines += [
+            "",
+            "## S3: two instances and Redis",
+            "",
+            "| measure | value |",
+            "| --- | --- |",
+            f"| c=1, every request to instance A (Trio client), median | {_fmt(med['one_instance_p50_ms'], 2)} ms |",
+            f"| c=1, alternating A, B, A, ... (Trio client), median | {_fmt(med['alternating_p50_ms'], 2)} ms |",
+            f"| added by crossing instances | {_fmt(med['added_median_ms'], 2)} ms |",
+            f"| client CPU | {_pct(med['generator_cpu'])} |",
+            f"| wrk c=32, connections alternating instances, req/s (both instances on one core) | "
+            f"{_fmt(wrk['requests_per_s'], 0)} (p50 {_fmt(wrk['p50_ms'], 2)} ms, p99 {_fmt(wrk['p99_ms'], 2)} ms) |",
+        ]
+    if "rounds" in s.get("S4", {}):
+        s4 = s["S4"]
+        before, after = s4.get("redis_connections_before"), s4.get("redis_connections_after")
+        rounds = [f"{r['spread_s']:.2f} s (median arrival +{r['p50_offset_s']:.2f} s)" for r in s4["rounds"]]
+        lines += [
+            "",
+            f"## S4: concurrent sessions, each with an open GET stream ({s4.get('backend', 'redis')} backend)",
+            "",
+            "| measure | value |",
+            "| --- | --- |",
+            f"| sessions requested, created, streams opened | {s4['sessions_requested']}, "
+            f"{s4.get('sessions_created', '-')}, {s4.get('streams_opened', '-')} "
+            f"(server reports {s4['server_reported_sessions']} sessions) |",
+            f"| streams open when measured, at the end; dropped by the server | {s4['sessions_ready']}, "
+            f"{s4.get('streams_open_at_end', '-')}; {s4.get('streams_dropped', '-')} |",
+            f"| first failure; first drop | {s4['first_error'] or '-'}; {s4.get('first_drop') or '-'} |",
+            f"| sessions created (initialize, initialized, subscribe) | {_fmt(s4['setup_seconds'], 1)} s "
+            f"({_fmt(s4['setup_sessions_per_s'], 0)} sessions/s) |",
+            f"| streams opened after all sessions existed | {_fmt(s4['streams_seconds'], 1)} s |",
+            f"| worker RSS: before, with the sessions, with their streams | {s4['rss_before_bytes'] / 2**20:.1f}, "
+            f"{s4['rss_sessions_bytes'] / 2**20:.1f}, {s4['rss_after_bytes'] / 2**20:.1f} MiB |",
+            f"| RSS per session with its stream | {_fmt(s4['rss_per_session_kib'], 1)} KiB "
+            f"({_fmt(s4['rss_session_only_kib'], 1)} session + {_fmt(s4['rss_stream_kib'], 1)} stream) |",
+            f"| Redis connections (refserver / all) | {before and before['refserver']} / {before and before['total']} "
+            f"-> {after and after['refserver']} / {after and after['total']} |",
+            f"| a notification reaches every stream (first to last arrival, median of rounds) | "
+            f"{_fmt(s4['notify_all_s'], 2)} s |",
+            "| rounds observed | " + (", ".join(rounds) or "none") + " |",
+            f"| server CPU while streams idle/notified | {_pct(s4['server_cpu_while_idle_streams'])} |",
+            f"| Redis commands per delivered notification | {_fmt(s4.get('redis_calls_per_delivered_notification'), 1)}"
+            f" ({', '.join(f'{k} {v}' for k, v in list(s4.get('redis_calls_while_notifying', {}).items())[:5])}) |",
+        ]
+    if "S5" in s:
+        lines += [
+            "",
+            "## S5: session creation (initialize + initialized + first tools/call)",
+            "",
+            "| backend | sessions/s | p50 ms | p99 ms | client CPU | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for backend, section in s["S5"].items():
+            med = section["median"]
+            lines.append(
+                f"| {backend} | {_fmt(med['sessions_per_s'], 0)} | {_fmt(med['p50_ms'], 1)} | "
+                f"{_fmt(med['p99_ms'], 1)} | {_pct(med['generator_cpu'])} | {_fmt(med['errors'], 0)} |"
+            )
+    if data.get("errors"):
+        lines += ["", "## Errors", ""]
+        lines += [f"- {e['scenario']}: `{e['error']}` (traceback in the JSON)" for e in data["errors"]]
+    for name, profile in data.get("profiles", {}).items():
+        summary = profile["summary"]
+        lines += [
+            "",
+            f"## Where {name}'s time goes (py-spy, {summary['samples']} samples; {profile['load']})",
+            "",
+            f"Raw stacks: `{profile['file']}` (collapsed format: speedscope, flamegraph.pl). "
+            f"trio's run loop alone (no task): {_pct(summary['scheduler_only'])}.",
+            "",
+            "| self time by package | share | | hottest functions (self) | share |",
+            "| --- | ---: | --- | --- | ---: |",
+        ]
+        pkgs, funcs = summary["self_by_package"][:10], summary["self_functions"][:10]
+        for i in range(max(len(pkgs), len(funcs))):
+            p = pkgs[i] if i < len(pkgs) else ("", None)
+            f = funcs[i] if i < len(funcs) else ("", None)
+            lines.append(
+                f"| {p[0]} | {_pct(p[1]) if p[1] is not None else ''} | | `{f[0]}` | "
+                f"{_pct(f[1]) if f[1] is not None else ''} |"
+            )
+        lines += [
+            "",
+            "refserver functions, inclusive: "
+            + ", ".join(f"`{n}` {share:.0%}" for n, share in summary["inclusive_refserver_functions"][:12]),
+        ]
+    if plot_name:
+        lines += ["", f"![throughput and p99 latency against concurrency]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(data: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return False
+    series = {name: data["scenarios"][name]["points"] for name in PLOT_ORDER if name in data["scenarios"]}
+    if not series:
+        return False
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for name, points in series.items():
+        cs = [int(c) for c in points]
+        ax_rps.plot(cs, [points[c]["median"]["requests_per_s"] for c in points], marker="o", label=SCENARIO_NAMES[name])
+        ax_p99.plot(cs, [points[c]["median"]["p99_ms"] for c in points], marker="o", label=name)
+    ticks = sorted({int(c) for points in series.values() for c in points})
+    for ax, title, unit in ((ax_rps, "Throughput", "requests/s"), (ax_p99, "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("concurrent connections (wrk)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_p99.set_yscale("log")
+    ax_p99.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_p99.axhline(40, color="grey", linestyle="--", linewidth=1)
+    ax_p99.annotate("40 ms target", (1, 40), textcoords="offset points", xytext=(2, 3), color="grey", fontsize=8)
+    ax_rps.set_ylim(bottom=0)
+    ax_rps.legend(fontsize=8, loc="best")
+    m = data["machine"]
+    fig.suptitle(
+        f"refserver {data['timestamp']} - {m['cpu_model']}, server on 1 core, medians of {data['options']['runs']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_all(data: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / data["timestamp"]
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
+    plotted = write_plot(data, paths["png"])
+    if not plotted:
+        del paths["png"]
+    write_json(data, paths["json"])
+    paths["md"].write_text(markdown(data, paths["png"].name if plotted else None))
+    return paths

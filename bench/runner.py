@@ -1,0 +1,448 @@
+"""One benchmark run: start what the scenarios need, measure, stop everything, return the raw numbers.
+
+Phase 1 keeps every server of the flood scenarios up at once (all pinned to the server core, idle
+unless measured) so S0, S1, S2 and P are measured in the same run, interleaved per concurrency; S3 and
+S5 reuse those servers. Phase 2 (S4) runs alone on a fresh instance, so its RSS baseline is clean.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import attrs
+import trio
+
+from bench import profiling
+from bench.cross import run_cross_instance
+from bench.machine import code_version, load_average, machine_info
+from bench.mcpclient import new_session, obtain_token
+from bench.options import FLOOD_SCENARIOS, RATIO_CONCURRENCY, Options
+from bench.procs import (
+    ROOT,
+    Proc,
+    free_port,
+    hypercorn_server,
+    raise_priority,
+    redis_server,
+    refserver_env,
+    sdk_peer_server,
+    start_all,
+    stop_all,
+    wait_redis,
+)
+from bench.redisstats import calls_between, command_calls
+from bench.setup_rate import run_setup_rate
+from bench.streams import FD_HEADROOM, raise_fd_limit, run_streams
+from bench.wrkrun import Target, WrkResult, describe, ensure_wrk, median_result, run_wrk, wrk_version
+
+Progress = Callable[[str], None]
+S4_IDLE_TTL = 3600
+
+
+def make_progress() -> Progress:
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
+
+    return progress
+
+
+def timestamp() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class Runner:
+    def __init__(self, options: Options, stamp: str, progress: Progress) -> None:
+        self.options = options
+        self.stamp = stamp
+        self.progress = progress
+        self.log_dir = options.out / f"{stamp}-logs"
+        self.procs: list[Proc] = []
+        self.servers: dict[str, Proc] = {}
+        self.data: dict[str, Any] = {"scenarios": {}}
+
+    def wants(self, *names: str) -> bool:
+        return any(name in self.options.scenarios for name in names)
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _launch(self, procs: list[Proc]) -> None:
+        self.procs.extend(procs)
+        start_all(procs)
+        for proc in procs:
+            self.progress(f"started {proc.name} (pid {proc.pid}, log {proc.log_path})")
+
+    def _stop(self, procs: list[Proc]) -> None:
+        stop_all(procs)
+        for proc in procs:
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def stop_everything(self) -> None:
+        servers = [p for p in self.procs if p.name != "redis"]
+        self._stop(servers)  # the servers first: they talk to Redis on their way out
+        self._stop(list(self.procs))
+
+    # --- measuring ------------------------------------------------------------------------------
+
+    def measure(self, target: Target, connections: int, label: str, threads: int | None = None) -> dict[str, Any]:
+        """One wrk run, repeated while the server core was too disturbed by other processes."""
+        attempts: list[tuple[float, WrkResult]] = []
+        redis_per_request: dict[str, Any] = {}
+        for attempt in range(self.options.retries + 1):
+            calls_before = command_calls(target.redis_port) if target.redis_port else None
+            result = run_wrk(target, connections, self.options.duration, cpu=self.options.client_cpu, threads=threads)
+            if target.redis_port and calls_before is not None and attempt == 0:
+                calls = calls_between(calls_before, command_calls(target.redis_port))
+                redis_per_request = {
+                    "redis_calls_per_request": sum(calls.values()) / max(1, result.requests),
+                    "redis_commands_per_request": {k: v / max(1, result.requests) for k, v in calls.items()},
+                }
+            interference = self._interference(result)
+            attempts.append((interference, result))
+            note = f"  others on server core {interference:4.0%}" if interference > 0.02 else ""
+            retry = " (too disturbed: again)" if interference > self.options.max_interference else ""
+            retry = retry if attempt < self.options.retries else ""
+            self.progress(f"{label} c={connections:<3} {describe(result)}{note}{retry}")
+            if interference <= self.options.max_interference:
+                break
+        interference, best = min(attempts, key=lambda pair: pair[0])
+        return {**best.as_dict(), "interference": interference, "attempts": len(attempts), **redis_per_request}
+
+    def _interference(self, result: WrkResult) -> float:
+        core = self.options.server_cpu
+        if core is None or core not in result.core_busy or result.server_cpu is None:
+            return 0.0
+        return max(0.0, result.core_busy[core] - result.server_cpu)
+
+    # --- phase 1: S0, S1, S2, P, S3, S5 ---------------------------------------------------------------
+
+    def phase_one(self) -> None:
+        opts = self.options
+        cpu = opts.server_cpu
+        redis_needed = self.wants("S2", "S3") or (self.wants("S4") and opts.s4_backend == "redis")
+        self.redis_port = free_port()
+        if redis_needed:
+            redis = redis_server(self.redis_port, opts.client_cpu, self.log_dir)
+            self._launch([redis])
+            wait_redis(self.redis_port)
+        servers: dict[str, Proc] = {}
+        ports: dict[str, int] = {}
+        if self.wants("S0"):
+            ports["S0"] = free_port()
+            servers["S0"] = hypercorn_server(
+                "S0-bare", "bench.bare_app:app", ports["S0"], dict(os.environ), cpu, self.log_dir
+            )
+        if self.wants("S1", "S5"):
+            ports["S1"] = free_port()
+            servers["S1"] = hypercorn_server(
+                "S1-memory", "refserver.app:app", ports["S1"], refserver_env(ports["S1"]), cpu, self.log_dir
+            )
+        if self.wants("S2", "S3"):
+            ports["S2"] = free_port()
+            env = refserver_env(ports["S2"], redis_url=self._redis_url(), allowed_hosts="127.0.0.1")
+            servers["S2"] = hypercorn_server("S2-redis-A", "refserver.app:app", ports["S2"], env, cpu, self.log_dir)
+        if self.wants("S3"):
+            ports["S3B"] = free_port()
+            env = refserver_env(
+                ports["S3B"], base_port=ports["S2"], redis_url=self._redis_url(), allowed_hosts="127.0.0.1"
+            )
+            servers["S3B"] = hypercorn_server("S3-redis-B", "refserver.app:app", ports["S3B"], env, cpu, self.log_dir)
+        if self.wants("P"):
+            ports["P"] = free_port()
+            servers["P"] = sdk_peer_server("P-sdk-uvicorn", ports["P"], cpu, self.log_dir)
+        if self.wants("PJ"):
+            ports["PJ"] = free_port()
+            servers["PJ"] = sdk_peer_server("PJ-sdk-uvicorn-json", ports["PJ"], cpu, self.log_dir, json_response=True)
+        self.servers = servers
+        if servers:
+            self.progress(f"starting {', '.join(p.name for p in servers.values())}")
+        self._launch(list(servers.values()))
+
+        tokens: dict[str, str] = {}
+        targets: dict[str, Target] = {}
+        if "S0" in servers:
+            targets["S0"] = Target("S0", ports["S0"], path="/", server_pid=servers["S0"].pid)
+        for name in ("S1", "S2"):
+            if name in servers:
+                tokens[name] = trio.run(obtain_token, ports[name])
+                session = trio.run(new_session, ports[name], tokens[name])
+                targets[name] = Target(
+                    name,
+                    ports[name],
+                    token=tokens[name],
+                    session=session,
+                    server_pid=servers[name].pid,
+                    redis_port=self.redis_port if name == "S2" else None,
+                )
+                self.progress(f"{name}: token by the OAuth flow, session {session[:8]}...")
+        for name in ("P", "PJ"):
+            if name in servers:
+                session = trio.run(new_session, ports[name], "")
+                targets[name] = Target(name, ports[name], session=session, server_pid=servers[name].pid)
+
+        floods = [targets[n] for n in FLOOD_SCENARIOS if n in targets and self.wants(n)]
+        self.guarded("floods", lambda: self.flood(floods))
+        if self.wants("S3"):
+            self.guarded("S3", lambda: self.cross_instance(ports["S2"], ports["S3B"], tokens["S2"]))
+        if self.wants("S5"):
+            self.guarded("S5", lambda: self.setup_rate(ports["S1"], tokens["S1"], "memory"))
+            if "S2" in ports:
+                self.guarded("S5", lambda: self.setup_rate(ports["S2"], tokens["S2"], "redis"))
+        if opts.profile:
+            self.guarded(
+                "profiles",
+                lambda: self.profile(
+                    [targets[n] for n in ("S1", "S2") if n in targets and self.wants(n)],
+                    ports.get("S1") if self.wants("S5") else None,
+                    tokens.get("S1", ""),
+                ),
+            )
+        self._stop([p for p in self.procs if p.name != "redis"])
+
+    def guarded(self, name: str, step: Callable[[], None]) -> None:
+        """Run one scenario; if it breaks, say so, record it and go on with the others."""
+        try:
+            step()
+        except Exception as exc:
+            self.progress(f"{name} FAILED: {exc!r} (recorded; going on)")
+            self.data.setdefault("errors", []).append(
+                {"scenario": name, "error": repr(exc), "traceback": traceback.format_exc()}
+            )
+
+    def _redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def flood(self, targets: list[Target]) -> None:
+        if not targets:
+            return
+        opts = self.options
+        if opts.warmup > 0:
+            for target in targets:
+                run_wrk(target, 8, opts.warmup, cpu=opts.client_cpu)
+            self.progress(f"warmed up {', '.join(t.name for t in targets)}")
+        points: dict[str, dict[int, list[dict[str, Any]]]] = {t.name: {} for t in targets}
+        for run in range(opts.runs):
+            for connections in opts.concurrencies:
+                for target in targets:
+                    label = f"[run {run + 1}/{opts.runs}] {target.name:<2}"
+                    points[target.name].setdefault(connections, []).append(self.measure(target, connections, label))
+        for name, by_c in points.items():
+            self.data["scenarios"][name] = {
+                "points": {str(c): {"runs": runs, "median": _median_of_dicts(runs)} for c, runs in sorted(by_c.items())}
+            }
+
+    def cross_instance(self, port_a: int, port_b: int, token: str) -> None:
+        opts = self.options
+        session = trio.run(new_session, port_a, token)
+        runs = []
+        for run in range(opts.runs):
+            result = trio.run(
+                lambda: run_cross_instance(
+                    ports=(port_a, port_b), token=token, session_id=session, duration=opts.s3_duration
+                )
+            )
+            runs.append(result)
+            self.progress(
+                f"[run {run + 1}/{opts.runs}] S3 c=1  one instance p50 {result['one_instance']['p50_ms']:.2f} ms, "
+                f"alternating p50 {result['alternating']['p50_ms']:.2f} ms: +{result['added_median_ms']:.2f} ms "
+                f"(client CPU {result['generator_cpu']:.0%})"
+            )
+        target = Target("S3", port_a, token=token, session=session, extra_ports=(port_b,), redis_port=self.redis_port)
+        wrk_runs = []
+        for run in range(opts.runs):
+            label = f"[run {run + 1}/{opts.runs}] S3 alternating connections"
+            wrk_runs.append(self.measure(target, RATIO_CONCURRENCY, label, threads=2))
+        self.data["scenarios"]["S3"] = {
+            "runs": runs,
+            "median": {
+                "one_instance_p50_ms": median(r["one_instance"]["p50_ms"] for r in runs),
+                "alternating_p50_ms": median(r["alternating"]["p50_ms"] for r in runs),
+                "added_median_ms": median(r["added_median_ms"] for r in runs),
+                "generator_cpu": median(r["generator_cpu"] for r in runs),
+            },
+            "wrk_alternating_connections": {
+                str(RATIO_CONCURRENCY): {"runs": wrk_runs, "median": _median_of_dicts(wrk_runs)}
+            },
+        }
+
+    def setup_rate(self, port: int, token: str, backend: str) -> None:
+        opts = self.options
+        runs = []
+        for run in range(opts.runs):
+            result = trio.run(
+                lambda: run_setup_rate(port=port, token=token, workers=opts.s5_workers, duration=opts.s5_duration)
+            )
+            runs.append(result)
+            self.progress(
+                f"[run {run + 1}/{opts.runs}] S5 {backend:<6} {result['sessions_per_s']:6.0f} sessions/s  "
+                f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  errors {result['errors']}  "
+                f"client CPU {result['generator_cpu']:.0%}"
+            )
+        section = self.data["scenarios"].setdefault("S5", {})
+        section[backend] = {
+            "runs": runs,
+            "median": {
+                key: median(r[key] for r in runs)
+                for key in ("sessions_per_s", "p50_ms", "p99_ms", "generator_cpu", "errors")
+            },
+        }
+
+    def profile(self, targets: list[Target], s5_port: int | None, s5_token: str) -> None:
+        """py-spy on the worker during an extra (unreported) load: S1 and S2 floods at c=32, S5 set-ups."""
+        if profiling.py_spy() is None:
+            self.progress("py-spy not installed: no profile (pip install -e '.[bench]')")
+            return
+        seconds = self.options.profile_seconds
+        for target in targets:
+            assert target.server_pid is not None
+
+            def flood(target: Target = target) -> str:
+                result = run_wrk(target, RATIO_CONCURRENCY, seconds, cpu=self.options.client_cpu)
+                return f"wrk c={RATIO_CONCURRENCY}: {result.requests_per_s:.0f} req/s while sampled"
+
+            self._profile_one(target.name, target.server_pid, flood)
+        if s5_port is not None and "S1" in self.servers:
+
+            def sessions() -> str:
+                port, workers = s5_port, self.options.s5_workers
+                result = trio.run(lambda: run_setup_rate(port=port, token=s5_token, workers=workers, duration=seconds))
+                return f"S5 memory, {workers} clients: {result['sessions_per_s']:.0f} sessions/s while sampled"
+
+            self._profile_one("S5", self.servers["S1"].pid, sessions)
+
+    def _profile_one(self, name: str, pid: int, load: Callable[[], str]) -> None:
+        output = self.options.out / f"{self.stamp}-profile-{name}.collapsed.txt"
+        recorder = profiling.start_recording(pid, self.options.profile_seconds, output)
+        time.sleep(0.5)  # py-spy attaches
+        load_note = load()
+        _, errors = recorder.communicate(timeout=60)
+        if recorder.returncode != 0 or not output.exists():
+            self.progress(f"py-spy failed on {name}: {errors.decode(errors='replace')[-300:]}")
+            return
+        summary = profiling.summarize(output)
+        self.data.setdefault("profiles", {})[name] = {"file": output.name, "load": load_note, "summary": summary}
+        top = ", ".join(f"{pkg} {share:.0%}" for pkg, share in summary["self_by_package"][:5])
+        self.progress(f"profiled {name} ({load_note}): self time by package: {top}")
+
+    # --- phase 2: S4 ----------------------------------------------------------------------------------
+
+    def phase_two(self) -> None:
+        if not self.wants("S4"):
+            return
+        opts = self.options
+        port = free_port()
+        # The sessions are all created before their streams open, which takes minutes at 10,000: the idle
+        # TTL is raised so the first ones are not reaped meanwhile (it changes nothing else measured).
+        redis = opts.s4_backend == "redis"
+        settings: dict[str, Any] = {
+            "subscription_update_interval": opts.s4_update_interval,
+            "session_idle_ttl": S4_IDLE_TTL,
+        }
+        if redis:
+            settings["redis_url"] = self._redis_url()
+        env = refserver_env(port, **settings)
+        server = hypercorn_server("S4-redis", "refserver.app:app", port, env, opts.server_cpu, self.log_dir)
+        self._launch([server])
+        token = trio.run(obtain_token, port)
+        trio.run(new_session, port, token)  # warm the code paths before the RSS baseline
+        count = opts.s4_sessions
+        limit = raise_fd_limit(count + FD_HEADROOM)
+        if limit < count + FD_HEADROOM:
+            count = max(1, limit - FD_HEADROOM)
+            self.progress(f"S4: only {limit} file descriptors allowed: {count} sessions instead of {opts.s4_sessions}")
+        self.progress(f"S4: opening {count} sessions with a GET stream each")
+        result = trio.run(
+            lambda: run_streams(
+                port=port,
+                token=token,
+                count=count,
+                interval=opts.s4_update_interval,
+                rounds=opts.s4_rounds,
+                worker_pid=server.pid,
+                redis_port=self.redis_port if redis else None,
+                progress=self.progress,
+            )
+        )
+        self.data["scenarios"]["S4"] = {"backend": opts.s4_backend, **result}
+        self._stop([server])
+
+    # --- the whole run --------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.data.update(
+            timestamp=self.stamp,
+            options={k: (str(v) if isinstance(v, Path) else v) for k, v in _options_dict(self.options).items()},
+            machine=machine_info(wrk_version()),
+            code=code_version(ROOT),
+        )
+        try:
+            self.phase_one()
+            self.guarded("S4", self.phase_two)
+        finally:
+            self.stop_everything()
+        self.data["machine"]["load_average_at_end"] = load_average()
+        if code_version(ROOT)["refserver_digest"] != self.data["code"]["refserver_digest"]:
+            self.data["code"]["changed_during_run"] = True
+            self.progress("warning: refserver/ changed on disk during the run (servers started later saw it)")
+        return self.data
+
+
+def _options_dict(options: Options) -> dict[str, Any]:
+    return attrs.asdict(options)
+
+
+def _median_of_dicts(runs: list[dict[str, Any]]) -> dict[str, float]:
+    medians = median_result([_as_result(r) for r in runs])
+    medians["interference"] = median(r["interference"] for r in runs)
+    if all("redis_calls_per_request" in r for r in runs):
+        medians["redis_calls_per_request"] = median(r["redis_calls_per_request"] for r in runs)
+    return medians
+
+
+def _as_result(data: dict[str, Any]) -> WrkResult:
+    names = {field.name for field in attrs.fields(WrkResult)}
+    return WrkResult(**{k: v for k, v in data.items() if k in names})
+
+
+def ensure_python_extras(progress: Progress) -> None:
+    """matplotlib (the plot) and py-spy (the profile): the `bench` extra, installed into this venv if missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if sys.prefix == sys.base_prefix:
+            raise SystemExit("matplotlib is missing: pip install -e '.[bench]' (in the project's venv)") from None
+        progress("installing the bench extra into this venv: pip install -e '.[bench]'")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{ROOT}[bench]"], check=True)
+
+
+def prepare(options: Options, progress: Progress) -> None:
+    """Before anything starts: wrk and the Python extras present, our own process on the generator core,
+    enough file descriptors for S4."""
+    ensure_wrk()
+    ensure_python_extras(progress)
+    if options.nice:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if options.nice != current:
+            os.nice(options.nice - current)  # children (servers, Redis, wrk) inherit it
+        raise_priority(os.getpid(), options.nice)  # and our own session's share (wrk, the Trio clients)
+    if options.client_cpu is not None:
+        os.sched_setaffinity(0, {options.client_cpu})
+    raise_fd_limit(options.s4_sessions + FD_HEADROOM)
+
+
+def run_benchmark(options: Options, progress: Progress | None = None) -> dict[str, Any]:
+    progress = progress or make_progress()
+    prepare(options, progress)
+    return Runner(options, timestamp(), progress).run()
