@@ -24,7 +24,7 @@ import httpx
 ROOT: Final = Path(__file__).resolve().parent.parent
 BENCH_DIR: Final = Path(__file__).resolve().parent
 HYPERCORN_CONFIG: Final = BENCH_DIR / "hypercorn-bench.toml"
-START_TIMEOUT: Final = 30.0
+START_TIMEOUT: Final = 90.0
 """Seconds a server gets to answer its health URL (spawned worker, imports, key generation)."""
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 

@@ -5,11 +5,9 @@ Launched as `hypercorn --config hypercorn.toml refserver.app:app`.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import multiprocessing
-import socket
 from typing import Any, Final
 
 import httpx
@@ -74,22 +72,7 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
         return
     while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
         await trio.sleep(SHUTDOWN_POLL_INTERVAL)
-    stop_listening()
     registry.begin_drain()
-
-
-def stop_listening() -> None:
-    """Refuse new connections from now on, rather than leave them in the backlog until the worker exits.
-
-    Hypercorn stops accepting at shutdown, but the listening socket (shared with its parent process)
-    stays open until the worker has exited, so the kernel keeps completing handshakes nobody will serve.
-    Shutting it down resets those and refuses the next: clients go to another instance at once.
-    """
-    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
-    sockets = kwargs.get("sockets")
-    for sock in [*getattr(sockets, "insecure_sockets", ()), *getattr(sockets, "secure_sockets", ())]:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 class ShieldFinalSend:
