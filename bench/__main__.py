@@ -7,6 +7,7 @@ Examples: `python -m bench` (everything, 3 runs, about 12 minutes on 2 cores); `
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from bench.runner import make_progress, run_benchmark
 from bench.targets import evaluate
 
 
-def parse_args(argv: list[str]) -> Options:
+def parse_args(argv: list[str]) -> tuple[Options, Path | None]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
     parser.add_argument(
@@ -34,6 +35,9 @@ def parse_args(argv: list[str]) -> Options:
         "--nice", type=int, help="niceness of the bench and all it starts (default -15 as root, else 0)"
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles (S1, S2, S5)")
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="measure nothing: rewrite the .md and .png of a results JSON"
+    )
     args = parser.parse_args(argv)
 
     scenarios = tuple(s.strip().upper() for s in args.scenarios.split(",") if s.strip())
@@ -56,7 +60,7 @@ def parse_args(argv: list[str]) -> Options:
             values[name] = value
     if args.no_profile:
         values["profile"] = False
-    return Options(**values)  # type: ignore[arg-type]
+    return Options(**values), args.report  # type: ignore[arg-type]
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -65,8 +69,14 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    options = parse_args(sys.argv[1:] if argv is None else argv)
+    options, report = parse_args(sys.argv[1:] if argv is None else argv)
     progress = make_progress()
+    if report is not None:
+        data = json.loads(report.read_text())
+        data["targets"] = evaluate(data)
+        for kind, path in write_all(data, report.parent).items():
+            progress(f"wrote {path} ({kind})")
+        return 0
     progress(
         f"bench: scenarios {','.join(options.scenarios)}, {options.runs} run(s), concurrencies "
         f"{list(options.concurrencies)}, server on CPU {options.server_cpu}, generator on CPU {options.client_cpu}, "

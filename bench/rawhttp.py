@@ -34,17 +34,33 @@ class RawResponse:
 
 
 class Connection:
-    """One keep-alive connection to `host:port`; requests on it are sequential."""
+    """One keep-alive connection to `host:port`; requests on it are sequential.
 
-    def __init__(self, stream: trio.SocketStream, authority: str) -> None:
+    A response with `Connection: close` (Hypercorn sends one after `keep_alive_max_requests`, 1000 by
+    default) is honoured: the next request goes on a new connection, as a browser or wrk would do.
+    """
+
+    def __init__(self, stream: trio.SocketStream, host: str, port: int, authority: str) -> None:
         self._stream = stream
+        self._host = host
+        self._port = port
         self._authority = authority
         self._buffer = bytearray()
+        self._must_reconnect = False
+        self.reconnects = 0
 
     @classmethod
     async def open(cls, host: str, port: int, authority: str | None = None) -> Connection:
         stream = await trio.open_tcp_stream(host, port)
-        return cls(stream, authority or f"{host}:{port}")
+        return cls(stream, host, port, authority or f"{host}:{port}")
+
+    async def _reconnect_if_told(self) -> None:
+        if self._must_reconnect:
+            await self._stream.aclose()
+            self._stream = await trio.open_tcp_stream(self._host, self._port)
+            self._buffer.clear()
+            self._must_reconnect = False
+            self.reconnects += 1
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -59,8 +75,10 @@ class Connection:
     async def request(
         self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
     ) -> RawResponse:
+        await self._reconnect_if_told()
         await self._stream.send_all(self._encode(method, path, headers or {}, body))
         status, response_headers = await self._read_head()
+        self._must_reconnect = response_headers.get("connection", "").lower() == "close"
         if response_headers.get("transfer-encoding", "").lower() == "chunked":
             chunks = [chunk async for chunk in self._chunks()]
             return RawResponse(status, response_headers, b"".join(chunks))
@@ -71,6 +89,7 @@ class Connection:
         self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
     ) -> tuple[int, dict[str, str]]:
         """Send a request whose answer is a stream; read only its head. Then iterate `stream_chunks()`."""
+        await self._reconnect_if_told()
         await self._stream.send_all(self._encode(method, path, headers or {}, body))
         return await self._read_head()
 

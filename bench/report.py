@@ -98,8 +98,8 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
         shown = ", ".join(f"{name} {value:.2f}" for name, value in sorted(commands.items(), key=lambda kv: -kv[1])[:6])
         lines += [
             "",
-            f"Redis commands per S2 `tools/call` (INFO commandstats over each run): {min(per_request):.1f} to "
-            f"{max(per_request):.1f} ({shown}).",
+            f"Redis commands per S2 `tools/call` (INFO commandstats over each run): {min(per_request):.2f} to "
+            f"{max(per_request):.2f} ({shown}).",
         ]
     if "median" in s.get("S3", {}):
         s3 = s["S3"]
@@ -141,15 +141,23 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
             f"{s4['rss_sessions_bytes'] / 2**20:.1f}, {s4['rss_after_bytes'] / 2**20:.1f} MiB |",
             f"| RSS per session with its stream | {_fmt(s4['rss_per_session_kib'], 1)} KiB "
             f"({_fmt(s4['rss_session_only_kib'], 1)} session + {_fmt(s4['rss_stream_kib'], 1)} stream) |",
-            f"| Redis connections (refserver / all) | {before and before['refserver']} / {before and before['total']} "
-            f"-> {after and after['refserver']} / {after and after['total']} |",
+        ]
+        if before is not None and after is not None:
+            lines.append(
+                f"| Redis connections (refserver / all) | {before['refserver']} / {before['total']} -> "
+                f"{after['refserver']} / {after['total']} |"
+            )
+        lines += [
             f"| a notification reaches every stream (first to last arrival, median of rounds) | "
             f"{_fmt(s4['notify_all_s'], 2)} s |",
             "| rounds observed | " + (", ".join(rounds) or "none") + " |",
             f"| server CPU while streams idle/notified | {_pct(s4['server_cpu_while_idle_streams'])} |",
-            f"| Redis commands per delivered notification | {_fmt(s4.get('redis_calls_per_delivered_notification'), 1)}"
-            f" ({', '.join(f'{k} {v}' for k, v in list(s4.get('redis_calls_while_notifying', {}).items())[:5])}) |",
         ]
+        if s4.get("redis_calls_while_notifying"):
+            calls = list(s4["redis_calls_while_notifying"].items())[:6]
+            lines.append(
+                "| Redis commands while notifying (total) | " + ", ".join(f"{k} {v:,}" for k, v in calls) + " |"
+            )
     if "S5" in s:
         lines += [
             "",

@@ -1,8 +1,8 @@
 """One benchmark run: start what the scenarios need, measure, stop everything, return the raw numbers.
 
 Phase 1 keeps every server of the flood scenarios up at once (all pinned to the server core, idle
-unless measured) so S0, S1, S2 and P are measured in the same run, interleaved per concurrency; S3 and
-S5 reuse those servers. Phase 2 (S4) runs alone on a fresh instance, so its RSS baseline is clean.
+unless measured) so S0, S1, S2, P and PJ are measured in the same run, interleaved per concurrency; S3
+and S5 reuse those servers. Phase 2 (S4) runs alone on a fresh instance, so its RSS baseline is clean.
 """
 
 from __future__ import annotations

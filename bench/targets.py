@@ -111,7 +111,13 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
             25.0,
             higher_is_better=False,
             unit="KiB",
-            detail=f"{sessions} streams open when measured" if s4 else "",
+            detail=(
+                f"{sessions} streams open when measured; the sessions alone, before any stream: "
+                f"{s4['rss_session_only_kib']:.1f} KiB each"
+                + ("; streams were dropped, so the per-stream part is overstated" if s4.get("streams_dropped") else "")
+            )
+            if s4
+            else "",
         )
     )
     if s4 and s4.get("redis_connections_before"):
