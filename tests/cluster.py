@@ -16,7 +16,7 @@ import attrs
 import httpx
 import httpx2
 
-from tests.conftest import ServerProcess, free_port, server_env
+from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port, server_env
 from tests.redis_server import RedisServer
 
 
@@ -107,3 +107,34 @@ def session_keys(redis: RedisServer, session_id: str) -> list[str]:
 
 def iter_instances(cluster: Cluster) -> Iterator[ServerProcess]:
     return iter(cluster.instances)
+
+
+def rpc(method: str, request_id: int | str | None = None, **params: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if request_id is not None:
+        message["id"] = request_id
+    if params:
+        message["params"] = params
+    return message
+
+
+def long_call(request_id: int | str, duration: float, steps: int) -> dict[str, Any]:
+    return rpc(
+        "tools/call",
+        request_id,
+        name="longRunningOperation",
+        arguments={"duration": duration, "steps": steps},
+        _meta={"progressToken": f"p{request_id}"},
+    )
+
+
+async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
+    response = await http.post(f"{url}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=POST_HEADERS)
+    assert response.status_code == 200, response.text
+    headers = {
+        **POST_HEADERS,
+        "Mcp-Session-Id": response.headers["mcp-session-id"],
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    assert (await http.post(f"{url}/mcp", json=rpc("notifications/initialized"), headers=headers)).status_code == 202
+    return headers

@@ -22,7 +22,17 @@ from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 
 from refserver.protocol.sse import SSEDecoder, SSEEvent
-from tests.cluster import Cluster, RoundRobinTransport, RoundRobinTransport2, redis_keys, session_keys, start_cluster
+from tests.cluster import (
+    Cluster,
+    RoundRobinTransport,
+    RoundRobinTransport2,
+    long_call,
+    open_session,
+    redis_keys,
+    rpc,
+    session_keys,
+    start_cluster,
+)
 from tests.conftest import INIT_PARAMS, POST_HEADERS, free_port
 from tests.redis_server import RedisServer
 
@@ -56,37 +66,6 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[SSEEvent]:
     async for chunk in response.aiter_bytes():
         for event in decoder.feed(chunk):
             yield event
-
-
-def rpc(method: str, request_id: int | str | None = None, **params: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if request_id is not None:
-        message["id"] = request_id
-    if params:
-        message["params"] = params
-    return message
-
-
-def long_call(request_id: int | str, duration: float, steps: int) -> dict[str, Any]:
-    return rpc(
-        "tools/call",
-        request_id,
-        name="longRunningOperation",
-        arguments={"duration": duration, "steps": steps},
-        _meta={"progressToken": f"p{request_id}"},
-    )
-
-
-async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
-    response = await http.post(f"{url}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=POST_HEADERS)
-    assert response.status_code == 200, response.text
-    headers = {
-        **POST_HEADERS,
-        "Mcp-Session-Id": response.headers["mcp-session-id"],
-        "MCP-Protocol-Version": "2025-11-25",
-    }
-    assert (await http.post(f"{url}/mcp", json=rpc("notifications/initialized"), headers=headers)).status_code == 202
-    return headers
 
 
 async def in_flight(http: httpx.AsyncClient, url: str) -> int:

@@ -27,7 +27,7 @@ import trio
 
 from refserver.backend.redis_sessions import INSTANCE_TTL
 from refserver.protocol.sse import SSEDecoder, SSEEvent
-from tests.cluster import Cluster, start_cluster
+from tests.cluster import Cluster, long_call, open_session, rpc, start_cluster
 from tests.conftest import INIT_PARAMS, POST_HEADERS
 from tests.redis_server import RedisServer
 
@@ -48,41 +48,8 @@ CLIENT_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
 # --- JSON-RPC over raw httpx -----------------------------------------------------------------------
 
 
-def rpc(method: str, request_id: int | str | None = None, **params: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if request_id is not None:
-        message["id"] = request_id
-    if params:
-        message["params"] = params
-    return message
-
-
 def echo_call(request_id: int, message: str) -> dict[str, Any]:
     return rpc("tools/call", request_id, name="echo", arguments={"message": message})
-
-
-def long_call(request_id: int, duration: float, steps: int) -> dict[str, Any]:
-    return rpc(
-        "tools/call",
-        request_id,
-        name="longRunningOperation",
-        arguments={"duration": duration, "steps": steps},
-        _meta={"progressToken": f"p{request_id}"},
-    )
-
-
-async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
-    """initialize + notifications/initialized on `url`; the headers of every later request."""
-    response = await http.post(f"{url}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=POST_HEADERS)
-    assert response.status_code == 200, response.text
-    headers = {
-        **POST_HEADERS,
-        "Mcp-Session-Id": response.headers["mcp-session-id"],
-        "MCP-Protocol-Version": "2025-11-25",
-    }
-    note = await http.post(f"{url}/mcp", json=rpc("notifications/initialized"), headers=headers)
-    assert note.status_code == 202, note.text
-    return headers
 
 
 def answers_in(response: httpx.Response) -> list[dict[str, Any]]:
