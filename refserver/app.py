@@ -5,6 +5,7 @@ Launched as `hypercorn --config hypercorn.toml refserver.app:app`.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import multiprocessing
@@ -179,6 +180,9 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         app.nursery.start_soon(watch_for_shutdown, registry)
         if backend.redis is not None:
             await app.nursery.start(hooks.watch_redis, backend.redis.statistics, bus_statistics)
+        # Everything built so far (modules, schemas, feature catalogs) lives as long as the process: move
+        # it out of the collector's generations, so that full collections stop re-scanning it on the hot path.
+        gc.freeze()
 
     @app.after_serving
     async def close_clients() -> None:

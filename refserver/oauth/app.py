@@ -9,6 +9,7 @@ server at it with REFSERVER_AUTH_MODE=jwt or introspection and the same REFSERVE
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Final
 
@@ -83,6 +84,7 @@ def create_auth_app(settings: Settings | None = None) -> QuartTrio:
             await app.nursery.start(backend.redis.run)
         await server.keys.load_or_create()
         logger.info("authorization server %s issuing tokens for %s", server.issuer, ", ".join(server.resources))
+        gc.freeze()  # see refserver.app: startup objects leave the collector's generations
 
     @app.after_request
     async def headers(response: Response) -> Response:
