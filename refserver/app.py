@@ -15,15 +15,13 @@ import httpx
 import trio
 from quart import Response
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from refserver.backend.factory import backend_from_settings
 from refserver.config import Settings
 from refserver.dispatch import McpDispatcher
-from refserver.errors import AuthServerUnavailable, InsufficientScope, RefserverError, Unauthorized
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
-from refserver.oauth import resource, routes
+from refserver.oauth import routes
 from refserver.oauth.assembly import authorization_server, oauth_store
 from refserver.oauth.ratelimit import RateLimiter
 from refserver.oauth.revocations import connect_revocations
@@ -32,7 +30,7 @@ from refserver.observability import hooks, logs
 from refserver.observability.metrics import BUS_STATS, EVENT_LOG_STATS, REDIS_STATS, REGISTRY_STATS, Metrics
 from refserver.registry import SessionRegistry
 from refserver.transport import legacy_sse, pages, security, streamable_http
-from refserver.transport.errors import error_response, http_exception_response, unexpected_exception_response
+from refserver.transport.errors import RefusalPolicy, register_error_handlers
 from refserver.transport.guards import OriginPolicy
 from refserver.transport.observability import observe_http
 from refserver.transport.services import Services
@@ -41,8 +39,6 @@ logger = logging.getLogger("refserver")
 
 SHUTDOWN_POLL_INTERVAL: Final = 0.1
 """Hypercorn itself polls its shutdown event this often."""
-AUTH_RETRY_AFTER_SECONDS: Final = 5
-"""Roughly the verifier's probe interval: by then a recovered authorization server is noticed."""
 AUTH_SERVER_HTTP_TIMEOUT: Final = httpx.Timeout(5.0, connect=2.0)
 """Every call to an external authorization server (JWKS, metadata, introspection) is bounded by this."""
 
@@ -154,14 +150,16 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     origin_policy = OriginPolicy.from_settings(settings)
     services = Services(settings, registry, dispatcher, origin_policy, guard)
 
+    refusals = RefusalPolicy(settings, metrics)
     app = QuartTrio("refserver")
-    app.asgi_app = ShieldFinalSend(app.asgi_app)  # type: ignore[method-assign]
+    # Outermost first: observability (below), the final-send shield, `/mcp` in plain ASGI, then Quart.
+    mcp_endpoint = streamable_http.StreamableHttpEndpoint(app.asgi_app, services, refusals)
+    app.asgi_app = ShieldFinalSend(mcp_endpoint)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413)
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)
     app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
     app.register_blueprint(security.create_blueprint(origin_policy))
-    app.register_blueprint(streamable_http.create_blueprint(services))
     app.register_blueprint(legacy_sse.create_blueprint(services))
     if auth_server is not None:
         limiter = RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
@@ -194,32 +192,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         security.add_cors_headers(response, origin_policy)
         return security.add_security_headers(response, settings)
 
-    @app.errorhandler(Unauthorized)
-    @app.errorhandler(InsufficientScope)
-    async def on_auth_failure(exc: Unauthorized | InsufficientScope) -> Response:
-        hooks.record_auth_failure(metrics, exc)
-        response = error_response(exc)
-        response.headers["WWW-Authenticate"] = resource.challenge_for(settings, exc)
-        return response
-
-    @app.errorhandler(AuthServerUnavailable)
-    async def on_auth_server_unavailable(exc: AuthServerUnavailable) -> Response:
-        hooks.record_auth_failure(metrics, exc)
-        response = error_response(exc)
-        response.headers["Retry-After"] = str(AUTH_RETRY_AFTER_SECONDS)
-        return response
-
-    @app.errorhandler(RefserverError)
-    async def on_refserver_error(exc: RefserverError) -> Response:
-        return error_response(exc)
-
-    @app.errorhandler(HTTPException)
-    async def on_http_exception(exc: HTTPException) -> Response:
-        return http_exception_response(exc)
-
-    @app.errorhandler(Exception)
-    async def on_unexpected(exc: Exception) -> Response:
-        return unexpected_exception_response(exc)
+    register_error_handlers(app, refusals)
 
     return app
 

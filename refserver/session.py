@@ -299,40 +299,37 @@ class Session:
         for refusal in refusals:
             await self._append(stream_id, refusal)
         for request in requests:
-            await self._nursery.start(self._execute, request, stream_id)
+            if request.id in self._in_flight:
+                await self._append(
+                    stream_id, _error(request.id, InvalidRequest(f"request id {request.id!r} is already in flight"))
+                )
+                await self._request_done(stream_id)
+                continue
+            # Registered before its task runs, so that a cancellation arriving first still finds it.
+            entry = InFlight(request, stream_id, trio.CancelScope())
+            self._in_flight[request.id] = entry
+            self._nursery.start_soon(self._execute, entry)
         await self._request_done(stream_id)
         return stream_id
 
-    async def _execute(
-        self,
-        request: Request,
-        stream_id: str,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    async def _execute(self, entry: InFlight) -> None:
+        request, stream_id = entry.request, entry.stream_id
         reply: Message | None = None
-        with trio.CancelScope() as scope:
-            if request.id in self._in_flight:
-                task_status.started()
-                reply = _error(request.id, InvalidRequest(f"request id {request.id!r} is already in flight"))
-            else:
-                entry = InFlight(request, stream_id, scope)
-                self._in_flight[request.id] = entry
-                task_status.started()
-                try:
-                    self.state.lifecycle.check_request(request.method)
-                    before = self.state.fingerprint()
-                    result = await self._handler(self, request, RequestContext(self, request, stream_id))
-                    if self.state.fingerprint() != before:
-                        await self.persist()
-                    reply = Response(request.id, result)
-                except RefserverError as exc:
-                    reply = _error(request.id, exc)
-                except Exception:
-                    logger.exception("request %s (%s) failed", request.id, request.method)
-                    reply = _error(request.id, InternalError("internal error"))
-                finally:
-                    del self._in_flight[request.id]
+        with entry.cancel_scope:
+            try:
+                self.state.lifecycle.check_request(request.method)
+                before = self.state.fingerprint()
+                result = await self._handler(self, request, RequestContext(self, request, stream_id))
+                if self.state.fingerprint() != before:
+                    await self.persist()
+                reply = Response(request.id, result)
+            except RefserverError as exc:
+                reply = _error(request.id, exc)
+            except Exception:
+                logger.exception("request %s (%s) failed", request.id, request.method)
+                reply = _error(request.id, InternalError("internal error"))
+            finally:
+                del self._in_flight[request.id]
         # A cancelled request gets no response (the spec's rule for notifications/cancelled); for DELETE,
         # expiry and shutdown the session's streams are dropped anyway.
         with trio.CancelScope(shield=True):

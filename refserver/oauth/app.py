@@ -16,7 +16,6 @@ from typing import Final
 import trio
 from quart import Response
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from refserver import __version__
 from refserver.backend.factory import backend_from_settings
@@ -29,7 +28,7 @@ from refserver.observability import logs
 from refserver.observability.metrics import Metrics
 from refserver.protocol.jsonrpc import encode_json
 from refserver.transport import security
-from refserver.transport.errors import http_exception_response, unexpected_exception_response
+from refserver.transport.errors import register_error_handlers
 from refserver.transport.observability import observe_http
 
 logger = logging.getLogger("refserver.oauth")
@@ -90,13 +89,7 @@ def create_auth_app(settings: Settings | None = None) -> QuartTrio:
     async def headers(response: Response) -> Response:
         return security.add_security_headers(response, settings)
 
-    @app.errorhandler(HTTPException)
-    async def on_http_exception(exc: HTTPException) -> Response:
-        return http_exception_response(exc)
-
-    @app.errorhandler(Exception)
-    async def on_unexpected(exc: Exception) -> Response:
-        return unexpected_exception_response(exc)
+    register_error_handlers(app)
 
     return app
 

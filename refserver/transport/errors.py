@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 from quart import Response, has_request_context, request
+from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from refserver.errors import RefserverError
+from refserver.config import Settings
+from refserver.errors import AuthServerUnavailable, InsufficientScope, RefserverError, Unauthorized
+from refserver.oauth.resource import challenge_for
+from refserver.observability.hooks import record_auth_failure
+from refserver.observability.metrics import Metrics
 from refserver.protocol.jsonrpc import RequestId, encode_json
 
 logger = logging.getLogger(__name__)
+
+ALLOWED_MCP_METHODS: Final = "GET, POST, DELETE"
+AUTH_RETRY_AFTER_SECONDS: Final = 5
+"""Roughly the verifier's probe interval: by then a recovered authorization server is noticed."""
+INTERNAL_ERROR_MESSAGE: Final = "Internal server error"
 
 
 def jsonrpc_error_body(code: int, message: str, request_id: RequestId | None = None, data: Any = None) -> str:
@@ -39,7 +49,8 @@ def _close_if_body_unread(response: Response) -> Response:
     return response
 
 
-def error_response(exc: RefserverError, request_id: RequestId | None = None) -> Response:
+def error_parts(exc: RefserverError, request_id: RequestId | None = None) -> tuple[int, str, dict[str, str]]:
+    """(status, JSON-RPC error body, headers) for a refusal; both the Quart app and the plain ASGI endpoint use it."""
     status = exc.http_status if exc.http_status >= 400 else 400
     data = exc.data
     if isinstance(data, dict) and set(data) == {"id"}:
@@ -47,14 +58,13 @@ def error_response(exc: RefserverError, request_id: RequestId | None = None) -> 
         if request_id is None:
             request_id = data["id"]
         data = None
-    response = Response(
-        jsonrpc_error_body(exc.jsonrpc_code, exc.message, request_id, data),
-        status=status,
-        content_type="application/json",
-    )
-    if status == 405:
-        response.headers["Allow"] = "GET, POST, DELETE"
-    return _close_if_body_unread(response)
+    headers = {"Allow": ALLOWED_MCP_METHODS} if status == 405 else {}
+    return status, jsonrpc_error_body(exc.jsonrpc_code, exc.message, request_id, data), headers
+
+
+def error_response(exc: RefserverError, request_id: RequestId | None = None) -> Response:
+    status, body, headers = error_parts(exc, request_id)
+    return _close_if_body_unread(Response(body, status=status, content_type="application/json", headers=headers))
 
 
 def http_exception_response(exc: HTTPException) -> Response:
@@ -70,6 +80,52 @@ def http_exception_response(exc: HTTPException) -> Response:
     return _close_if_body_unread(response)
 
 
-def unexpected_exception_response(exc: BaseException) -> Response:
+def unexpected_exception_body(exc: BaseException) -> str:
+    """Log a failure nobody anticipated; the client learns only that it happened."""
     logger.error("unhandled error", exc_info=exc)
-    return Response(jsonrpc_error_body(-32603, "Internal server error"), status=500, content_type="application/json")
+    return jsonrpc_error_body(-32603, INTERNAL_ERROR_MESSAGE)
+
+
+def unexpected_exception_response(exc: BaseException) -> Response:
+    return Response(unexpected_exception_body(exc), status=500, content_type="application/json")
+
+
+class RefusalPolicy:
+    """What a refused MCP request carries besides its JSON-RPC error, and the record auth refusals leave.
+
+    401 and 403 carry the `WWW-Authenticate` challenge (RFC 6750, RFC 9728); a 503 because the authorization
+    server cannot be asked carries `Retry-After`. Every auth refusal is counted and logged.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics | None) -> None:
+        self._settings = settings
+        self._metrics = metrics
+
+    def headers_for(self, exc: RefserverError) -> dict[str, str]:
+        if isinstance(exc, (Unauthorized, InsufficientScope)):
+            record_auth_failure(self._metrics, exc)
+            return {"WWW-Authenticate": challenge_for(self._settings, exc)}
+        if isinstance(exc, AuthServerUnavailable):
+            record_auth_failure(self._metrics, exc)
+            return {"Retry-After": str(AUTH_RETRY_AFTER_SECONDS)}
+        return {}
+
+
+def register_error_handlers(app: QuartTrio, refusals: RefusalPolicy | None = None) -> None:
+    """Every failure of `app` becomes a JSON-RPC error body; `refusals` adds the MCP endpoints' own headers."""
+    if refusals is not None:
+        policy = refusals
+
+        @app.errorhandler(RefserverError)
+        async def on_refserver_error(exc: RefserverError) -> Response:
+            response = error_response(exc)
+            response.headers.update(policy.headers_for(exc))
+            return response
+
+    @app.errorhandler(HTTPException)
+    async def on_http_exception(exc: HTTPException) -> Response:
+        return http_exception_response(exc)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(exc: Exception) -> Response:
+        return unexpected_exception_response(exc)

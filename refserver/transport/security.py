@@ -24,17 +24,33 @@ PREFLIGHT_MAX_AGE: Final = "600"
 HSTS: Final = "max-age=63072000; includeSubDomains"
 
 
-def add_security_headers(response: Response, settings: Settings) -> Response:
-    headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    if (response.mimetype or "").startswith("text/html"):
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault(
-            "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+def security_headers(settings: Settings, content_type: str | None) -> list[tuple[str, str]]:
+    """The headers every answer carries (pages also forbid framing and everything their markup does not need)."""
+    headers = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")]
+    if (content_type or "").startswith("text/html"):
+        headers.append(("X-Frame-Options", "DENY"))
+        headers.append(
+            ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
         )
     if settings.base_url.startswith("https://"):
-        headers.setdefault("Strict-Transport-Security", HSTS)
+        headers.append(("Strict-Transport-Security", HSTS))
+    return headers
+
+
+def mcp_cors_headers(origin: str | None, policy: OriginPolicy) -> list[tuple[str, str]]:
+    """CORS on the MCP endpoints: only for origins the DNS-rebinding policy admits."""
+    if origin is None or not policy.allows_origin(origin):
+        return []
+    return [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+        ("Vary", "Origin"),
+    ]
+
+
+def add_security_headers(response: Response, settings: Settings) -> Response:
+    for name, value in security_headers(settings, response.mimetype):
+        response.headers.setdefault(name, value)
     return response
 
 
@@ -44,11 +60,11 @@ def add_cors_headers(response: Response, policy: OriginPolicy) -> Response:
         return response
     path = request.path
     if path in MCP_PATHS:
-        if not policy.allows_origin(origin):
-            return response
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-        response.vary.add("Origin")
+        for name, value in mcp_cors_headers(origin, policy):
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers[name] = value
     elif path.startswith(PUBLIC_CORS_PREFIXES):
         response.headers.setdefault("Access-Control-Allow-Origin", "*")
         response.headers.setdefault("Access-Control-Expose-Headers", EXPOSED_HEADERS)

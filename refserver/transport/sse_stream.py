@@ -7,7 +7,7 @@ newer GET supersedes it, or when shutdown starts (then with `retry:` so the clie
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 
 import trio
@@ -35,7 +35,7 @@ async def follow_stream(
     retry_ms: int,
     preamble: tuple[bytes, ...] = (),
     prime: bool = True,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     generation = session.attach_listener(stream_id)
     events = registry.events
     try:

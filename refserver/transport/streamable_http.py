@@ -4,15 +4,18 @@ The handlers are thin: they check headers, parse, hand messages to the session a
 the session's streams. Whether a POST is answered with JSON or SSE is decided by what the request
 produces: a plain result becomes JSON; the first notification or server-to-client request (or a
 result slower than the heartbeat interval) turns the answer into an SSE stream.
+
+This is the hot path, so it is plain ASGI in front of the Quart app (see `transport/asgi.py`): every other
+path, and the CORS preflight of this one, goes on to Quart.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Final
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, Final
 
 import trio
-from quart import Blueprint, Response, request
 
 from refserver.backend.events import STANDALONE_STREAM, format_event_id, parse_event_id
 from refserver.errors import (
@@ -21,8 +24,10 @@ from refserver.errors import (
     InvalidRequest,
     MethodNotAllowed,
     MissingSessionId,
+    RefserverError,
     SessionNotFound,
 )
+from refserver.observability.http import note_route
 from refserver.protocol.jsonrpc import (
     ErrorResponse,
     Invalid,
@@ -37,112 +42,158 @@ from refserver.protocol.jsonrpc import (
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
 from refserver.session import Session
-from refserver.transport.admission import admit
-from refserver.transport.errors import error_response
-from refserver.transport.guards import check_json_content_type, check_post_accept, check_sse_accept, read_body
+from refserver.transport import security
+from refserver.transport.asgi import (
+    EVENT_STREAM,
+    ClientDisconnected,
+    HttpRequest,
+    HttpResponse,
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    send_response,
+)
+from refserver.transport.errors import RefusalPolicy, error_parts, unexpected_exception_body
+from refserver.transport.guards import check_json_content_type, check_post_accept, check_sse_accept
 from refserver.transport.services import Services
-from refserver.transport.sse_stream import follow_stream, sse_response
+from refserver.transport.sse_stream import SSE_HEADERS, follow_stream
 
+logger = logging.getLogger(__name__)
+
+MCP_PATH: Final = "/mcp"
 SESSION_HEADER: Final = "Mcp-Session-Id"
 VERSION_HEADER: Final = "Mcp-Protocol-Version"
+HANDLED_ELSEWHERE: Final = frozenset({"OPTIONS"})
+"""The CORS preflight is answered by the Quart app, with the other paths' preflights."""
+
+_NO_CONTENT: Final = HttpResponse(204, content_type="text/plain")
+_ACCEPTED: Final = HttpResponse(202, content_type="text/plain")
 
 
-def create_blueprint(services: Services) -> Blueprint:
-    blueprint = Blueprint("streamable_http", __name__)
-    settings = services.settings
-    registry = services.registry
+class StreamableHttpEndpoint:
+    """ASGI: `/mcp` here, everything else to `inner` (the Quart app)."""
 
-    async def session_from_headers(owner: str | None, *, for_delete: bool = False) -> Session:
-        session_id = request.headers.get(SESSION_HEADER)
+    def __init__(self, inner: Callable[..., Awaitable[Any]], services: Services, refusals: RefusalPolicy) -> None:
+        self._inner = inner
+        self._services = services
+        self._settings = services.settings
+        self._registry = services.registry
+        self._refusals = refusals
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != MCP_PATH or scope["method"] in HANDLED_ELSEWHERE:
+            await self._inner(scope, receive, send)
+            return
+        note_route(MCP_PATH)
+        request = HttpRequest(scope, receive)
+        try:
+            response = await self._handle(request)
+        except RefserverError as exc:
+            response = self._refusal(request, exc)
+        except ClientDisconnected:
+            return  # the client left while its body was being read: nobody to answer
+        except Exception as exc:
+            response = HttpResponse(500, unexpected_exception_body(exc).encode())
+        origin = request.header("origin")
+        headers = encode_headers(
+            response,
+            [
+                *security.security_headers(self._settings, response.content_type),
+                *security.mcp_cors_headers(origin, self._services.origin_policy),
+            ],
+        )
+        await send_response(request, send, response, headers)
+
+    def _refusal(self, request: HttpRequest, exc: RefserverError) -> HttpResponse:
+        status, body, headers = error_parts(exc)
+        headers.update(self._refusals.headers_for(exc))
+        if request.has_body and not request.body_complete:
+            # Refused before its body was read: a client reusing the connection would send the rest as a new
+            # request. HTTP/1.1 lets us close instead (RFC 9112 sec. 9.6).
+            headers["Connection"] = "close"
+        return HttpResponse(status, body.encode(), headers=tuple(headers.items()))
+
+    async def _handle(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "POST":
+            return await self._post(request)
+        if request.method == "GET":
+            return await self._get(request)
+        if request.method == "DELETE":
+            return await self._delete(request)
+        self._services.origin_policy.check(request.header("host"), request.header("origin"))
+        raise MethodNotAllowed("Method Not Allowed")
+
+    async def _admit(self, request: HttpRequest) -> str | None:
+        """DNS-rebinding checks first (a hostile page must learn nothing, not even "401"), then the token.
+
+        Returns the subject the request acts for (None when authentication is off).
+        """
+        services = self._services
+        services.origin_policy.check(request.header("host"), request.header("origin"))
+        if services.guard is None:
+            return None
+        access = await services.guard.authenticate(request.header("authorization"))
+        return access.subject
+
+    async def _session(self, request: HttpRequest, owner: str | None, *, for_delete: bool = False) -> Session:
+        session_id = request.header("mcp-session-id")
         if not session_id:
             raise MissingSessionId("Bad Request: Mcp-Session-Id header is required")
-        session = await registry.get(session_id, owner=owner)
+        session = await self._registry.get(session_id, owner=owner)
         if session.kind != "streamable":
             raise SessionNotFound("Session not found")
         if not for_delete:
-            check_protocol_version_header(request.headers.get(VERSION_HEADER), session.state.lifecycle.protocol_version)
+            check_protocol_version_header(
+                request.header("mcp-protocol-version"), session.state.lifecycle.protocol_version
+            )
         return session
 
-    async def answer(session: Session, stream_id: str, *, batch: bool, headers: dict[str, str]) -> Response:
-        """JSON if the requests produced nothing but their results, else an SSE stream."""
-        events = registry.events
-        cursor = 0
-        seen_data: list[str] = []
-        generation = session.listener_generation(stream_id)
-        with trio.move_on_after(settings.heartbeat_interval), events.watching(session.id, stream_id):
-            while True:
-                if session.listener_generation(stream_id) != generation:
-                    # The work asked for this connection to end before it said anything: prime the
-                    # stream and close it; the client resumes with Last-Event-ID.
-                    return sse_response(_primed_and_closed(stream_id, settings.sse_retry_ms), headers)
-                read = await events.read_after(session.id, stream_id, cursor)
-                if session.close_reason == "gone" and not read.events and not read.closed:
-                    raise SessionNotFound("Session not found: it expired, was deleted, or never existed")
-                if any(not e.is_response for e in read.events):
-                    break
-                seen_data.extend(e.data for e in read.events)
-                cursor = read.events[-1].seq if read.events else cursor
-                if read.closed or not read.exists:
-                    if not seen_data:
-                        # Every request was cancelled: nothing is owed, an empty stream says so.
-                        return sse_response(_empty(), headers)
-                    body = f"[{','.join(seen_data)}]" if batch else seen_data[0]
-                    return Response(body, content_type="application/json", headers=headers)
-                await events.wait_for_events(session.id, stream_id, cursor)
-        return sse_response(
-            follow_stream(
-                registry,
-                session,
-                stream_id,
-                after_seq=0,
-                heartbeat_interval=settings.heartbeat_interval,
-                retry_ms=settings.sse_retry_ms,
-            ),
-            headers,
-        )
+    # --- POST -------------------------------------------------------------------------------------
 
-    @blueprint.post("/mcp")
-    async def post_mcp() -> Response:
-        owner = await admit(services)
-        check_post_accept(request.headers.get("Accept"))
-        check_json_content_type(request.headers.get("Content-Type"))
-        parsed = parse_body(await read_body(request, settings.max_body_bytes))
-        if not request.headers.get(SESSION_HEADER):
-            return await initialize(parsed, owner)
-        session = await session_from_headers(owner)
-        return await deliver(session, parsed)
+    async def _post(self, request: HttpRequest) -> HttpResponse:
+        owner = await self._admit(request)
+        check_post_accept(request.header("accept"))
+        check_json_content_type(request.header("content-type"))
+        parsed = parse_body(await request.read_body(self._settings.max_body_bytes))
+        if not request.header("mcp-session-id"):
+            return await self._initialize(parsed, owner)
+        session = await self._session(request, owner)
+        return await self._deliver(session, parsed)
 
-    async def initialize(parsed: ParsedBody, owner: str | None) -> Response:
+    async def _initialize(self, parsed: ParsedBody, owner: str | None) -> HttpResponse:
         first = parsed.messages[0]
         if parsed.is_batch or not isinstance(first, Request) or first.method != "initialize":
             if isinstance(first, Request) and first.method == "initialize":
                 raise InvalidRequest("Invalid Request: initialize must not be part of a batch")
             raise MissingSessionId("Bad Request: Mcp-Session-Id header is required (initialize first)")
+        registry = self._registry
         session = await registry.create_session("streamable", owner)
         stream_id = await session.start_requests([first])
-        reply = await _wait_closed(session, stream_id)
+        reply = await self._wait_closed(session, stream_id)
         if session.state.lifecycle.phase is Phase.NEW:
             # initialize was refused (bad params): the half-made session must not linger.
             await registry.delete(session.id, owner=owner)
             if not reply:
                 raise InvalidRequest("initialize was cancelled")
-            return Response(reply, content_type="application/json", status=400)
-        return Response(reply, content_type="application/json", headers={SESSION_HEADER: session.id})
+            return HttpResponse(400, reply.encode())
+        return HttpResponse(200, reply.encode(), headers=((SESSION_HEADER, session.id),))
 
-    async def _wait_closed(session: Session, stream_id: str) -> str:
+    async def _wait_closed(self, session: Session, stream_id: str) -> str:
+        events = self._registry.events
         cursor = 0
         data = ""
-        with registry.events.watching(session.id, stream_id):
+        with events.watching(session.id, stream_id):
             while True:
-                read = await registry.events.read_after(session.id, stream_id, cursor)
+                read = await events.read_after(session.id, stream_id, cursor)
                 for event in read.events:
                     data = event.data
                     cursor = event.seq
                 if read.closed or not read.exists:
                     return data
-                await registry.events.wait_for_events(session.id, stream_id, cursor)
+                await events.wait_for_events(session.id, stream_id, cursor)
 
-    async def deliver(session: Session, parsed: ParsedBody) -> Response:
+    async def _deliver(self, session: Session, parsed: ParsedBody) -> HttpResponse:
         version = session.state.lifecycle.protocol_version
         if parsed.is_batch and not batch_allowed(version):
             raise InvalidRequest(f"Invalid Request: JSON-RPC batches are not supported in protocol {version}")
@@ -162,30 +213,70 @@ def create_blueprint(services: Services) -> Blueprint:
             elif isinstance(message, (RpcResponse, ErrorResponse)):
                 await session.receive_reply(message)
         if not requests and not refusals:
-            return Response("", status=202, content_type="text/plain")
+            return _ACCEPTED
         stream_id = await session.start_requests(requests, refusals=refusals)
-        return await answer(session, stream_id, batch=parsed.is_batch, headers={})
+        return await self._answer(session, stream_id, batch=parsed.is_batch)
 
-    @blueprint.get("/mcp")
-    async def get_mcp() -> Response:
-        owner = await admit(services)
-        check_sse_accept(request.headers.get("Accept"))
-        session = await session_from_headers(owner)
+    async def _answer(self, session: Session, stream_id: str, *, batch: bool) -> HttpResponse:
+        """JSON if the requests produced nothing but their results, else an SSE stream."""
+        settings = self._settings
+        events = self._registry.events
+        cursor = 0
+        seen_data: list[str] = []
+        generation = session.listener_generation(stream_id)
+        with trio.move_on_after(settings.heartbeat_interval), events.watching(session.id, stream_id):
+            while True:
+                if session.listener_generation(stream_id) != generation:
+                    # The work asked for this connection to end before it said anything: prime the
+                    # stream and close it; the client resumes with Last-Event-ID.
+                    return _sse(_primed_and_closed(stream_id, settings.sse_retry_ms))
+                read = await events.read_after(session.id, stream_id, cursor)
+                if session.close_reason == "gone" and not read.events and not read.closed:
+                    raise SessionNotFound("Session not found: it expired, was deleted, or never existed")
+                if any(not e.is_response for e in read.events):
+                    break
+                seen_data.extend(e.data for e in read.events)
+                cursor = read.events[-1].seq if read.events else cursor
+                if read.closed or not read.exists:
+                    if not seen_data:
+                        # Every request was cancelled: nothing is owed, an empty stream says so.
+                        return _sse(_empty())
+                    body = f"[{','.join(seen_data)}]" if batch else seen_data[0]
+                    return HttpResponse(200, body.encode())
+                await events.wait_for_events(session.id, stream_id, cursor)
+        return _sse(
+            follow_stream(
+                self._registry,
+                session,
+                stream_id,
+                after_seq=0,
+                heartbeat_interval=settings.heartbeat_interval,
+                retry_ms=settings.sse_retry_ms,
+            )
+        )
+
+    # --- GET and DELETE ---------------------------------------------------------------------------
+
+    async def _get(self, request: HttpRequest) -> HttpResponse:
+        owner = await self._admit(request)
+        check_sse_accept(request.header("accept"))
+        session = await self._session(request, owner)
+        settings = self._settings
         # A fresh GET gets what was never delivered on the standalone stream, nothing twice.
         stream_id, after_seq = STANDALONE_STREAM, session.standalone_delivered
-        last_event_id = request.headers.get("Last-Event-ID")
+        last_event_id = request.header("last-event-id")
         resuming = bool(last_event_id)
         if last_event_id:
             parsed = parse_event_id(last_event_id)
             if parsed is None:
                 raise BadRequest("Bad Request: malformed Last-Event-ID")
             stream_id, after_seq = parsed
-            read = await registry.events.read_after(session.id, stream_id, after_seq)
+            read = await self._registry.events.read_after(session.id, stream_id, after_seq)
             if not read.exists:
                 raise SessionNotFound("No such stream to resume in this session")
-        return sse_response(
+        return _sse(
             follow_stream(
-                registry,
+                self._registry,
                 session,
                 stream_id,
                 after_seq=after_seq,
@@ -197,30 +288,22 @@ def create_blueprint(services: Services) -> Blueprint:
             )
         )
 
-    @blueprint.delete("/mcp")
-    async def delete_mcp() -> Response:
-        owner = await admit(services)
-        session = await session_from_headers(owner, for_delete=True)
-        await registry.delete(session.id, owner=owner)
-        return Response("", status=204, content_type="text/plain")
-
-    @blueprint.route("/mcp", methods=["PUT", "PATCH"])
-    async def other_methods() -> Response:
-        services.origin_policy.check(request.headers.get("Host"), request.headers.get("Origin"))
-        raise MethodNotAllowed("Method Not Allowed")
-
-    @blueprint.errorhandler(MethodNotAllowed)
-    async def method_not_allowed(exc: MethodNotAllowed) -> Response:
-        return error_response(exc)
-
-    return blueprint
+    async def _delete(self, request: HttpRequest) -> HttpResponse:
+        owner = await self._admit(request)
+        session = await self._session(request, owner, for_delete=True)
+        await self._registry.delete(session.id, owner=owner)
+        return _NO_CONTENT
 
 
-async def _primed_and_closed(stream_id: str, retry_ms: int) -> AsyncIterator[bytes]:
+def _sse(body: AsyncGenerator[bytes, None]) -> HttpResponse:
+    return HttpResponse(200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=body)
+
+
+async def _primed_and_closed(stream_id: str, retry_ms: int) -> AsyncGenerator[bytes, None]:
     yield encode_event("", event_id=format_event_id(stream_id, 0), retry_ms=retry_ms)
 
 
-async def _empty() -> AsyncIterator[bytes]:
+async def _empty() -> AsyncGenerator[bytes, None]:
     nothing: tuple[bytes, ...] = ()
     for chunk in nothing:
         yield chunk

@@ -1,0 +1,129 @@
+"""Plain ASGI for the hot endpoint: a request read straight from the scope, answers written straight to `send`.
+
+`/mcp` carries nearly all MCP traffic. Served through Quart, every call paid for a request and an app context,
+Werkzeug headers, URL routing, before/after hooks and a nursery with two tasks (one only to watch for the
+client leaving). Here a request is one dictionary of headers and a body reader; a client that leaves is only
+watched for while an SSE stream is open, the one case where nothing else would notice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, MutableMapping
+from contextlib import aclosing
+from typing import Any, Final
+
+import attrs
+import trio
+
+from refserver.errors import PayloadTooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON: Final = "application/json"
+EVENT_STREAM: Final = "text/event-stream"
+
+
+class ClientDisconnected(Exception):
+    """The client left before its request was read: there is nobody to answer."""
+
+
+class HttpRequest:
+    """One HTTP request: method, path, headers (lowercase names, the first value of each) and its body."""
+
+    __slots__ = ("_receive", "body_complete", "headers", "method", "path", "query_string", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self._receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query_string: bytes = scope.get("query_string", b"")
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            # Hypercorn hands over lowercase names; werkzeug's `get` also returns the first of repeated headers.
+            headers.setdefault(bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
+        self.headers = headers
+        self.body_complete = False
+
+    def header(self, name: str) -> str | None:
+        """A request header by its lowercase name."""
+        return self.headers.get(name)
+
+    @property
+    def has_body(self) -> bool:
+        length = self.headers.get("content-length", "").strip()
+        return "transfer-encoding" in self.headers or length not in ("", "0")
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body, refused (413) as soon as it is known to exceed `limit` bytes."""
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                self.body_complete = True
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def wait_for_disconnect(self) -> None:
+        """Return once the client has gone (anything it still sends is discarded)."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+
+@attrs.frozen
+class HttpResponse:
+    """A complete answer (`body`) or a streamed one (`stream`, sent chunk by chunk as it is produced)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = JSON
+    headers: Iterable[tuple[str, str]] = ()
+    stream: AsyncGenerator[bytes, None] | None = None
+
+
+def encode_headers(response: HttpResponse, extra: Iterable[tuple[str, str]]) -> Headers:
+    headers: Headers = []
+    if response.content_type is not None:
+        headers.append((b"content-type", response.content_type.encode("latin-1")))
+    if response.stream is None:
+        headers.append((b"content-length", str(len(response.body)).encode("ascii")))
+    for name, value in response.headers:
+        headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    for name, value in extra:
+        headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return headers
+
+
+async def send_response(request: HttpRequest, send: Send, response: HttpResponse, headers: Headers) -> None:
+    """Write `response`; a stream is followed until it ends or the client leaves."""
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    if response.stream is None:
+        await send({"type": "http.response.body", "body": response.body})
+        return
+    async with aclosing(response.stream) as chunks, trio.open_nursery() as nursery:
+
+        async def end_when_client_leaves() -> None:
+            await request.wait_for_disconnect()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(end_when_client_leaves)
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        nursery.cancel_scope.cancel()
