@@ -832,6 +832,33 @@ async def test_refusal_before_the_body_arrives_does_not_hang_the_connection(
     await server.assert_healthy(http)
 
 
+async def test_head_is_method_not_allowed(server: Checked, http: httpx.AsyncClient) -> None:
+    """HEAD of an SSE endpoint would open a stream only to suppress it: refused, with the methods that work."""
+    response = await http.head(server.mcp_url, headers={"Accept": "text/event-stream"})
+    assert response.status_code == 405
+    assert {m.strip() for m in response.headers["allow"].split(",")} == {"GET", "POST", "DELETE"}
+    await server.assert_healthy(http)
+
+
+@pytest.mark.parametrize("with_session", [False, True], ids=["initialize", "on-a-session"])
+async def test_client_leaving_mid_body_leaves_no_trace(
+    server: Checked, http: httpx.AsyncClient, with_session: bool
+) -> None:
+    """A POST whose client goes away halfway through its body: nothing runs, nothing is logged as an error."""
+    headers = {**POST_HEADERS, "Host": f"127.0.0.1:{server.process.port}", "Content-Length": "4000"}
+    if with_session:
+        headers.update(session_headers(await initialize(http, server.mcp_url)))
+    for _ in range(3):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.process.port)
+        async with stream:
+            conn = h11.Connection(h11.CLIENT)
+            request = h11.Request(method="POST", target="/mcp", headers=list(headers.items()))
+            await stream.send_all(conn.send(request) + conn.send(h11.Data(data=b'{"jsonrpc":"2.0","id":1,')))
+            await trio.sleep(0.05)
+    await trio.sleep(0.2)
+    await server.assert_healthy(http)
+
+
 # --- legacy HTTP+SSE transport ----------------------------------------------------------------------------
 
 
