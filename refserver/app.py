@@ -5,10 +5,13 @@ Launched as `hypercorn --config hypercorn.toml refserver.app:app`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import logging
 import multiprocessing
+import socket
+from collections.abc import Iterator
 from typing import Any, Final
 
 import httpx
@@ -39,6 +42,10 @@ logger = logging.getLogger("refserver")
 
 SHUTDOWN_POLL_INTERVAL: Final = 0.1
 """Hypercorn itself polls its shutdown event this often."""
+ACCEPT_LOOP_EXIT_TIMEOUT: Final = 2.0
+"""Hypercorn ends its accept loop within one poll of the shutdown event; if it has not by then, keep listening."""
+ACCEPT_TASK_SUFFIX: Final = "serve_listeners"
+"""trio names a task after its function: Hypercorn runs `trio.serve_listeners` (via functools.partial)."""
 AUTH_SERVER_HTTP_TIMEOUT: Final = httpx.Timeout(5.0, connect=2.0)
 """Every call to an external authorization server (JWKS, metadata, introspection) is bounded by this."""
 
@@ -70,6 +77,42 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
     while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
         await trio.sleep(SHUTDOWN_POLL_INTERVAL)
     registry.begin_drain()
+    with trio.move_on_after(ACCEPT_LOOP_EXIT_TIMEOUT):
+        while accept_loop_running():  # noqa: ASYNC110 - Hypercorn signals nothing when it stops accepting
+            await trio.sleep(SHUTDOWN_POLL_INTERVAL / 2)
+        stop_listening()
+
+
+def _all_tasks() -> Iterator[trio.lowlevel.Task]:
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is None:
+            continue
+        yield task
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+
+
+def accept_loop_running() -> bool:
+    """Whether Hypercorn's accept loop (`trio.serve_listeners`) still runs in this worker."""
+    return any(task.name.endswith(ACCEPT_TASK_SUFFIX) for task in _all_tasks())
+
+
+def stop_listening() -> None:
+    """Refuse new connections from now on, rather than leave them in the backlog until the worker exits.
+
+    Hypercorn stops accepting at shutdown, but the listening socket (shared with its parent process) stays
+    open until the worker has exited, so the kernel keeps completing handshakes nobody will serve. Shutting it
+    down resets those and refuses the next: clients go to another instance at once. Only called once the
+    accept loop has ended: shut under a waiting `accept`, the socket would fail it (EINVAL) and the worker
+    with it.
+    """
+    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
+    sockets = kwargs.get("sockets")
+    for sock in [*getattr(sockets, "insecure_sockets", ()), *getattr(sockets, "secure_sockets", ())]:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class ShieldFinalSend:
