@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import trio
 
-from refserver.backend.events import StoredEvent, StreamRead
+from refserver.backend.events import STANDALONE_STREAM, StoredEvent, StreamRead
 from refserver.protocol.jsonrpc import RequestId
 
 
@@ -20,6 +20,8 @@ class _StreamHistory:
     events: deque[StoredEvent]
     next_seq: int = 1
     closed: bool = False
+    served: bool = False
+    """Handed to an SSE response, whose client holds event ids to resume from (see `persist`)."""
     changed: trio.Event = attrs.field(factory=trio.Event)
 
     def wake(self) -> None:
@@ -52,7 +54,11 @@ class MemoryEventLog:
         self._history(session_id, stream_id)
 
     async def persist(self, session_id: str, stream_id: str) -> None:
-        return None  # one instance: every stream is already where any listener reads it
+        # One instance: every stream is already where any listener reads it. Only remember that it now
+        # needs keeping for a client that resumes.
+        history = self._streams.get((session_id, stream_id))
+        if history is not None:
+            history.served = True
 
     async def close_if_abandoned(self, session_id: str, stream_id: str) -> bool:
         return False  # one instance: its streams die with it
@@ -86,7 +92,18 @@ class MemoryEventLog:
             return StreamRead([], closed=True, exists=False)
         if history.next_seq - 1 <= after_seq:
             return StreamRead([], closed=history.closed)
-        return StreamRead([e for e in history.events if e.seq > after_seq], closed=history.closed)
+        read = StreamRead([e for e in history.events if e.seq > after_seq], closed=history.closed)
+        if (
+            history.closed
+            and not history.served
+            and stream_id != STANDALONE_STREAM
+            and all(e.is_response for e in history.events)
+        ):
+            # Finished, never served as SSE, nothing but results: its reader answers with JSON, which carries no
+            # event id, so nobody can ask for it again (the Redis log drops such local streams the same way).
+            del self._streams[(session_id, stream_id)]
+            self._by_session.get(session_id, set()).discard(stream_id)
+        return read
 
     def watching(self, session_id: str, stream_id: str) -> AbstractContextManager[None]:
         return contextlib.nullcontext()  # every stream's history lives here: nothing to register
