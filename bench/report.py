@@ -142,6 +142,13 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
             f"| RSS per session with its stream | {_fmt(s4['rss_per_session_kib'], 1)} KiB "
             f"({_fmt(s4['rss_session_only_kib'], 1)} session + {_fmt(s4['rss_stream_kib'], 1)} stream) |",
         ]
+        floor = s4.get("floor")
+        if floor:
+            lines.append(
+                f"| floor: RSS per stream held by a bare ASGI SSE app on the same Hypercorn worker "
+                f"(`bench/bare_stream_app.py`, {floor['streams_held']} streams) | "
+                f"{_fmt(floor['rss_per_stream_kib'], 1)} KiB |"
+            )
         if before is not None and after is not None:
             lines.append(
                 f"| Redis connections (refserver / all) | {before['refserver']} / {before['total']} -> "

@@ -41,6 +41,7 @@ from bench.procs import (
 )
 from bench.redisstats import calls_between, command_calls
 from bench.setup_rate import run_setup_rate
+from bench.stream_floor import run_floor_streams
 from bench.streams import FD_HEADROOM, raise_fd_limit, run_streams
 from bench.wrkrun import Target, WrkResult, describe, ensure_wrk, median_result, run_wrk, wrk_version
 
@@ -376,6 +377,22 @@ class Runner:
         )
         self.data["scenarios"]["S4"] = {"backend": opts.s4_backend, **result}
         self._stop([server])
+        self.stream_floor(count)
+
+    def stream_floor(self, count: int) -> None:
+        """The same number of streams on a bare ASGI app: what Hypercorn, h11 and trio alone cost per stream."""
+        port = free_port()
+        server = hypercorn_server(
+            "S4-floor", "bench.bare_stream_app:app", port, {**os.environ}, self.options.server_cpu, self.log_dir
+        )
+        self._launch([server])
+        try:
+            floor = trio.run(
+                lambda: run_floor_streams(port=port, count=count, worker_pid=server.pid, progress=self.progress)
+            )
+        finally:
+            self._stop([server])
+        self.data["scenarios"]["S4"]["floor"] = floor
 
     # --- the whole run --------------------------------------------------------------------------------
 

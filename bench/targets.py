@@ -115,6 +115,11 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{sessions} streams open when measured; the sessions alone, before any stream: "
                 f"{s4['rss_session_only_kib']:.1f} KiB each"
                 + ("; streams were dropped, so the per-stream part is overstated" if s4.get("streams_dropped") else "")
+                + (
+                    f"; a bare ASGI stream on the same worker alone costs {s4['floor']['rss_per_stream_kib']:.1f} KiB"
+                    if s4.get("floor")
+                    else ""
+                )
             )
             if s4
             else "",
