@@ -5,6 +5,11 @@ redis-py's client is asyncio-only, so a `RedisConnection` runs it on a trio-asyn
 context variable inherited only by descendants of the task that opened it, and Hypercorn spawns request handlers
 elsewhere), so every call goes through the stored loop explicitly. Each call is bounded by `COMMAND_TIMEOUT` and
 redis-py's exceptions are mapped here to `refserver.errors`; nothing outside this module sees redis or asyncio.
+
+Hot, small calls (an event-log append per session and per notification, a listener's read) can instead be
+*batched*: a caller queues its commands and one writer task sends everything queued as one pipeline (group commit),
+so 10,000 appends cost a few dozen round trips instead of 10,000. Writes and reads have a lane (queue and writer)
+each, both owned by `run`.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar, cast
 
+import attrs
 import trio
 import trio_asyncio
 from redis import exceptions as rx
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -40,6 +47,11 @@ MAX_CONNECTIONS: Final = 8
 Redis connection count stays 8 x processes however many sessions or requests there are (extra callers queue)."""
 CLIENT_NAME: Final = "refserver"
 """CLIENT SETNAME on every connection, so CLIENT LIST shows which sockets are ours."""
+BATCH_MAX_CALLS: Final = 512
+"""Batched calls per pipeline at most: a full pipeline of appends runs a few milliseconds in Redis, so no other
+client waits long behind it, and the replies of one batch stay a bounded amount of memory."""
+BATCH_QUEUE_SIZE: Final = 2048
+"""Batched calls waiting for the writer at most (four pipelines' worth); beyond that callers wait for room."""
 
 # Replies that mean "Redis cannot serve this now" rather than "this command is wrong"; redis-py leaves them as plain
 # ResponseError, with the code as the first word. (LOADING, READONLY, OOM, TRYAGAIN, CLUSTERDOWN and MASTERDOWN get
@@ -90,6 +102,11 @@ class RedisConnection:
         self._errors = 0
         self._timeouts = 0
         self._in_flight = 0
+        self.max_batch = BATCH_MAX_CALLS
+        # A lane each for writes and reads (two pooled sockets at most): reads need no order among writes, and a
+        # burst of appends (a notifier round) must not hold up the reads of the listeners it wakes.
+        self._writes = _BatchLane(self)
+        self._reads = _BatchLane(self)
         self.on_call: Callable[[Callable[[Redis], Awaitable[Any]], float], None] | None = None
         """Called with each call's command and the seconds it took, failed or not (the app's metrics set it)."""
 
@@ -103,7 +120,10 @@ class RedisConnection:
                 self.url,
                 max_connections=self.max_connections,
                 timeout=self.command_timeout,
-                socket_timeout=self.command_timeout,
+                # No per-read timer in redis-py: every call is already bounded by `call`'s deadline, which cancels
+                # the asyncio task (redis-py then drops the socket). A timer per reply cost a third of the CPU of
+                # a batched pipeline (one asyncio timer scheduled on the Trio loop per reply).
+                socket_timeout=None,
                 socket_connect_timeout=min(CONNECT_TIMEOUT, self.command_timeout),
                 client_name=self.client_name,
                 # One immediate retry, on connection errors only: it replaces a pooled socket that died with a
@@ -115,8 +135,10 @@ class RedisConnection:
             self._loop, self._client, self._pool = loop, client, pool
             try:
                 await self._open_all_connections()
-                task_status.started(self)
-                await trio.sleep_forever()
+                async with trio.open_nursery() as writers:
+                    writers.start_soon(self._writes.write_batches)
+                    writers.start_soon(self._reads.write_batches)
+                    task_status.started(self)
             finally:
                 # From here new calls fail fast; calls still in flight are cancelled by open_loop's exit and
                 # surface as BackendUnavailable (asyncio.CancelledError without a Trio cancellation).
@@ -177,7 +199,7 @@ class RedisConnection:
             raise BackendUnavailable("Redis connection closed") from exc
         except rx.RedisError as exc:
             self._errors += 1
-            # redis-py's socket timeout equals ours, so either side may notice a hung Redis first.
+            # Not a hung Redis (redis-py has no read timeout of its own, see `run`): a connect timeout, say.
             self._timeouts += isinstance(exc, rx.TimeoutError)
             raise _map_redis_error(exc) from exc
         except OSError as exc:
@@ -187,6 +209,42 @@ class RedisConnection:
             self._in_flight -= 1
             if self.on_call is not None:
                 self.on_call(command, time.perf_counter() - started)
+
+    async def read_batched(self, stage: Callable[[Pipeline], object]) -> list[Any]:
+        """Queue the reads `stage(pipeline)` adds for the read lane's next pipeline; return their replies.
+
+        For many small calls at once: they share round trips and one pooled connection. Bounded like `call`:
+        BackendUnavailable after `command_timeout`, waiting for room in the queue included. A reply that is a Redis
+        error fails the call as `call` would; the other calls of the batch are not affected. A caller that stops
+        waiting (cancelled or timed out) is dropped from the queue if its commands have not been sent yet.
+        """
+        return await self._queue(self._reads, _BatchedCall(stage))
+
+    async def run_script_batched(
+        self,
+        script: BatchedScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        on_outcome: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """One EVALSHA on the write lane, loading the script on NOSCRIPT (first use, or Redis restarted).
+
+        Batched like `read_batched`, and calls run in the order they were queued (one writer, one pipeline at a
+        time), so writes to the same key keep their order. A caller that stops waiting after its call was sent
+        does not undo it. `on_outcome`, if given, is called by the writer with the script's reply, or with the
+        exception the call failed with (then it may or may not have run), as soon as the batch is back: also when
+        the caller has stopped waiting, so the effects of a call that ran are never missed. It must not raise.
+        """
+        key_count, sha = len(keys), script.sha
+        order_key = keys[0] if keys else ""
+        call = _BatchedCall(lambda pipe: pipe.evalsha(sha, key_count, *keys, *args), script, order_key, on_outcome)
+        return (await self._queue(self._writes, call))[0]
+
+    async def _queue(self, lane: _BatchLane, call: _BatchedCall) -> list[Any]:
+        if self._loop is None:
+            raise BackendUnavailable("Redis connection is not running")
+        return await lane.submit(call)
 
     def statistics(self) -> dict[str, Any]:
         pool = self._pool
@@ -204,7 +262,197 @@ class RedisConnection:
             "commands": self._commands,
             "errors": self._errors,
             "timeouts": self._timeouts,
+            # Batched calls, both lanes: pipelines sent, calls in them, calls that gave up waiting, calls queued.
+            "batches": self._writes.batches + self._reads.batches,
+            "batched_calls": self._writes.calls + self._reads.calls,
+            "read_batches": self._reads.batches,
+            "largest_batch": max(self._writes.largest, self._reads.largest),
+            "batch_timeouts": self._writes.timeouts + self._reads.timeouts,
+            "batch_queued": self._writes.queued + self._reads.queued,
         }
+
+
+class _BatchLane:
+    """A bounded queue of batched calls and the one task that sends them: a pipeline at a time, in queue order.
+
+    The writer sends as soon as something is queued (no timer: a lone call costs one round trip, as with `call`),
+    and whatever is queued while a pipeline is in flight goes out together in the next one.
+    """
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self._conn = conn
+        self._send, self._receive = trio.open_memory_channel[_BatchedCall](BATCH_QUEUE_SIZE)
+        self.batches = 0
+        self.calls = 0
+        self.largest = 0
+        self.timeouts = 0
+
+    @property
+    def queued(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    async def submit(self, call: _BatchedCall) -> list[Any]:
+        timeout = self._conn.command_timeout
+        try:
+            with trio.fail_after(timeout):
+                try:
+                    # No scheduling point when there is room: waiting for the reply is one already.
+                    self._send.send_nowait(call)
+                except trio.WouldBlock:
+                    await self._send.send(call)
+                await call.done.wait()
+        except trio.TooSlowError as exc:
+            self.timeouts += 1
+            raise BackendUnavailable(f"Redis did not answer within {timeout}s") from exc
+        except trio.BrokenResourceError as exc:
+            raise BackendUnavailable("Redis connection closed") from exc
+        finally:
+            # Not sent yet: the writer skips it. Sent: its reply is read (the socket stays in step) and dropped.
+            call.abandoned = not call.done.is_set()
+        if call.error is not None:
+            raise call.error
+        return call.replies
+
+    async def write_batches(self) -> None:
+        """Send what is queued until cancelled (by `RedisConnection.run`, which owns this task)."""
+        batch: list[_BatchedCall] = []
+        with self._receive:
+            try:
+                while True:
+                    batch = [await self._receive.receive()]
+                    # Tasks woken together (a fan-out, the callers of the last batch) are still queueing their
+                    # calls in this scheduler pass: one checkpoint lets them join this pipeline, without a sleep.
+                    await trio.lowlevel.checkpoint()
+                    while len(batch) < self._conn.max_batch:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    batch = [call for call in batch if not call.abandoned]
+                    if batch:
+                        await self._send_batch(batch)
+                    batch = []
+            finally:
+                # Shutting down: nobody may keep waiting for a pipeline that will never be sent (closing the
+                # channel would drop the queued calls silently, so they are taken out first).
+                unsent = batch
+                with contextlib.suppress(trio.WouldBlock):
+                    while True:
+                        unsent.append(self._receive.receive_nowait())
+                for call in unsent:
+                    if not call.done.is_set():
+                        call.fail(BackendUnavailable("Redis connection closed"))
+
+    async def _send_batch(self, batch: list[_BatchedCall]) -> None:
+        self.batches += 1
+        self.calls += len(batch)
+        self.largest = max(self.largest, len(batch))
+        try:
+            replies = await self._conn.call(lambda client: _run_batch(client, batch))
+        except (BackendUnavailable, InternalError) as exc:
+            # The whole pipeline failed or timed out: some of its commands may have run, as with a failed `call`.
+            for call in batch:
+                call.fail(exc)
+            return
+        for call, reply in zip(batch, replies, strict=True):
+            call.resolve(reply)
+
+
+@attrs.frozen
+class BatchedScript:
+    """A Lua script run through `RedisConnection.run_script_batched`, by its SHA1."""
+
+    source: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+@attrs.define(eq=False)
+class _BatchedCall:
+    stage: Callable[[Pipeline], object]
+    """Adds this call's commands to the pipeline (on the asyncio side, like `call`'s command)."""
+    script: BatchedScript | None = None
+    """Set when the call is exactly one EVALSHA of this script (the only shape that may be re-run on NOSCRIPT)."""
+    order_key: str = ""
+    on_outcome: Callable[[Any], None] | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    replies: list[Any] = attrs.field(factory=list)
+    error: Exception | None = None
+    abandoned: bool = False
+
+    def resolve(self, replies: list[Any]) -> None:
+        failure = next((reply for reply in replies if isinstance(reply, rx.RedisError)), None)
+        if isinstance(failure, rx.NoScriptError):
+            # Not re-run because that would have reordered its key (see `_to_rerun_after_noscript`): it did not
+            # run at all, and trying again later is safe.
+            self.fail(BackendUnavailable("Redis lost its scripts during the batch"))
+        elif failure is not None:
+            self.fail(_map_redis_error(failure))
+        else:
+            self.replies = replies
+            self.done.set()
+            if self.on_outcome is not None:
+                self.on_outcome(replies[0])
+
+    def fail(self, exc: Exception) -> None:
+        # An exception of its own per caller: one instance raised in many tasks would share a traceback.
+        error = type(exc)(*exc.args)
+        error.__cause__ = exc
+        self.error = error
+        self.done.set()
+        if self.on_outcome is not None:
+            self.on_outcome(error)
+
+
+async def _run_batch(client: Redis, batch: list[_BatchedCall]) -> list[list[Any]]:
+    """One pipeline for the batch, then one more for the script calls that met NOSCRIPT (if any)."""
+    replies = await _run_pipeline(client, batch)
+    missing = _to_rerun_after_noscript(batch, replies)
+    if missing:
+        for script in {batch[i].script for i in missing}:
+            assert script is not None
+            await client.script_load(script.source)
+        for i, reply in zip(missing, await _run_pipeline(client, [batch[i] for i in missing]), strict=True):
+            replies[i] = reply
+    return replies
+
+
+async def _run_pipeline(client: Redis, calls: list[_BatchedCall]) -> list[list[Any]]:
+    async with client.pipeline(transaction=False) as pipe:
+        counts = []
+        for call in calls:
+            before = len(pipe.command_stack)
+            call.stage(pipe)
+            counts.append(len(pipe.command_stack) - before)
+        flat = await pipe.execute(raise_on_error=False)
+    replies, start = [], 0
+    for count in counts:
+        replies.append(flat[start : start + count])
+        start += count
+    return replies
+
+
+def _to_rerun_after_noscript(batch: list[_BatchedCall], replies: list[list[Any]]) -> list[int]:
+    """Indexes of the script calls that met NOSCRIPT (so did not run) and may run now without breaking order.
+
+    A call is re-run only if no later call on its key ran in this pipeline (another client may load the script
+    half-way through it): running it after that one would reorder the key's writes, so it keeps its NOSCRIPT
+    error, which fails it as a Redis error rather than reordering.
+    """
+    rerun: list[int] = []
+    ran_later: set[str] = set()
+    for i in reversed(range(len(batch))):
+        call, reply = batch[i], replies[i]
+        if call.script is not None and len(reply) == 1 and isinstance(reply[0], rx.NoScriptError):
+            if call.order_key not in ran_later:
+                rerun.append(i)
+        elif call.order_key:
+            ran_later.add(call.order_key)
+    rerun.reverse()
+    return rerun
 
 
 # Token bucket, atomic across instances. State "tokens updated_ms" lives under KEYS[1] with PX = time until full, so

@@ -9,6 +9,12 @@ Key layout (prefix `refserver:`; every key has a TTL, refreshed while the sessio
 
 Channel: `session:{id}` carries JSON messages between instances: {"t": "event" | "cancel" | "reply" |
 "delete" | "state", ...}. Every instance holds ONE subscriber connection for all of its channels.
+
+Appends are group-committed (`RedisConnection.run_script_batched`): the appends queued while one pipeline is in
+flight go out together as the next one, so a notification to 10,000 sessions is a few dozen round trips. The
+instance that appended learns of its own events from the batch's replies, so it keeps the last few for its
+listeners (`_StreamWaiters.recent`) and ignores their echo on the bus: a listener here reads Redis only for
+events written elsewhere.
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ from typing import Any, Final
 import attrs
 import trio
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
 
 from refserver.backend.events import STANDALONE_STREAM, StoredEvent, StreamRead
-from refserver.backend.redis import RedisConnection
+from refserver.backend.redis import BatchedScript, RedisConnection
 from refserver.backend.sessions import BusHandler, GlobalHandler, SessionRecord
 from refserver.errors import SERVER_ERROR, BackendUnavailable
 from refserver.protocol.jsonrpc import ErrorResponse, RequestId, encode_message
@@ -39,6 +45,9 @@ GLOBAL_CHANNEL: Final = f"{PREFIX}bus"
 """Messages for every instance (revocations), on the same subscriber connection as the sessions'."""
 READ_BATCH: Final = 500
 """Events fetched per XRANGE; a listener catching up loops, so memory per read stays bounded."""
+RECENT_EVENTS_KEPT: Final = 16
+"""Events appended here that a watched stream keeps for its listeners here (memory: at most this many per
+listened stream; a listener further behind reads Redis)."""
 POLL_TIMEOUT: Final = 0.05
 """The subscriber waits at most this long for a message before taking pending (un)subscriptions."""
 RECONNECT_DELAY: Final = 0.5
@@ -115,9 +124,10 @@ class RedisSessionStore:
 
 
 # Append one event (or the closing marker) to a stream, refresh its TTL, record which instance opened
-# the stream, and tell every instance holding the session: one round trip, atomic. Nothing is written
-# for a session that no longer exists, so a DELETE racing with running work leaves no key behind.
-_APPEND_LUA: Final = """
+# the stream, and tell every instance holding the session: atomic, and batched with the other appends
+# queued at the same time (group commit: one pipeline of EVALSHAs, see `RedisConnection.run_script_batched`).
+# Nothing is written for a session that no longer exists, so a DELETE racing with running work leaves no key.
+_APPEND_SCRIPT: Final = BatchedScript("""
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local fields
 if ARGV[2] == 'c' then fields = {'c', '1'} else fields = {'d', ARGV[1], 'r', ARGV[2]} end
@@ -126,9 +136,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('HSETNX', KEYS[2], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local seq = string.sub(id, 3)
-redis.call('PUBLISH', ARGV[5], '{"t":"event","s":"' .. ARGV[6] .. '","n":' .. seq .. '}')
+redis.call('PUBLISH', ARGV[5], '{"t":"event","s":"' .. ARGV[6] .. '","n":' .. seq .. ',"i":"' .. ARGV[8] .. '"}')
 return seq
-"""
+""")
 
 # Close a stream only if it is still open, after final events (errors for the lost requests).
 _CLOSE_ABANDONED_LUA: Final = """
@@ -189,12 +199,50 @@ class _LocalStream:
 @attrs.define(eq=False)
 class _StreamWaiters:
     latest: int = 0
+    """The newest seq announced, by an append here or by the bus."""
     changed: trio.Event = attrs.field(factory=trio.Event)
     watchers: int = 0
+    recent: dict[int, StoredEvent | None] = attrs.field(factory=dict)
+    """The last events appended by this instance while the stream was watched, by seq (None: the closing
+    marker). A read they cover entirely is answered from here: with one listener per session, a notifier round
+    then costs no reads at all, where it cost one or two per listener."""
 
     def wake(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+    def remember(self, seq: int, event: StoredEvent | None) -> None:
+        self.recent[seq] = event
+        if len(self.recent) > RECENT_EVENTS_KEPT:
+            del self.recent[min(self.recent)]
+
+    def forget_and_wake(self) -> None:
+        """Make the listeners read Redis again (resync, or an append whose outcome is unknown)."""
+        self.recent.clear()
+        self.wake()
+
+    def read_recent(self, after_seq: int) -> StreamRead | None:
+        """The events after `after_seq` if those appended here are all of them, else None (read Redis).
+
+        Only the newest announced seq needs to be ours: an event written elsewhere is announced on the bus
+        and then is the newest one, not in `recent`, so the read goes to Redis until the next append here.
+        """
+        latest, recent = self.latest, self.recent
+        if latest not in recent:
+            return None
+        if after_seq >= latest:
+            return StreamRead([], closed=recent[latest] is None)
+        if latest - after_seq > len(recent):
+            return None
+        events: list[StoredEvent] = []
+        for seq in range(after_seq + 1, latest + 1):
+            if seq not in recent:
+                return None
+            event = recent[seq]
+            if event is None:
+                return StreamRead(events, closed=True)
+            events.append(event)
+        return StreamRead(events, closed=False)
 
 
 class RedisEventLog:
@@ -211,6 +259,9 @@ class RedisEventLog:
         self._closed_local: collections.deque[tuple[str, str]] = collections.deque()
         self._appended = 0
         self._persisted = 0
+        self._read_here = 0
+        self._meta_without_requests = json.dumps({"i": self.instance_id, "r": []})
+        """The owner record of a stream not opened here (the standalone one): the same for every append."""
 
     @contextlib.contextmanager
     def watching(self, session_id: str, stream_id: str) -> Iterator[None]:
@@ -290,17 +341,39 @@ class RedisEventLog:
         local = self._local.get(key)
         if local is not None and not local.persisted:
             return self._append_locally(key, local, data, flag)
-        meta = local.meta if local is not None else json.dumps({"i": self.instance_id, "r": []})
+        meta = local.meta if local is not None else self._meta_without_requests
         if flag == "c":
             self._local.pop(key, None)
-        args = [data, flag, self._max_events, self._ttl_ms, channel(session_id), stream_id, meta]
+        args = [data, flag, self._max_events, self._ttl_ms, channel(session_id), stream_id, meta, self.instance_id]
         keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
-        seq = int(await self._conn.call(lambda r: _run_script(r, _APPEND_LUA, keys, args)))
+
+        def appended(reply: Any) -> None:
+            self._appended_here(key, reply, None if flag == "c" else (data, flag == "1"))
+
+        # Batched: appends to one stream keep their order (one writer, FIFO), so seqs grow in call order.
+        seq = int(await self._conn.run_script_batched(_APPEND_SCRIPT, keys, args, on_outcome=appended))
         if seq < 0:
             raise trio.ClosedResourceError(f"session {session_id} no longer exists")
-        self._appended += 1
-        self.notice(session_id, stream_id, seq)
         return seq
+
+    def _appended_here(self, key: tuple[str, str], reply: Any, event: tuple[str, bool] | None) -> None:
+        """The batch writer's report on one append, also when its caller stopped waiting.
+
+        The bus does not echo this instance's own announcements back to it (see `RedisBus._dispatch`), so
+        this is how listeners here learn of them, and must hear of every append that may have run.
+        """
+        waiters = self._waiters.get(key)
+        if isinstance(reply, Exception):
+            if waiters is not None:
+                waiters.forget_and_wake()  # it may have run (and been announced elsewhere): ask Redis
+            return
+        seq = int(reply)
+        if seq < 0:
+            return  # the session is gone: nothing was written
+        self._appended += 1
+        if waiters is not None:
+            waiters.remember(seq, None if event is None else StoredEvent(seq, *event))
+        self.notice(key[0], key[1], seq)
 
     async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
         return await self._append(session_id, stream_id, data, "1" if is_response else "0")
@@ -341,20 +414,26 @@ class RedisEventLog:
         local = self._local.get((session_id, stream_id))
         if local is not None and not local.persisted:
             return StreamRead([e for e in local.events if e.seq > after_seq], closed=local.closed)
+        waiters = self._waiters.get((session_id, stream_id))
+        if waiters is not None:
+            recent = waiters.read_recent(after_seq)
+            if recent is not None:
+                self._read_here += 1
+                return recent
         key = events_key(session_id, stream_id)
         # Decided before the read: a close during it removes the local record (the race of an answer
         # finishing while its listener reads).
         known = stream_id == STANDALONE_STREAM or (session_id, stream_id) in self._local
 
-        async def read(r: Redis) -> tuple[Any, int, int]:
-            async with r.pipeline(transaction=False) as pipe:
-                pipe.xrange(key, min=f"(0-{after_seq}", max="+", count=READ_BATCH)
+        def read(pipe: Pipeline) -> None:
+            pipe.xrange(key, min=f"(0-{after_seq}", max="+", count=READ_BATCH)
+            if not known:  # else it exists whatever Redis says: no need to ask
                 pipe.exists(key)
                 pipe.hexists(streams_key(session_id), stream_id)  # persisted before its first event
-                entries, exists, recorded = await pipe.execute()
-            return entries, exists, recorded
 
-        entries, exists, recorded = await self._conn.call(read)
+        # Batched: one append wakes every listener of its stream at once, and a notifier round wakes one
+        # listener per session; their reads share pipelines instead of queueing for the 8 pooled sockets.
+        entries, *existence = await self._conn.read_batched(read)
         events: list[StoredEvent] = []
         closed = False
         for entry_id, fields in entries:
@@ -365,7 +444,7 @@ class RedisEventLog:
             events.append(StoredEvent(seq, fields[b"d"].decode(), fields[b"r"] == b"1"))
         # The standalone stream exists as long as its session does, and a stream opened here (or persisted
         # elsewhere) exists before its first event creates the key.
-        return StreamRead(events, closed=closed, exists=bool(exists) or bool(recorded) or known)
+        return StreamRead(events, closed=closed, exists=known or any(existence))
 
     async def wait_for_events(self, session_id: str, stream_id: str, after_seq: int) -> None:
         waiters = self._waiters.get((session_id, stream_id))
@@ -378,33 +457,38 @@ class RedisEventLog:
     def notice(self, session_id: str, stream_id: str, seq: int) -> None:
         """Something was appended (here, or on another instance and announced on the bus)."""
         waiters = self._waiters.get((session_id, stream_id))
-        if waiters is not None:  # nobody listens here: nothing to remember
-            waiters.latest = max(waiters.latest, seq)
+        # Nobody listens here: nothing to remember. Nothing newer than already announced (an announcement
+        # overtaken by a later one): waking the listeners would only cost each of them a read that finds nothing.
+        if waiters is not None and seq > waiters.latest:
+            waiters.latest = seq
             waiters.wake()
 
     async def drop_session(self, session_id: str) -> None:
         """Forget this instance's local view; the Redis keys belong to the session's TTL or DELETE."""
         for key in [k for k in self._waiters if k[0] == session_id]:
             waiters = self._waiters[key]
-            waiters.wake()
+            waiters.forget_and_wake()
             if waiters.watchers == 0:
                 del self._waiters[key]  # watched entries go when their last watcher leaves
         for key in [k for k in self._local if k[0] == session_id]:
             del self._local[key]
 
+    # Explicit wake-ups (a resync after a bus outage, a superseded listener, shutdown) make listeners read
+    # Redis: what they missed is there, not in `recent`.
+
     def wake(self, session_id: str, stream_id: str) -> None:
         waiters = self._waiters.get((session_id, stream_id))
         if waiters is not None:
-            waiters.wake()
+            waiters.forget_and_wake()
 
     def wake_session(self, session_id: str) -> None:
         for key, waiters in list(self._waiters.items()):
             if key[0] == session_id:
-                waiters.wake()
+                waiters.forget_and_wake()
 
     def wake_all(self) -> None:
         for waiters in list(self._waiters.values()):
-            waiters.wake()
+            waiters.forget_and_wake()
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -412,6 +496,7 @@ class RedisEventLog:
             "local_streams": len(self._local),
             "events_appended": self._appended,
             "streams_persisted": self._persisted,
+            "reads_answered_here": self._read_here,  # from `recent`, without a Redis read
         }
 
 
@@ -436,6 +521,7 @@ class RedisBus:
         self._pending_unsubscribe: set[str] = set()
         self._connected = trio.Event()
         self._received = 0
+        self._own_echoes = 0
         self._published = 0
         self._reconnects = 0
 
@@ -516,6 +602,10 @@ class RedisBus:
         except ValueError:
             logger.warning("ignoring a malformed bus message on %s", name)
             return
+        if payload.get("i") == self.instance_id:
+            # The echo of an append made here: the event log already knows (from the batch's reply).
+            self._own_echoes += 1
+            return
         if name == GLOBAL_CHANNEL:
             if self._global_handler is not None:
                 await self._global_handler(payload)
@@ -573,6 +663,7 @@ class RedisBus:
             "connected": self.connected,
             "channels": len(self._channels),
             "received": self._received,
+            "own_echoes_ignored": self._own_echoes,
             "published": self._published,
             "reconnects": self._reconnects,
         }

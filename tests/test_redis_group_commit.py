@@ -1,0 +1,331 @@
+"""Group commit of the Redis event log: appends queued by many tasks go out as a few pipelines, each caller gets
+its own result, and order, cancellation, deleted sessions and a dead or hung Redis behave as with one call each.
+
+Everything runs against a real redis-server (tests/redis_server.py); nothing of Redis is mocked.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from refserver.backend.events import STANDALONE_STREAM
+from refserver.backend.redis import RedisConnection
+from refserver.backend.redis_sessions import RedisBus, RedisEventLog, events_key, session_key
+from refserver.errors import BackendUnavailable
+from tests.redis_server import RedisServer
+
+MARGIN = 1.0
+"""Seconds of slack on wall-clock bounds (a loaded CI machine), never part of what is asserted to be fast."""
+
+
+@attrs.define
+class Harness:
+    server: RedisServer
+    conn: RedisConnection
+    log: RedisEventLog
+
+    def new_session(self) -> str:
+        """A session id whose record exists, so the append script accepts events for it."""
+        session_id = f"group-{uuid.uuid4().hex[:12]}"
+        self.server.client().set(session_key(session_id), b"{}", px=600_000)
+        return session_id
+
+    def stored(self, session_id: str) -> dict[int, str]:
+        """seq -> data of the standalone stream, as Redis holds it."""
+        entries = self.server.client().xrange(events_key(session_id, STANDALONE_STREAM))
+        return {int(entry_id.split(b"-")[1]): fields[b"d"].decode() for entry_id, fields in entries}
+
+    def evalsha_calls(self) -> int:
+        stats = self.server.client().info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def open_harness(server: RedisServer, command_timeout: float) -> AsyncIterator[Harness]:
+    async with trio.open_nursery() as nursery:
+        conn = await nursery.start(RedisConnection(server.url, command_timeout=command_timeout).run)
+        log = RedisEventLog(conn, instance_id="group-commit-test", max_events=10_000, ttl=600)
+        yield Harness(server, conn, log)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def shared(shared_redis_server: RedisServer) -> AsyncIterator[Harness]:
+    async for harness in open_harness(shared_redis_server, command_timeout=2.0):
+        yield harness
+
+
+@pytest.fixture
+async def own(redis_server: RedisServer) -> AsyncIterator[Harness]:
+    """On a redis-server of the test's own: free to pause, kill, and to read its command counts."""
+    async for harness in open_harness(redis_server, command_timeout=1.0):
+        yield harness
+
+
+async def test_concurrent_appends_share_pipelines_and_keep_each_streams_order(own: Harness) -> None:
+    sessions = [own.new_session() for _ in range(5)]
+    per_session = 300
+    called: dict[str, list[str]] = {s: [] for s in sessions}
+    answered: dict[str, dict[str, int]] = {s: {} for s in sessions}
+
+    async def append(session_id: str, n: int) -> None:
+        data = f"event-{n}"
+        # Recorded right before the call, with no checkpoint in between: this is the order of the calls.
+        called[session_id].append(data)
+        answered[session_id][data] = await own.log.append(session_id, STANDALONE_STREAM, data)
+
+    batches_before, evalsha_before = own.conn.statistics()["batches"], own.evalsha_calls()
+    async with trio.open_nursery() as nursery:
+        for n in range(per_session):
+            for session_id in sessions:
+                nursery.start_soon(append, session_id, n)
+
+    calls = per_session * len(sessions)
+    batches = own.conn.statistics()["batches"] - batches_before
+    assert batches <= 2 * calls / own.conn.max_batch + 2, batches  # 1,500 appends: a handful of round trips
+    # One EVALSHA per append, plus the first batch again after its NOSCRIPT (a fresh Redis has no scripts).
+    assert calls <= own.evalsha_calls() - evalsha_before <= calls + own.conn.max_batch
+    for session_id in sessions:
+        seqs_in_call_order = [answered[session_id][data] for data in called[session_id]]
+        assert seqs_in_call_order == list(range(1, per_session + 1))
+        assert own.stored(session_id) == {seq: data for data, seq in answered[session_id].items()}
+
+
+async def test_a_lone_append_is_sent_at_once(shared: Harness) -> None:
+    session_id = shared.new_session()
+    batches_before = shared.conn.statistics()["batches"]
+    for n in range(1, 6):
+        started = time.monotonic()
+        assert await shared.log.append(session_id, STANDALONE_STREAM, f"e{n}") == n
+        assert time.monotonic() - started < 0.5  # no timer to wait for (a round trip is well under 1 ms)
+    assert shared.conn.statistics()["batches"] - batches_before == 5
+
+
+async def test_appends_to_a_deleted_session_fail_alone(shared: Harness) -> None:
+    live, deleted = shared.new_session(), shared.new_session()
+    await shared.log.append(deleted, STANDALONE_STREAM, "before")
+    shared.server.client().delete(session_key(deleted))
+    outcomes: dict[str, object] = {}
+
+    async def append(session_id: str, label: str) -> None:
+        try:
+            outcomes[label] = await shared.log.append(session_id, STANDALONE_STREAM, label)
+        except trio.ClosedResourceError as exc:
+            outcomes[label] = exc
+
+    batches_before = shared.conn.statistics()["batches"]
+    async with trio.open_nursery() as nursery:  # all in the same pipeline
+        for n in range(10):
+            nursery.start_soon(append, live, f"live-{n}")
+            nursery.start_soon(append, deleted, f"deleted-{n}")
+    assert shared.conn.statistics()["batches"] - batches_before == 1
+    assert sorted(seq for label, seq in outcomes.items() if label.startswith("live") and isinstance(seq, int)) == [
+        *range(1, 11)
+    ]
+    assert all(isinstance(outcomes[f"deleted-{n}"], trio.ClosedResourceError) for n in range(10))
+    assert shared.stored(deleted) == {1: "before"}  # nothing written after the session went away
+
+
+async def test_a_cancelled_caller_disturbs_no_one(own: Harness) -> None:
+    session_id = own.new_session()
+    await own.log.append(session_id, STANDALONE_STREAM, "warm-up")  # the script is loaded
+    answered: dict[str, int] = {}
+
+    async def append(data: str) -> None:
+        answered[data] = await own.log.append(session_id, STANDALONE_STREAM, data)
+
+    own.server.pause()
+    try:
+        async with trio.open_nursery() as nursery:
+            sent_scopes: list[trio.CancelScope] = []
+            queued_scopes: list[trio.CancelScope] = []
+
+            async def append_within(scopes: list[trio.CancelScope], data: str) -> None:
+                with trio.CancelScope() as scope:
+                    scopes.append(scope)
+                    await append(data)
+
+            # Wave 1 goes out as one pipeline that hangs; half of its callers give up while it is in flight.
+            for n in range(20):
+                nursery.start_soon(append_within, sent_scopes, f"sent-cancelled-{n}")
+                nursery.start_soon(append, f"sent-{n}")
+            await trio.sleep(0.1)
+            assert own.conn.statistics()["in_flight"] == 1
+            # Wave 2 queues behind it; half of those callers give up before it is sent.
+            for n in range(20):
+                nursery.start_soon(append_within, queued_scopes, f"queued-cancelled-{n}")
+                nursery.start_soon(append, f"queued-{n}")
+            await trio.sleep(0.1)
+            assert own.conn.statistics()["batch_queued"] == 40
+            for scope in sent_scopes + queued_scopes:
+                scope.cancel()
+            await trio.sleep(0.1)
+            own.server.resume()
+    finally:
+        own.server.resume()
+
+    stored = own.stored(session_id)
+    # Every caller that waited got the seq of its own event: no reply was handed to the wrong caller.
+    assert set(answered) == {f"sent-{n}" for n in range(20)} | {f"queued-{n}" for n in range(20)}
+    assert all(stored[seq] == data for data, seq in answered.items())
+    # Already sent: the append happened although its caller stopped waiting. Not sent yet: it was dropped.
+    assert {f"sent-cancelled-{n}" for n in range(20)} <= set(stored.values())
+    assert not any(data.startswith("queued-cancelled") for data in stored.values())
+    assert list(stored) == list(range(1, len(stored) + 1))
+    stats = own.conn.statistics()
+    assert stats["asyncio_tasks"] == stats["in_flight"] == stats["batch_queued"] == 0
+
+
+async def test_script_cache_flushed_between_appends(own: Harness) -> None:
+    session_id = own.new_session()
+    assert await own.log.append(session_id, STANDALONE_STREAM, "one") == 1
+    own.server.client().script_flush()
+    assert await own.log.append(session_id, STANDALONE_STREAM, "two") == 2  # NOSCRIPT: loaded, sent again
+    assert own.stored(session_id) == {1: "one", 2: "two"}
+
+
+@pytest.mark.parametrize("failure", ["killed", "hung"])
+async def test_redis_failure_fails_every_waiting_caller_within_the_timeout(own: Harness, failure: str) -> None:
+    session_id = own.new_session()
+    await own.log.append(session_id, STANDALONE_STREAM, "before")
+    fail: Callable[[], None] = own.server.kill if failure == "killed" else own.server.pause
+    fail()
+    outcomes: list[BaseException] = []
+
+    async def append(n: int) -> None:
+        try:
+            await own.log.append(session_id, STANDALONE_STREAM, f"e{n}")
+        except BackendUnavailable as exc:
+            outcomes.append(exc)
+
+    try:
+        started = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for n in range(own.conn.max_batch * 2):  # more than one pipeline's worth
+                nursery.start_soon(append, n)
+            with pytest.raises(BackendUnavailable):
+                await own.log.read_after(session_id, STANDALONE_STREAM, 0)
+        assert time.monotonic() - started < own.conn.command_timeout + MARGIN
+        assert len(outcomes) == own.conn.max_batch * 2
+    finally:
+        if failure == "hung":
+            own.server.resume()
+        else:
+            own.server.start()
+    # Back to normal once Redis is: a killed one restarted empty, so the session is gone.
+    if failure == "hung":
+        assert await own.log.append(session_id, STANDALONE_STREAM, "after") > 1
+    else:
+        with pytest.raises(trio.ClosedResourceError):
+            await own.log.append(session_id, STANDALONE_STREAM, "after")
+
+
+async def test_shutdown_fails_queued_callers(redis_server: RedisServer) -> None:
+    outcomes: list[BaseException] = []
+    callers_done = trio.Event()
+    pending = 0
+    session_id = f"shutdown-{uuid.uuid4().hex[:8]}"
+    redis_server.client().set(session_key(session_id), b"{}")
+
+    async def caller(log: RedisEventLog) -> None:
+        nonlocal pending
+        try:
+            await log.append(session_id, STANDALONE_STREAM, "x")
+        except BaseException as exc:
+            outcomes.append(exc)
+        finally:
+            pending -= 1
+            if pending == 0:
+                callers_done.set()
+
+    redis_server.pause()
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                conn = await nursery.start(RedisConnection(redis_server.url, command_timeout=3.0).run)
+                log = RedisEventLog(conn, instance_id="shutdown-test", max_events=100, ttl=60)
+                # Callers that Hypercorn would run outside the connection's task tree: one pipeline in flight,
+                # the rest queued behind it.
+                pending = conn.max_batch + 10
+                for _ in range(pending):
+                    trio.lowlevel.spawn_system_task(caller, log)
+                await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+            await callers_done.wait()
+    finally:
+        redis_server.resume()
+    assert len(outcomes) == conn.max_batch + 10
+    assert all(isinstance(exc, BackendUnavailable) for exc in outcomes), outcomes
+    with pytest.raises(BackendUnavailable, match="not running"):
+        await log.append(session_id, STANDALONE_STREAM, "late")
+
+
+async def test_listeners_read_this_instances_appends_from_memory_and_others_from_redis(
+    shared_redis_server: RedisServer,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        here_conn = await nursery.start(RedisConnection(shared_redis_server.url).run)
+        there_conn = await nursery.start(RedisConnection(shared_redis_server.url).run)
+        here = RedisEventLog(here_conn, instance_id="here", max_events=100, ttl=600)
+        there = RedisEventLog(there_conn, instance_id="there", max_events=100, ttl=600)
+        bus = await nursery.start(RedisBus(here_conn, instance_id="here").run)
+
+        async def on_message(session_id: str, message: dict[str, Any]) -> None:
+            if message.get("t") == "event":
+                here.notice(session_id, str(message["s"]), int(message["n"]))
+
+        bus.set_handler(on_message)
+        session_id = Harness(shared_redis_server, here_conn, here).new_session()
+        await bus.subscribe(session_id)
+
+        async def next_read(after_seq: int) -> tuple[list[str], int]:
+            """What a listener here gets after `after_seq`, and how many Redis reads that took."""
+            reads_before = here_conn.statistics()["batched_calls"]
+            with trio.fail_after(5):
+                await here.wait_for_events(session_id, STANDALONE_STREAM, after_seq)
+            read = await here.read_after(session_id, STANDALONE_STREAM, after_seq)
+            assert not read.closed and read.exists
+            return [e.data for e in read.events], here_conn.statistics()["batched_calls"] - reads_before
+
+        with here.watching(session_id, STANDALONE_STREAM):
+            assert await here.append(session_id, STANDALONE_STREAM, "a1") == 1
+            assert await next_read(0) == (["a1"], 0)  # appended here: no read
+            assert await there.append(session_id, STANDALONE_STREAM, "b2") == 2
+            assert await next_read(1) == (["b2"], 1)  # announced on the bus by the other instance: read
+            assert await here.append(session_id, STANDALONE_STREAM, "a3") == 3
+            assert await here.append(session_id, STANDALONE_STREAM, "a4") == 4
+            assert await next_read(2) == (["a3", "a4"], 0)
+            assert await next_read(0) == (["a1", "b2", "a3", "a4"], 1)  # b2 is not kept here: read
+            await here.close_stream(session_id, STANDALONE_STREAM)
+            read = await here.read_after(session_id, STANDALONE_STREAM, 4)
+            assert read.closed and not read.events
+        # Its own announcements came back on the bus and were ignored; the other instance's was not.
+        with trio.fail_after(5):
+            while bus.statistics()["own_echoes_ignored"] < 4:
+                await trio.sleep(0.01)
+        assert bus.statistics()["received"] - bus.statistics()["own_echoes_ignored"] == 1
+        assert here.statistics()["reads_answered_here"] == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_append_whose_caller_gave_up_still_reaches_the_listeners_here(own: Harness) -> None:
+    session_id = own.new_session()
+    await own.log.append(session_id, STANDALONE_STREAM, "warm-up")
+    with own.log.watching(session_id, STANDALONE_STREAM):
+        own.server.pause()
+        try:
+            with trio.move_on_after(0.2) as scope:
+                await own.log.append(session_id, STANDALONE_STREAM, "late")  # sent, then its caller leaves
+            assert scope.cancelled_caught
+        finally:
+            own.server.resume()
+        with trio.fail_after(own.conn.command_timeout + MARGIN):
+            await own.log.wait_for_events(session_id, STANDALONE_STREAM, 1)
+        read = await own.log.read_after(session_id, STANDALONE_STREAM, 1)
+        assert [(e.seq, e.data) for e in read.events] == [(2, "late")]
