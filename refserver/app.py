@@ -195,11 +195,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     refusals = RefusalPolicy(settings, metrics)
     app = QuartTrio("refserver")
-    # Outermost first: observability (below), `/mcp` in plain ASGI, and for the rest the final-send shield and
-    # Quart (the endpoint's own final send is never cancelled, so it needs no shield).
-    app.asgi_app = streamable_http.StreamableHttpEndpoint(  # type: ignore[method-assign,assignment]
-        ShieldFinalSend(app.asgi_app), services, refusals
-    )
+    # Outermost first: observability (below), the final-send shield, `/mcp` in plain ASGI, then Quart. The shield
+    # covers `/mcp` too: without it, calls arriving on kept-alive connections as shutdown began went unanswered.
+    mcp_endpoint = streamable_http.StreamableHttpEndpoint(app.asgi_app, services, refusals)
+    app.asgi_app = ShieldFinalSend(mcp_endpoint)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413)
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)
