@@ -42,6 +42,11 @@ logger = logging.getLogger("refserver")
 
 SHUTDOWN_POLL_INTERVAL: Final = 0.1
 """Hypercorn itself polls its shutdown event this often."""
+GC_THRESHOLDS: Final = (50_000, 20, 100)
+"""The collector's thresholds (CPython's default: 700, 10, 10). A worker holding 10,000 sessions tracks 1-2 million
+objects, and with the defaults a full collection of 0.5-1.4 s, finding almost nothing, ran every 2 s or so: Redis
+calls missed their bound and streams were ended (docs/performance.md, S4). Young collections still run every
+50,000 allocations, so cycles are still freed; full ones become rare."""
 ACCEPT_LOOP_EXIT_TIMEOUT: Final = 2.0
 """Hypercorn ends its accept loop within one poll of the shutdown event; if it has not by then, keep listening."""
 ACCEPT_TASK_SUFFIX: Final = "serve_listeners"
@@ -225,6 +230,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         # Everything built so far (modules, schemas, feature catalogs) lives as long as the process: move
         # it out of the collector's generations, so that full collections stop re-scanning it on the hot path.
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
     @app.after_serving
     async def close_clients() -> None:
