@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 
 from refserver.backend.events import STANDALONE_STREAM
 from refserver.backend.redis import RedisConnection
@@ -329,3 +330,27 @@ async def test_an_append_whose_caller_gave_up_still_reaches_the_listeners_here(o
             await own.log.wait_for_events(session_id, STANDALONE_STREAM, 1)
         read = await own.log.read_after(session_id, STANDALONE_STREAM, 1)
         assert [(e.seq, e.data) for e in read.events] == [(2, "late")]
+
+
+async def test_events_appended_while_a_stream_is_being_persisted_are_not_lost(shared: Harness) -> None:
+    """A request stream kept in memory is written to Redis when it is first served as SSE; the request goes on
+    appending during that write (and may finish), and all of it must reach Redis."""
+    session_id = shared.new_session()
+    stream_id = "r-persist-race"
+    log = shared.log
+    await log.open_stream(session_id, stream_id, [1])
+    await log.append(session_id, stream_id, '{"n":1}')
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.persist, session_id, stream_id)
+        while shared.conn.statistics()["in_flight"] == 0:  # until persist's write is on its way to Redis
+            await trio.lowlevel.checkpoint()
+        await log.append(session_id, stream_id, '{"n":2}')
+        await log.append(session_id, stream_id, '{"id":1}', is_response=True)
+        await log.close_stream(session_id, stream_id)
+    entries = shared.server.client().xrange(events_key(session_id, stream_id))
+    stored = [
+        (int(entry_id.split(b"-")[1]), fields.get(b"d", b"").decode(), b"c" in fields) for entry_id, fields in entries
+    ]
+    assert stored == [(1, '{"n":1}', False), (2, '{"n":2}', False), (3, '{"id":1}', False), (4, "", True)]
+    read = await log.read_after(session_id, stream_id, 0)
+    assert [e.data for e in read.events] == ['{"n":1}', '{"n":2}', '{"id":1}'] and read.closed

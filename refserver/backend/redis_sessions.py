@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -299,15 +300,24 @@ class RedisEventLog:
         local = self._local.get(key)
         if local is None or local.persisted:
             return
-        entries: list[Any] = []
-        for event in local.events:
-            entries += [event.seq, event.data, "1" if event.is_response else "0"]
-        if local.closed:
-            entries += [(local.events[-1].seq if local.events else 0) + 1, "", "c"]
-        args = [self._max_events, self._ttl_ms, channel(session_id), stream_id, local.meta, *entries]
         keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
-        if int(await self._conn.call(lambda r: _run_script(r, _PERSIST_LUA, keys, args))) < 0:
-            raise trio.ClosedResourceError(f"session {session_id} no longer exists")
+        written_seq, written_close, first = 0, False, True
+        # The stream's requests keep appending here while a write is in flight: write again until a round trip
+        # finds nothing new, then switch the stream to Redis with no scheduling point in between.
+        while first or local.closed != written_close or (local.events and local.events[-1].seq > written_seq):
+            entries: list[Any] = []
+            for event in local.events:
+                if event.seq > written_seq:
+                    entries += [event.seq, event.data, "1" if event.is_response else "0"]
+            last_seq = local.events[-1].seq if local.events else 0
+            closing = local.closed
+            if closing and not written_close:
+                entries += [last_seq + 1, "", "c"]
+            args = [self._max_events, self._ttl_ms, channel(session_id), stream_id, local.meta, *entries]
+            write = functools.partial(_run_script, script=_PERSIST_LUA, keys=keys, args=args)
+            if int(await self._conn.call(write)) < 0:
+                raise trio.ClosedResourceError(f"session {session_id} no longer exists")
+            written_seq, written_close, first = last_seq, closing, False
         local.persisted = True
         local.events.clear()
         self._persisted += 1
