@@ -1,8 +1,9 @@
 """Observing the session registry, the resource guard and the Redis backend from the outside.
 
 Subclasses and a watcher instead of edits: the registry logs session creation (its closing is already logged
-where it happens), the guard logs accepted tokens at DEBUG, refusals are counted and logged by the app's error
-handlers through `record_auth_failure`, and `watch_redis` turns the backend's counters into state-change lines.
+where it happens), the guard logs accepted tokens at DEBUG, refusals are counted and logged by
+`transport.errors.RefusalPolicy` through `record_auth_failure`, and `watch_redis` turns the backend's counters
+into state-change lines.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class ObservedRegistry(SessionRegistry):
 
 
 class ObservedGuard(ResourceGuard):
-    """The resource guard, logging each accepted token at DEBUG (refusals are logged by the error handlers)."""
+    """The resource guard, logging each accepted token at DEBUG (refusals are logged by the refusal policy)."""
 
     async def authenticate(self, authorization_header: str | None) -> AccessInfo:
         info = await super().authenticate(authorization_header)

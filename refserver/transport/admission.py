@@ -7,14 +7,22 @@ from quart import request
 from refserver.transport.services import Services
 
 
-async def admit(services: Services) -> str | None:
+async def admit_headers(
+    services: Services, host: str | None, origin: str | None, authorization: str | None
+) -> str | None:
     """Return the subject the request acts for (None when authentication is off).
 
     DNS-rebinding checks come first (a hostile page must learn nothing, not even "401"); then the
     token: 401/403/503 are raised as Unauthorized / InsufficientScope / AuthServerUnavailable.
     """
-    services.origin_policy.check(request.headers.get("Host"), request.headers.get("Origin"))
+    services.origin_policy.check(host, origin)
     if services.guard is None:
         return None
-    access = await services.guard.authenticate(request.headers.get("Authorization"))
+    access = await services.guard.authenticate(authorization)
     return access.subject
+
+
+async def admit(services: Services) -> str | None:
+    """`admit_headers` for the Quart request being handled (the legacy transport)."""
+    headers = request.headers
+    return await admit_headers(services, headers.get("Host"), headers.get("Origin"), headers.get("Authorization"))

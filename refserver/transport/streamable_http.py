@@ -43,6 +43,7 @@ from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_ve
 from refserver.protocol.sse import encode_event
 from refserver.session import Session
 from refserver.transport import security
+from refserver.transport.admission import admit_headers
 from refserver.transport.asgi import (
     EVENT_STREAM,
     ClientDisconnected,
@@ -125,16 +126,9 @@ class StreamableHttpEndpoint:
         raise MethodNotAllowed("Method Not Allowed")
 
     async def _admit(self, request: HttpRequest) -> str | None:
-        """DNS-rebinding checks first (a hostile page must learn nothing, not even "401"), then the token.
-
-        Returns the subject the request acts for (None when authentication is off).
-        """
-        services = self._services
-        services.origin_policy.check(request.header("host"), request.header("origin"))
-        if services.guard is None:
-            return None
-        access = await services.guard.authenticate(request.header("authorization"))
-        return access.subject
+        return await admit_headers(
+            self._services, request.header("host"), request.header("origin"), request.header("authorization")
+        )
 
     async def _session(self, request: HttpRequest, owner: str | None, *, for_delete: bool = False) -> Session:
         session_id = request.header("mcp-session-id")
