@@ -153,6 +153,10 @@ class BackendUnavailable(ServiceUnavailable):
     pass
 
 
+class BackendSlow(BackendUnavailable):
+    """Redis did not answer within its bound: hung, or only overloaded (a connection error is not this)."""
+
+
 class TooManySessions(ServiceUnavailable):
     pass
 

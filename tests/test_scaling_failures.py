@@ -872,3 +872,42 @@ async def test_a_silent_request_is_followed_elsewhere_and_declared_lost_with_its
     assert [e.get("id") for e in events] == [LONG_ID], events
     assert "Request lost" in events[0]["error"]["message"], events
     assert ended_after <= INSTANCE_TTL + 2 * HEARTBEAT + 1, ended_after
+
+
+# --- 5. A slow Redis -----------------------------------------------------------------------------------
+
+
+async def test_a_stream_outlasts_a_redis_stall_shorter_than_its_patience(
+    redis_server: RedisServer, make_server: Any
+) -> None:
+    """A listener whose read misses Redis's 2 s bound (Redis stalled, or only busy, as when thousands of streams
+    open at once) tries again instead of ending its stream; updates flow on the same response afterwards."""
+    server = make_server(
+        redis_url=redis_server.url,
+        heartbeat_interval=HEARTBEAT,
+        subscription_update_interval=SUBSCRIPTION_INTERVAL,
+        log_message_interval=3600,
+    )
+    stall = 3.0  # longer than one read's bound (2 s), shorter than the listener's patience (3 reads)
+    async with httpx.AsyncClient(timeout=30) as http:
+        watch = StreamWatch(await watch_session(http, server.url))
+        decoder = SSEDecoder()
+        with trio.fail_after(20):
+            redis_server.pause()  # the stream's first read (right after its priming event) must wait for Redis
+            try:
+                async with http.stream("GET", f"{server.url}/mcp", headers=watch.headers) as response:
+                    assert response.status_code == 200, await response.aread()
+                    await trio.sleep(stall)
+                    redis_server.resume()
+                    async for chunk in response.aiter_bytes():
+                        for event in decoder.feed(chunk):
+                            if event.data:
+                                watch.take(event, resumed=False)
+                        if watch.updates >= 3:
+                            break
+                    else:
+                        pytest.fail(f"the server ended the stream after a {stall} s stall: {decoder.last_event_id}")
+            finally:
+                redis_server.resume()
+    assert watch.updates >= 3
+    assert "Traceback" not in server.log()

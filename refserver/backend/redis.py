@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from refserver.backend.memory_kv import check_bucket, check_ttl
-from refserver.errors import BackendUnavailable, InternalError
+from refserver.errors import BackendSlow, BackendUnavailable, InternalError
 
 T = TypeVar("T")
 
@@ -192,7 +192,7 @@ class RedisConnection:
         except trio.TooSlowError as exc:
             self._errors += 1
             self._timeouts += 1
-            raise BackendUnavailable(f"Redis did not answer within {self.command_timeout}s") from exc
+            raise BackendSlow(f"Redis did not answer within {self.command_timeout}s") from exc
         except asyncio.CancelledError as exc:
             # Our own cancellation arrives as trio.Cancelled; this one means the loop shut down under the call.
             self._errors += 1
@@ -303,7 +303,7 @@ class _BatchLane:
                 await call.done.wait()
         except trio.TooSlowError as exc:
             self.timeouts += 1
-            raise BackendUnavailable(f"Redis did not answer within {timeout}s") from exc
+            raise BackendSlow(f"Redis did not answer within {timeout}s") from exc
         except trio.BrokenResourceError as exc:
             raise BackendUnavailable("Redis connection closed") from exc
         finally:

@@ -13,11 +13,14 @@ from typing import Final
 import trio
 from quart import Response
 
-from refserver.backend.events import STANDALONE_STREAM, format_event_id
-from refserver.errors import BackendUnavailable
+from refserver.backend.events import STANDALONE_STREAM, EventLog, StreamRead, format_event_id
+from refserver.errors import BackendSlow, BackendUnavailable
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
+
+SLOW_READ_ATTEMPTS: Final = 3
+"""Reads a listener tries before a slow backend ends its stream: with Redis's 2 s bound, about 6 s of patience."""
 
 SSE_HEADERS: Final = {
     "Cache-Control": "no-cache, no-transform",
@@ -63,7 +66,7 @@ async def follow_stream(
                     if session.listener_superseded(stream_id, generation):
                         yield encode_event(None, retry_ms=retry_ms)
                         return
-                    read = await events.read_after(session.id, stream_id, cursor)
+                    read = await _read_patiently(events, session.id, stream_id, cursor)
                     for event in read.events:
                         yield encode_event(event.data, event_id=format_event_id(stream_id, event.seq))
                         cursor = event.seq
@@ -86,6 +89,22 @@ async def follow_stream(
             yield encode_event(None, retry_ms=retry_ms)
     finally:
         session.detach_listener()
+
+
+async def _read_patiently(events: EventLog, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
+    """A listener's read, given SLOW_READ_ATTEMPTS when Redis is slow rather than gone.
+
+    Ending the response is how a listener reports a backend failure (the client comes back with Last-Event-ID),
+    but a read that only missed its bound because Redis or this worker is busy, as when thousands of streams
+    open at once, is better tried again than turned into thousands of reconnections. A connection error still
+    ends the stream at once.
+    """
+    for _ in range(SLOW_READ_ATTEMPTS - 1):
+        try:
+            return await events.read_after(session_id, stream_id, after_seq)
+        except BackendSlow:
+            pass
+    return await events.read_after(session_id, stream_id, after_seq)
 
 
 def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:
