@@ -8,13 +8,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
 import pytest
+import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 HYPERCORN = [sys.executable, "-m", "hypercorn"]
@@ -91,6 +92,15 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """Wait for `predicate` (a loaded machine may take a while to get there); fail after `seconds`."""
+    with trio.move_on_after(seconds):
+        while not predicate():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
 
 
 def server_env(**settings: Any) -> dict[str, str]:

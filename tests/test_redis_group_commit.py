@@ -20,6 +20,7 @@ from refserver.backend.events import STANDALONE_STREAM
 from refserver.backend.redis import RedisConnection
 from refserver.backend.redis_sessions import RedisBus, RedisEventLog, events_key, session_key
 from refserver.errors import BackendUnavailable
+from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 
 MARGIN = 1.0
@@ -133,15 +134,6 @@ async def test_appends_to_a_deleted_session_fail_alone(shared: Harness) -> None:
     assert shared.stored(deleted) == {1: "before"}  # nothing written after the session went away
 
 
-async def until(condition: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
-    """Wait for `condition` (a loaded machine may take a while to get there), failing after `seconds`."""
-    with trio.move_on_after(seconds):
-        while not condition():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"not within {seconds} s: {what}")
-
-
 async def test_a_cancelled_caller_disturbs_no_one(own: Harness) -> None:
     session_id = own.new_session()
     await own.log.append(session_id, STANDALONE_STREAM, "warm-up")  # the script is loaded
@@ -165,12 +157,12 @@ async def test_a_cancelled_caller_disturbs_no_one(own: Harness) -> None:
             for n in range(20):
                 nursery.start_soon(append_within, sent_scopes, f"sent-cancelled-{n}")
                 nursery.start_soon(append, f"sent-{n}")
-            await until(lambda: own.conn.statistics()["in_flight"] == 1, "wave 1 on its way")
+            await wait_until(lambda: own.conn.statistics()["in_flight"] == 1, 5.0, "wave 1 on its way")
             # Wave 2 queues behind it; half of those callers give up before it is sent.
             for n in range(20):
                 nursery.start_soon(append_within, queued_scopes, f"queued-cancelled-{n}")
                 nursery.start_soon(append, f"queued-{n}")
-            await until(lambda: own.conn.statistics()["batch_queued"] == 40, "wave 2 queued")
+            await wait_until(lambda: own.conn.statistics()["batch_queued"] == 40, 5.0, "wave 2 queued")
             for scope in sent_scopes + queued_scopes:
                 scope.cancel()
             await trio.sleep(0.1)

@@ -28,7 +28,7 @@ import trio
 from refserver.backend.redis_sessions import INSTANCE_TTL
 from refserver.protocol.sse import SSEDecoder, SSEEvent
 from tests.cluster import Cluster, long_call, open_session, rpc, start_cluster
-from tests.conftest import INIT_PARAMS, POST_HEADERS
+from tests.conftest import INIT_PARAMS, POST_HEADERS, wait_until
 from tests.redis_server import RedisServer
 
 HEARTBEAT: Final = 1.0
@@ -102,14 +102,6 @@ async def sse_events(response: httpx.Response, decoder: SSEDecoder) -> AsyncIter
 def seq_of(event_id: str | None) -> int:
     assert event_id is not None
     return int(event_id.rsplit(".", 1)[1])
-
-
-async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    with trio.move_on_after(seconds):
-        while not predicate():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
 
 
 def port_of(url: str) -> int:

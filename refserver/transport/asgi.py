@@ -15,7 +15,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from refserver.errors import PayloadTooLarge
+from refserver.transport.guards import collect_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,23 +62,19 @@ class HttpRequest:
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body, refused (413) as soon as it is known to exceed `limit` bytes."""
-        declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
+        async with aclosing(self._body_chunks()) as chunks:
+            body = await collect_body(chunks, self.headers.get("content-length"), limit)
+        self.body_complete = True
+        return body
+
+    async def _body_chunks(self) -> AsyncGenerator[bytes, None]:
         while True:
             message = await self._receive()
             if message["type"] != "http.request":
                 raise ClientDisconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
-            chunks.append(chunk)
+            yield message.get("body", b"")
             if not message.get("more_body", False):
-                self.body_complete = True
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return
 
     async def wait_for_disconnect(self) -> None:
         """Return once the client has gone (anything it still sends is discarded)."""

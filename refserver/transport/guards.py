@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -115,14 +115,18 @@ def check_json_content_type(header: str | None) -> None:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    return await collect_body(request.body, request.headers.get("Content-Length"), limit)
+
+
+async def collect_body(chunks: AsyncIterable[bytes], declared_length: str | None, limit: int) -> bytes:
+    """The body from its chunks, refused (413) by its declared length or as soon as it grows past `limit`."""
+    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
         raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
-    chunks: list[bytes] = []
+    received: list[bytes] = []
     size = 0
-    async for chunk in request.body:
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        received.append(chunk)
+    return received[0] if len(received) == 1 else b"".join(received)
