@@ -7,6 +7,7 @@ newer GET supersedes it, or when shutdown starts (then with `retry:` so the clie
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 
@@ -18,6 +19,8 @@ from refserver.errors import BackendSlow, BackendUnavailable
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
+
+logger = logging.getLogger(__name__)
 
 SLOW_READ_ATTEMPTS: Final = 3
 """Reads a listener tries before a slow backend ends its stream: with Redis's 2 s bound, about 6 s of patience."""
@@ -83,9 +86,10 @@ async def follow_stream(
                                 # Its requests run elsewhere: if that instance died, they get an error and the
                                 # stream closes, instead of a client waiting forever.
                                 await events.close_if_abandoned(session.id, stream_id)
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
             # Redis went away: end the response properly instead of breaking it off (with a logged
             # traceback); `retry:` has the client reconnect with Last-Event-ID (503 until Redis is back).
+            logger.warning("ending stream %s of session %s: %s", stream_id, session.id, exc)
             yield encode_event(None, retry_ms=retry_ms)
     finally:
         session.detach_listener()
