@@ -23,6 +23,37 @@ async def test_a_stream_answered_with_json_is_forgotten_once_read_to_its_end() -
     assert log.statistics()["streams"] == 0
 
 
+async def test_a_stream_whose_result_was_read_before_it_closed_is_forgotten_too() -> None:
+    """The usual order for a quick call: its reader takes the result, then the stream closes, and the reader's last
+    read finds nothing new. That read must forget the stream as well, or every session keeps its last 64 calls."""
+    log = MemoryEventLog(100)
+    for n in range(200):
+        stream_id = f"r{n}"
+        await log.open_stream(SESSION, stream_id, [n])
+        await log.append(SESSION, stream_id, f'{{"id":{n}}}', is_response=True)
+        assert [e.seq for e in (await log.read_after(SESSION, stream_id, 0)).events] == [1]
+        await log.close_stream(SESSION, stream_id)
+        last = await log.read_after(SESSION, stream_id, 1)
+        assert last.closed and not last.events
+    assert log.statistics()["streams"] == 0
+
+
+async def test_append_many_records_on_existing_streams_only() -> None:
+    log = MemoryEventLog(100)
+    await log.open_stream("a", STANDALONE_STREAM)
+    await log.open_stream("b", STANDALONE_STREAM)
+    await log.drop_session("b")  # closed meanwhile: must not get a history again
+    await log.append_many(
+        [("a", STANDALONE_STREAM, "one"), ("b", STANDALONE_STREAM, "lost"), ("a", STANDALONE_STREAM, "two")]
+    )
+    assert [(e.seq, e.data) for e in (await log.read_after("a", STANDALONE_STREAM, 0)).events] == [
+        (1, "one"),
+        (2, "two"),
+    ]
+    assert not (await log.read_after("b", STANDALONE_STREAM, 0)).exists
+    assert log.statistics()["streams"] == 1
+
+
 async def test_a_stream_with_notifications_or_served_as_sse_is_kept_for_resumption() -> None:
     log = MemoryEventLog(100)
     await log.open_stream(SESSION, "with-progress", [1])

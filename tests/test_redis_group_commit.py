@@ -353,3 +353,87 @@ async def test_events_appended_while_a_stream_is_being_persisted_are_not_lost(sh
     assert stored == [(1, '{"n":1}', False), (2, '{"n":2}', False), (3, '{"id":1}', False), (4, "", True)]
     read = await log.read_after(session_id, stream_id, 0)
     assert [e.data for e in read.events] == ['{"n":1}', '{"n":2}', '{"id":1}'] and read.closed
+
+
+async def test_append_many_is_a_few_pipelines_and_wakes_each_listener_with_its_own_event(own: Harness) -> None:
+    """A notifier round: one append per session, no task per append, each listener served from memory."""
+    sessions = [own.new_session() for _ in range(3 * own.conn.max_batch)]
+    gone = sessions[::97]
+    for session_id in gone:
+        own.server.client().delete(session_key(session_id))
+    await own.log.append(sessions[1], STANDALONE_STREAM, "warm-up")  # the script is loaded
+    woken: dict[str, list[str]] = {}
+
+    async def listen(session_id: str, task_status: trio.TaskStatus[None]) -> None:
+        with own.log.watching(session_id, STANDALONE_STREAM):
+            after = (await own.log.read_after(session_id, STANDALONE_STREAM, 0)).events
+            task_status.started()
+            cursor = after[-1].seq if after else 0
+            await own.log.wait_for_events(session_id, STANDALONE_STREAM, cursor)
+            read = await own.log.read_after(session_id, STANDALONE_STREAM, cursor)
+            woken[session_id] = [e.data for e in read.events]
+
+    live = [s for s in sessions if s not in gone]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for session_id in live:
+                await nursery.start(listen, session_id)
+            batches_before = own.conn.statistics()["batches"]
+            reads_before = own.log.statistics()["reads_answered_here"]
+            with trio.fail_after(own.conn.command_timeout * 4):
+                await own.log.append_many((s, STANDALONE_STREAM, f"round-1 {s}") for s in sessions)
+    assert own.conn.statistics()["batches"] - batches_before <= 4  # 1,536 appends, at most 512 per pipeline
+    assert woken == {s: [f"round-1 {s}"] for s in live}
+    assert own.log.statistics()["reads_answered_here"] - reads_before == len(live)  # no Redis read to serve them
+    assert own.stored(sessions[1]) == {1: "warm-up", 2: f"round-1 {sessions[1]}"}
+    assert all(own.stored(s) == {} for s in gone)  # nothing written for a session that went away
+
+
+async def test_append_many_with_redis_hung_ends_within_its_bound_and_wakes_listeners_to_read(own: Harness) -> None:
+    session_id = own.new_session()
+    await own.log.append(session_id, STANDALONE_STREAM, "before")
+    calls = 3 * own.conn.max_batch
+    woken = trio.Event()
+
+    async def listen(task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await own.log.wait_for_events(session_id, STANDALONE_STREAM, 1)
+        woken.set()
+
+    with own.log.watching(session_id, STANDALONE_STREAM):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listen)
+            own.server.pause()
+            try:
+                started = time.monotonic()
+                # Each pipeline is bounded by the command timeout: the round ends, however many calls are queued.
+                with trio.fail_after(own.conn.command_timeout * (calls / own.conn.max_batch + 1) + MARGIN):
+                    await own.log.append_many((session_id, STANDALONE_STREAM, f"e{n}") for n in range(calls))
+                elapsed = time.monotonic() - started
+            finally:
+                own.server.resume()
+        assert elapsed >= own.conn.command_timeout
+        # Their outcome is unknown (they may have run): the listener was woken, and reads Redis, not `recent`.
+        assert woken.is_set()
+        reads_before = own.log.statistics()["reads_answered_here"]
+        read = await own.log.read_after(session_id, STANDALONE_STREAM, 0)
+        assert read.events[0].data == "before"
+        assert own.log.statistics()["reads_answered_here"] == reads_before
+    assert own.conn.statistics()["batch_queued"] == 0
+
+
+async def test_append_many_cancelled_drops_what_it_has_not_sent(own: Harness) -> None:
+    session_id = own.new_session()
+    await own.log.append(session_id, STANDALONE_STREAM, "before")
+    own.server.pause()
+    try:
+        with trio.move_on_after(0.3):
+            await own.log.append_many((session_id, STANDALONE_STREAM, f"e{n}") for n in range(4 * own.conn.max_batch))
+    finally:
+        own.server.resume()
+    # The pipeline in flight may have run; nothing queued behind it is sent later.
+    with trio.fail_after(own.conn.command_timeout + MARGIN):
+        while own.conn.statistics()["batch_queued"]:
+            await trio.sleep(0.05)
+    assert await own.log.append(session_id, STANDALONE_STREAM, "after") <= own.conn.max_batch + 2
+    assert len(own.stored(session_id)) <= own.conn.max_batch + 2

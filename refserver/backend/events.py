@@ -6,7 +6,7 @@ resumption names its stream and can only ever replay that stream's events.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Final, Protocol
 
@@ -16,6 +16,10 @@ from refserver.protocol.jsonrpc import RequestId
 
 STANDALONE_STREAM: Final = "get"
 """Stream id of a session's standalone (GET) stream; request streams get random ids."""
+
+
+Append = tuple[str, str, str]
+"""(session id, stream id, data) of one event to record: see `EventLog.append_many`."""
 
 
 @attrs.frozen
@@ -60,6 +64,14 @@ class EventLog(Protocol):
 
     async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
         """Record one event; return its sequence number (1, 2, ...). Listeners are woken."""
+        ...
+
+    async def append_many(self, appends: Iterable[Append]) -> None:
+        """Record one event on each of many streams (a notifier round), as one batch of work.
+
+        Nothing is reported per append: a stream that no longer exists (its session closed) is skipped, and
+        each stream's listeners are woken as soon as its own event is recorded.
+        """
         ...
 
     async def close_stream(self, session_id: str, stream_id: str) -> None: ...

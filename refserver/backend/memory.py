@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
 import trio
 
-from refserver.backend.events import STANDALONE_STREAM, StoredEvent, StreamRead
+from refserver.backend.events import STANDALONE_STREAM, Append, StoredEvent, StreamRead
 from refserver.protocol.jsonrpc import RequestId
 
 
@@ -67,6 +67,18 @@ class MemoryEventLog:
         history = self._history(session_id, stream_id)
         if history.closed:
             raise trio.ClosedResourceError(f"stream {stream_id} is closed")
+        return self._record(history, data, is_response)
+
+    async def append_many(self, appends: Iterable[Append]) -> None:
+        streams = self._streams
+        for session_id, stream_id, data in appends:
+            history = streams.get((session_id, stream_id))
+            # Only to streams that exist: a session dropped meanwhile must not get a history again.
+            if history is not None and not history.closed:
+                self._record(history, data, False)
+        await trio.lowlevel.checkpoint()
+
+    def _record(self, history: _StreamHistory, data: str, is_response: bool) -> int:
         seq = history.next_seq
         history.next_seq += 1
         history.events.append(StoredEvent(seq, data, is_response))
@@ -91,8 +103,9 @@ class MemoryEventLog:
         if history is None:
             return StreamRead([], closed=True, exists=False)
         if history.next_seq - 1 <= after_seq:
-            return StreamRead([], closed=history.closed)
-        read = StreamRead([e for e in history.events if e.seq > after_seq], closed=history.closed)
+            read = StreamRead([], closed=history.closed)
+        else:
+            read = StreamRead([e for e in history.events if e.seq > after_seq], closed=history.closed)
         if (
             history.closed
             and not history.served
@@ -100,7 +113,8 @@ class MemoryEventLog:
             and all(e.is_response for e in history.events)
         ):
             # Finished, never served as SSE, nothing but results: its reader answers with JSON, which carries no
-            # event id, so nobody can ask for it again (the Redis log drops such local streams the same way).
+            # event id, so nobody can ask for it again (the Redis log drops such local streams the same way). Also
+            # when this read finds nothing new: the reader took the result before the stream was closed.
             del self._streams[(session_id, stream_id)]
             self._by_session.get(session_id, set()).discard(stream_id)
         return read

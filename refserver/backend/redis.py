@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar, cast
 
 import attrs
@@ -241,6 +241,29 @@ class RedisConnection:
         call = _BatchedCall(lambda pipe: pipe.evalsha(sha, key_count, *keys, *args), script, order_key, on_outcome)
         return (await self._queue(self._writes, call))[0]
 
+    async def run_script_many(
+        self, script: BatchedScript, calls: Iterable[tuple[Sequence[str], Sequence[Any], Callable[[Any], None]]]
+    ) -> None:
+        """Many EVALSHAs of `script` on the write lane, each `(keys, args, on_outcome)`, with one waiter for all.
+
+        For a fan-out whose caller needs no result per call (a notifier round): no task, timer or wake-up per call,
+        only the queue entry. Each call's outcome reaches its `on_outcome` as with `run_script_batched`, and calls
+        keep their queue order. Returns once every call has its outcome; the queue bound holds back the caller
+        while the writer catches up, and the writer bounds each pipeline by `command_timeout`, so the wait is
+        bounded too. Raises BackendUnavailable if the connection stops; calls not sent by then are dropped.
+        """
+        if self._loop is None:
+            raise BackendUnavailable("Redis connection is not running")
+        sha = script.sha
+
+        def evalsha(keys: Sequence[str], args: Sequence[Any]) -> Callable[[Pipeline], object]:
+            return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
+
+        await self._writes.submit_many(
+            _BatchedCall(evalsha(keys, args), script, keys[0] if keys else "", on_outcome)
+            for keys, args, on_outcome in calls
+        )
+
     async def _queue(self, lane: _BatchLane, call: _BatchedCall) -> list[Any]:
         if self._loop is None:
             raise BackendUnavailable("Redis connection is not running")
@@ -312,6 +335,25 @@ class _BatchLane:
         if call.error is not None:
             raise call.error
         return call.replies
+
+    async def submit_many(self, calls: Iterable[_BatchedCall]) -> None:
+        """Queue `calls` in order and return once the last one has its outcome (see `run_script_many`)."""
+        sent: list[_BatchedCall] = []
+        try:
+            for call in calls:
+                try:
+                    self._send.send_nowait(call)
+                except trio.WouldBlock:
+                    await self._send.send(call)
+                sent.append(call)
+            if sent:
+                # One writer, FIFO: once the last call has its outcome, so has every call before it.
+                await sent[-1].done.wait()
+        except trio.BrokenResourceError as exc:
+            raise BackendUnavailable("Redis connection closed") from exc
+        finally:
+            for call in sent:
+                call.abandoned = not call.done.is_set()
 
     async def write_batches(self) -> None:
         """Send what is queued until cancelled (by `RedisConnection.run`, which owns this task)."""

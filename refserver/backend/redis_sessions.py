@@ -25,7 +25,7 @@ import functools
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import attrs
@@ -33,7 +33,7 @@ import trio
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline, PubSub
 
-from refserver.backend.events import STANDALONE_STREAM, StoredEvent, StreamRead
+from refserver.backend.events import STANDALONE_STREAM, Append, StoredEvent, StreamRead
 from refserver.backend.redis import BatchedScript, RedisConnection
 from refserver.backend.sessions import BusHandler, GlobalHandler, SessionRecord
 from refserver.errors import SERVER_ERROR, BackendUnavailable
@@ -366,6 +366,32 @@ class RedisEventLog:
             raise trio.ClosedResourceError(f"session {session_id} no longer exists")
         return seq
 
+    async def append_many(self, appends: Iterable[Append]) -> None:
+        """One batch of appends on the write lane (see `RedisConnection.run_script_many`), for a notifier round.
+
+        A stream still kept locally takes its event here; a session gone from Redis makes its append a no-op.
+        """
+
+        # What every call of the round shares, encoded once instead of by redis-py for each call.
+        flag, max_events, ttl_ms = b"0", str(self._max_events).encode(), str(self._ttl_ms).encode()
+        instance, shared_meta = self.instance_id.encode(), self._meta_without_requests.encode()
+
+        def calls() -> Iterator[tuple[list[str], list[Any], Callable[[Any], None]]]:
+            for session_id, stream_id, data in appends:
+                key = (session_id, stream_id)
+                local = self._local.get(key)
+                if local is not None and not local.persisted:
+                    if not local.closed:
+                        with contextlib.suppress(trio.ClosedResourceError):  # its history is full: skipped
+                            self._append_locally(key, local, data, "0")
+                    continue
+                meta = local.meta if local is not None else shared_meta
+                args = [data, flag, max_events, ttl_ms, channel(session_id), stream_id, meta, instance]
+                keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
+                yield keys, args, functools.partial(self._appended_here, key, event=(data, False))
+
+        await self._conn.run_script_many(_APPEND_SCRIPT, calls())
+
     def _appended_here(self, key: tuple[str, str], reply: Any, event: tuple[str, bool] | None) -> None:
         """The batch writer's report on one append, also when its caller stopped waiting.
 
@@ -522,6 +548,7 @@ class RedisBus:
     def __init__(self, conn: RedisConnection, *, instance_id: str) -> None:
         self._conn = conn
         self.instance_id = instance_id
+        self._own_echo_suffix = f',"i":"{instance_id}"}}'.encode()
         self._handler: BusHandler | None = None
         self._global_handler: GlobalHandler | None = None
         self._channels: set[str] = set()
@@ -598,6 +625,14 @@ class RedisBus:
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
+        data = message.get("data")
+        if isinstance(data, bytes) and data.endswith(self._own_echo_suffix):
+            # The echo of an append made here (the append script ends its announcement with the instance id): the
+            # event log already knows, from the batch's reply. A notifier round makes one per session, so it is
+            # dropped before any decoding.
+            self._received += 1
+            self._own_echoes += 1
+            return
         name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else ""
         if kind == b"subscribe" or kind == "subscribe":
             event = self._pending_subscribe.pop(name, None)

@@ -10,27 +10,26 @@ from refserver.registry import PeriodicNotifier
 from refserver.session import Session, is_ready
 
 
-async def send_subscription_updates(session: Session) -> None:
+def subscription_updates(session: Session) -> list[Notification]:
     if not is_ready(session):
-        return
-    for uri in sorted(session.state.subscriptions):
-        await session.send_standalone(Notification("notifications/resources/updated", {"uri": uri}))
+        return []
+    uris = sorted(session.state.subscriptions)
+    return [Notification("notifications/resources/updated", {"uri": uri}) for uri in uris]
 
 
-async def send_random_log_message(session: Session) -> None:
+def random_log_message(session: Session) -> list[Notification]:
     if not is_ready(session):
-        return
+        return []
     level, text = reference.random_log_message()
-    if log_level_allows(session.state.log_level, level):
-        await session.send_standalone(
-            Notification("notifications/message", {"level": level, "logger": "refserver.demo", "data": text})
-        )
+    if not log_level_allows(session.state.log_level, level):
+        return []
+    return [Notification("notifications/message", {"level": level, "logger": "refserver.demo", "data": text})]
 
 
 def periodic_notifiers(settings: Settings) -> list[PeriodicNotifier]:
     if "reference" not in settings.features:
         return []
     return [
-        PeriodicNotifier("subscription-updates", settings.subscription_update_interval, send_subscription_updates),
-        PeriodicNotifier("demo-log-messages", settings.log_message_interval, send_random_log_message),
+        PeriodicNotifier("subscription-updates", settings.subscription_update_interval, subscription_updates),
+        PeriodicNotifier("demo-log-messages", settings.log_message_interval, random_log_message),
     ]
