@@ -67,7 +67,8 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def embedded(directory: Path) -> Iterator[ServerProcess]:
-    server = mcp_server(directory, auth_mode="embedded", rate_limit_per_minute=LOOSE_LIMIT)
+    # No demo log messages: the isolation tests listen for silence, and one could land in any window.
+    server = mcp_server(directory, auth_mode="embedded", rate_limit_per_minute=LOOSE_LIMIT, log_message_interval=3600)
     with running(server):
         yield server
 

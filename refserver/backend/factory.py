@@ -42,7 +42,7 @@ def backend_from_settings(settings: Settings) -> Backend:
                 ttl=settings.session_idle_ttl,
             ),
             store=RedisSessionStore(connection),
-            bus=RedisBus(connection, instance_id=instance_id),
+            bus=RedisBus(connection, instance_id=instance_id, holder_ttl=settings.session_idle_ttl),
             redis=connection,
             instance_id=instance_id,
         )

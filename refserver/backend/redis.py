@@ -220,6 +220,10 @@ class RedisConnection:
         """
         return await self._queue(self._reads, _BatchedCall(stage))
 
+    async def write_batched(self, stage: Callable[[Pipeline], object]) -> list[Any]:
+        """Like `read_batched`, on the write lane: after the writes queued before it, in the same pipelines."""
+        return await self._queue(self._writes, _BatchedCall(stage))
+
     async def run_script_batched(
         self,
         script: BatchedScript,

@@ -4,17 +4,21 @@ Key layout (prefix `refserver:`; every key has a TTL, refreshed while the sessio
 
     session:{id}                JSON SessionRecord                                 idle TTL
     session:{id}:streams        hash stream id -> instance that opened it          idle TTL
+    session:{id}:holders        set of the instances holding the session           idle TTL
     events:{id}:{stream}        Redis Stream of SSE events, ids 0-<seq>, ~MAXLEN   idle TTL (from the last append)
     instance:{instance id}      liveness of an instance                            INSTANCE_TTL
 
-Channel: `session:{id}` carries JSON messages between instances: {"t": "event" | "cancel" | "reply" |
-"delete" | "state", ...}. Every instance holds ONE subscriber connection for all of its channels.
+Channels: each instance subscribes to two, whatever the number of sessions: `bus` (messages for every instance,
+such as revocations) and its own `inbox:{instance id}`. A message about a session, {"t": "event" | "cancel" |
+"reply" | "delete" | "state", "sid": session id, ...}, is published by a script to the inbox of every instance in
+the session's `holders` set (an instance joins the set when it creates or adopts the session, and leaves it when
+the session closes there). An append does not announce its event to the instance that made it.
 
 Appends are group-committed (`RedisConnection.run_script_batched`): the appends queued while one pipeline is in
 flight go out together as the next one, so a notification to 10,000 sessions is a few dozen round trips. The
 instance that appended learns of its own events from the batch's replies, so it keeps the last few for its
-listeners (`_StreamWaiters.recent`) and ignores their echo on the bus: a listener here reads Redis only for
-events written elsewhere.
+listeners (`_StreamWaiters.recent`): a listener here reads Redis only for events written elsewhere, and hears of
+them on its inbox.
 """
 
 from __future__ import annotations
@@ -43,21 +47,24 @@ logger = logging.getLogger(__name__)
 
 PREFIX: Final = "refserver:"
 GLOBAL_CHANNEL: Final = f"{PREFIX}bus"
-"""Messages for every instance (revocations), on the same subscriber connection as the sessions'."""
+"""Messages for every instance (revocations), on the same subscriber connection as the instance's inbox."""
+INBOX_PREFIX: Final = f"{PREFIX}inbox:"
 READ_BATCH: Final = 500
 """Events fetched per XRANGE; a listener catching up loops, so memory per read stays bounded."""
 RECENT_EVENTS_KEPT: Final = 16
 """Events appended here that a watched stream keeps for its listeners here (memory: at most this many per
 listened stream; a listener further behind reads Redis)."""
 POLL_TIMEOUT: Final = 0.05
-"""The subscriber waits at most this long for a message before taking pending (un)subscriptions."""
+"""The subscriber waits at most this long for a message on the asyncio side before handing back control."""
 RECONNECT_DELAY: Final = 0.5
 """Pause between attempts to re-open the subscriber connection while Redis is down."""
 SUBSCRIBE_TIMEOUT: Final = 5.0
-"""A subscription not confirmed within this long means Redis is unavailable."""
+"""Joining a session's holders waits at most this long for the subscriber connection to be up."""
 INSTANCE_TTL: Final = 10.0
 """An instance that has not refreshed its liveness key for this long is considered dead."""
 INSTANCE_REFRESH: Final = 3.0
+REJOIN_BATCH: Final = 1000
+"""Sessions rejoined per pipeline after a reconnect."""
 
 
 def session_key(session_id: str) -> str:
@@ -72,8 +79,12 @@ def events_key(session_id: str, stream_id: str) -> str:
     return f"{PREFIX}events:{session_id}:{stream_id}"
 
 
-def channel(session_id: str) -> str:
-    return f"{PREFIX}session:{session_id}"
+def holders_key(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}:holders"
+
+
+def inbox_channel(instance_id: str) -> str:
+    return f"{INBOX_PREFIX}{instance_id}"
 
 
 def instance_key(instance_id: str) -> str:
@@ -110,6 +121,7 @@ class RedisSessionStore:
                     pipe.pexpire(session_key(session_id), _ms(ttl))
                     pipe.pexpire(streams_key(session_id), _ms(ttl))
                     pipe.pexpire(events_key(session_id, STANDALONE_STREAM), _ms(ttl))
+                    pipe.pexpire(holders_key(session_id), _ms(ttl))
                 await pipe.execute()
 
         await self._conn.call(pipeline)
@@ -128,7 +140,18 @@ class RedisSessionStore:
 # the stream, and tell every instance holding the session: atomic, and batched with the other appends
 # queued at the same time (group commit: one pipeline of EVALSHAs, see `RedisConnection.run_script_batched`).
 # Nothing is written for a session that no longer exists, so a DELETE racing with running work leaves no key.
-_APPEND_SCRIPT: Final = BatchedScript("""
+_ANNOUNCE_LUA: Final = f"""
+local function announce(holders, skip, message)
+  for _, holder in ipairs(redis.call('SMEMBERS', holders)) do
+    if holder ~= skip then redis.call('PUBLISH', '{INBOX_PREFIX}' .. holder, message) end
+  end
+end
+"""
+"""Publish `message` to the inbox of every instance holding the session, except `skip`."""
+
+_APPEND_SCRIPT: Final = BatchedScript(
+    _ANNOUNCE_LUA
+    + """
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local fields
 if ARGV[2] == 'c' then fields = {'c', '1'} else fields = {'d', ARGV[1], 'r', ARGV[2]} end
@@ -137,12 +160,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('HSETNX', KEYS[2], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local seq = string.sub(id, 3)
-redis.call('PUBLISH', ARGV[5], '{"t":"event","s":"' .. ARGV[6] .. '","n":' .. seq .. ',"i":"' .. ARGV[8] .. '"}')
+announce(KEYS[4], ARGV[8],
+  '{"t":"event","sid":"' .. ARGV[5] .. '","s":"' .. ARGV[6] .. '","n":' .. seq .. ',"i":"' .. ARGV[8] .. '"}')
 return seq
-""")
+"""
+)
 
 # Close a stream only if it is still open, after final events (errors for the lost requests).
-_CLOSE_ABANDONED_LUA: Final = """
+_CLOSE_ABANDONED_LUA: Final = (
+    _ANNOUNCE_LUA
+    + """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #last > 0 and last[1][2][1] == 'c' then return 0 end
 for i = 5, #ARGV do
@@ -150,14 +177,17 @@ for i = 5, #ARGV do
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-*', 'c', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], '{"t":"event","s":"' .. ARGV[4] .. '","n":' .. string.sub(id, 3) .. '}')
+announce(KEYS[2], '', '{"t":"event","sid":"' .. ARGV[3] .. '","s":"' .. ARGV[4] .. '","n":' .. string.sub(id, 3) .. '}')
 return 1
 """
+)
 
 
 # Write a stream that was kept locally so far, with the sequence numbers already handed out (so ids a
 # client may hold stay valid), then continue as any stream: TTL, owner record, announcement.
-_PERSIST_LUA: Final = """
+_PERSIST_LUA: Final = (
+    _ANNOUNCE_LUA
+    + """
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local last = 0
 for i = 6, #ARGV, 3 do
@@ -170,12 +200,16 @@ for i = 6, #ARGV, 3 do
 end
 if last > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PUBLISH', ARGV[3], '{"t":"event","s":"' .. ARGV[4] .. '","n":' .. last .. '}')
+  announce(KEYS[4], '', '{"t":"event","sid":"' .. ARGV[3] .. '","s":"' .. ARGV[4] .. '","n":' .. last .. '}')
 end
 redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return last
 """
+)
+
+# A message about a session, for every instance holding it (this one included).
+_PUBLISH_SCRIPT: Final = BatchedScript(_ANNOUNCE_LUA + "announce(KEYS[1], '', ARGV[1])\nreturn 1\n")
 
 LOCAL_CLOSED_KEPT: Final = 1024
 """Finished local streams whose HTTP answer has not picked them up yet, at most (oldest dropped)."""
@@ -300,7 +334,12 @@ class RedisEventLog:
         local = self._local.get(key)
         if local is None or local.persisted:
             return
-        keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
+        keys = [
+            events_key(session_id, stream_id),
+            streams_key(session_id),
+            session_key(session_id),
+            holders_key(session_id),
+        ]
         written_seq, written_close, first = 0, False, True
         # The stream's requests keep appending here while a write is in flight: write again until a round trip
         # finds nothing new, then switch the stream to Redis with no scheduling point in between.
@@ -313,7 +352,7 @@ class RedisEventLog:
             closing = local.closed
             if closing and not written_close:
                 entries += [last_seq + 1, "", "c"]
-            args = [self._max_events, self._ttl_ms, channel(session_id), stream_id, local.meta, *entries]
+            args = [self._max_events, self._ttl_ms, session_id, stream_id, local.meta, *entries]
             write = functools.partial(_run_script, script=_PERSIST_LUA, keys=keys, args=args)
             if int(await self._conn.call(write)) < 0:
                 raise trio.ClosedResourceError(f"session {session_id} no longer exists")
@@ -354,8 +393,8 @@ class RedisEventLog:
         meta = local.meta if local is not None else self._meta_without_requests
         if flag == "c":
             self._local.pop(key, None)
-        args = [data, flag, self._max_events, self._ttl_ms, channel(session_id), stream_id, meta, self.instance_id]
-        keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
+        args = [data, flag, self._max_events, self._ttl_ms, session_id, stream_id, meta, self.instance_id]
+        keys = _append_keys(session_id, stream_id)
 
         def appended(reply: Any) -> None:
             self._appended_here(key, reply, None if flag == "c" else (data, flag == "1"))
@@ -386,8 +425,8 @@ class RedisEventLog:
                             self._append_locally(key, local, data, "0")
                     continue
                 meta = local.meta if local is not None else shared_meta
-                args = [data, flag, max_events, ttl_ms, channel(session_id), stream_id, meta, instance]
-                keys = [events_key(session_id, stream_id), streams_key(session_id), session_key(session_id)]
+                args = [data, flag, max_events, ttl_ms, session_id, stream_id, meta, instance]
+                keys = _append_keys(session_id, stream_id)
                 yield keys, args, functools.partial(self._appended_here, key, event=(data, False))
 
         await self._conn.run_script_many(_APPEND_SCRIPT, calls())
@@ -439,8 +478,8 @@ class RedisEventLog:
             encode_message(ErrorResponse(rid, SERVER_ERROR, "Request lost: the instance executing it stopped"))
             for rid in request_ids
         ]
-        args = [self._max_events, self._ttl_ms, channel(session_id), stream_id, *finals]
-        keys = [events_key(session_id, stream_id)]
+        args = [self._max_events, self._ttl_ms, session_id, stream_id, *finals]
+        keys = [events_key(session_id, stream_id), holders_key(session_id)]
         closed = bool(await self._conn.call(lambda r: _run_script(r, _CLOSE_ABANDONED_LUA, keys, args)))
         if closed:
             logger.warning("stream %s of session %s abandoned by instance %s: closed", stream_id, session_id, owner)
@@ -536,26 +575,35 @@ class RedisEventLog:
         }
 
 
+def _append_keys(session_id: str, stream_id: str) -> list[str]:
+    return [
+        events_key(session_id, stream_id),
+        streams_key(session_id),
+        session_key(session_id),
+        holders_key(session_id),
+    ]
+
+
 async def _run_script(r: Redis, script: str, keys: list[str], args: list[Any]) -> Any:
     return await r.eval(script, len(keys), *keys, *args)
 
 
 class RedisBus:
-    """One subscriber connection for all of this instance's session channels, reconnecting by itself."""
+    """One subscriber connection per instance, on two channels (all instances, and this one's inbox), reconnecting
+    by itself; a session's messages reach the instances in its holders set."""
 
     distributed = True
 
-    def __init__(self, conn: RedisConnection, *, instance_id: str) -> None:
+    def __init__(self, conn: RedisConnection, *, instance_id: str, holder_ttl: float) -> None:
         self._conn = conn
         self.instance_id = instance_id
+        self._inbox = inbox_channel(instance_id)
+        self._holder_ttl_ms = _ms(holder_ttl)
         self._own_echo_suffix = f',"i":"{instance_id}"}}'.encode()
         self._handler: BusHandler | None = None
         self._global_handler: GlobalHandler | None = None
-        self._channels: set[str] = set()
-        self._pending_subscribe: dict[str, trio.Event] = {}
-        """Subscriptions requested and not yet confirmed by Redis."""
-        self._to_subscribe: set[str] = set()
-        self._pending_unsubscribe: set[str] = set()
+        self._held: set[str] = set()
+        """Sessions this instance is in the holders set of (to rejoin and resync after a reconnect)."""
         self._connected = trio.Event()
         self._received = 0
         self._own_echoes = 0
@@ -579,17 +627,21 @@ class RedisBus:
         return self._connected.is_set()
 
     async def run(self, *, task_status: trio.TaskStatus[RedisBus] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read messages until cancelled; while Redis is away, retry, then resubscribe everything."""
+        """Read messages until cancelled; while Redis is away, retry, then rejoin and resync every session held."""
         started = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_instance_alive)
             while True:
                 try:
                     pubsub = await self._conn.call(_new_pubsub)
+                    watch = _ReconnectWatch()
                     try:
-                        self._channels.update(self._pending_subscribe)
-                        self._to_subscribe.clear()
-                        await self._conn.call(_on_pubsub(pubsub.subscribe, GLOBAL_CHANNEL, *self._channels))
+                        await self._conn.call(_on_pubsub(pubsub.subscribe, GLOBAL_CHANNEL, self._inbox))
+                        await self._conn.call(_on_pubsub(watch.watch, pubsub))
+                        if started:
+                            # Redis may have restarted empty: join the holders sets again before the resync, so
+                            # nothing published from now on misses this instance.
+                            await self._rejoin(list(self._held))
                         self._connected.set()
                         if not started:
                             started = True
@@ -599,13 +651,14 @@ class RedisBus:
                             if self._global_handler is not None:
                                 await self._global_handler({"t": "resync"})
                             if self._handler is not None:
-                                for name in list(self._channels):
-                                    await self._handler(name.removeprefix(f"{PREFIX}session:"), {"t": "resync"})
-                        await self._read(pubsub)
+                                for session_id in list(self._held):
+                                    await self._handler(session_id, {"t": "resync"})
+                        await self._read(pubsub, watch)
                     finally:
                         self._connected = trio.Event()
                         with trio.move_on_after(1.0, shield=True):
                             with contextlib.suppress(BackendUnavailable):
+                                await self._conn.call(_on_pubsub(watch.unwatch))
                                 await self._conn.call(_on_pubsub(pubsub.aclose))
                 except BackendUnavailable as exc:
                     if not started:
@@ -615,87 +668,84 @@ class RedisBus:
                     logger.warning("redis bus disconnected (%s); reconnecting", exc)
                     await trio.sleep(RECONNECT_DELAY)
 
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _rejoin(self, session_ids: list[str]) -> None:
+        ttl_ms, instance = self._holder_ttl_ms, self.instance_id
+        for start in range(0, len(session_ids), REJOIN_BATCH):
+            chunk = session_ids[start : start + REJOIN_BATCH]
+
+            async def join(r: Redis, chunk: list[str] = chunk) -> None:
+                async with r.pipeline(transaction=False) as pipe:
+                    for session_id in chunk:
+                        pipe.sadd(holders_key(session_id), instance)
+                        pipe.pexpire(holders_key(session_id), ttl_ms)
+                    await pipe.execute()
+
+            await self._conn.call(join)
+
+    async def _read(self, pubsub: PubSub, watch: _ReconnectWatch) -> None:
         while True:
-            await self._apply_pending(pubsub)
             # Everything already received, in one hop to the asyncio side (one hop per message cannot keep
-            # up with a busy cluster: subscription confirmations then queue behind seconds of messages).
+            # up with a busy cluster).
             for message in await self._conn.call(lambda _r: _receive_batch(pubsub)):
                 await self._dispatch(message)
+            if watch.reconnected:
+                # redis-py reconnected the subscriber by itself (and resubscribed it): Redis may have restarted
+                # empty, and whatever was published meanwhile is lost. Start over, with a rejoin and a resync.
+                raise BackendUnavailable("the subscriber connection was re-established")
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
+        if kind not in ("message", b"message"):
+            return  # subscription confirmations
+        self._received += 1
         data = message.get("data")
         if isinstance(data, bytes) and data.endswith(self._own_echo_suffix):
-            # The echo of an append made here (the append script ends its announcement with the instance id): the
-            # event log already knows, from the batch's reply. A notifier round makes one per session, so it is
-            # dropped before any decoding.
-            self._received += 1
+            # Appends are not announced to the instance that made them; an echo would be dropped undecoded.
             self._own_echoes += 1
             return
-        name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else ""
-        if kind == b"subscribe" or kind == "subscribe":
-            event = self._pending_subscribe.pop(name, None)
-            if event is not None:
-                event.set()
-            return
-        if kind not in ("message", b"message"):
-            return
-        self._received += 1
         try:
             payload = json.loads(message["data"])
         except ValueError:
-            logger.warning("ignoring a malformed bus message on %s", name)
+            logger.warning("ignoring a malformed bus message")
             return
-        if payload.get("i") == self.instance_id:
-            # The echo of an append made here: the event log already knows (from the batch's reply).
-            self._own_echoes += 1
-            return
+        name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else message.get("channel")
         if name == GLOBAL_CHANNEL:
             if self._global_handler is not None:
                 await self._global_handler(payload)
-        elif self._handler is not None:
-            await self._handler(name.removeprefix(f"{PREFIX}session:"), payload)
-
-    async def _apply_pending(self, pubsub: PubSub) -> None:
-        if self._to_subscribe:
-            names = list(self._to_subscribe)
-            self._to_subscribe.clear()
-            self._channels.update(names)
-            await self._conn.call(_on_pubsub(pubsub.subscribe, *names))
-        if self._pending_unsubscribe:
-            names = list(self._pending_unsubscribe)
-            self._pending_unsubscribe.clear()
-            self._channels.difference_update(names)
-            await self._conn.call(_on_pubsub(pubsub.unsubscribe, *names))
+        elif self._handler is not None and isinstance(payload.get("sid"), str):
+            await self._handler(payload["sid"], payload)
 
     async def subscribe(self, session_id: str) -> None:
-        name = channel(session_id)
-        self._pending_unsubscribe.discard(name)
-        if name in self._channels and name not in self._pending_subscribe:
-            return
-        if name not in self._pending_subscribe:
-            self._pending_subscribe[name] = trio.Event()
-            self._to_subscribe.add(name)
-        event = self._pending_subscribe[name]
-        with trio.move_on_after(SUBSCRIBE_TIMEOUT):
-            await event.wait()
-            return
-        self._pending_subscribe.pop(name, None)
-        self._to_subscribe.discard(name)
-        raise BackendUnavailable("Redis did not confirm a subscription in time")
+        """Join the session's holders: once this returns, every message about the session reaches this instance."""
+        if not self._connected.is_set():
+            # Joined while the subscriber is away, messages would be lost until it is back: wait for it a while.
+            with trio.move_on_after(SUBSCRIBE_TIMEOUT):
+                await self._connected.wait()
+            if not self._connected.is_set():
+                raise BackendUnavailable("the Redis bus is not connected")
+        key, instance, ttl_ms = holders_key(session_id), self.instance_id, self._holder_ttl_ms
+
+        def join(pipe: Pipeline) -> None:
+            pipe.sadd(key, instance)
+            pipe.pexpire(key, ttl_ms)
+
+        self._held.add(session_id)
+        try:
+            await self._conn.write_batched(join)
+        except BaseException:
+            self._held.discard(session_id)
+            raise
 
     async def unsubscribe(self, session_id: str) -> None:
-        name = channel(session_id)
-        self._pending_subscribe.pop(name, None)
-        self._to_subscribe.discard(name)
-        if name in self._channels:
-            self._pending_unsubscribe.add(name)
+        self._held.discard(session_id)
+        key, instance = holders_key(session_id), self.instance_id
+        await self._conn.write_batched(lambda pipe: pipe.srem(key, instance))
 
     async def publish(self, session_id: str, message: dict[str, Any]) -> None:
-        payload = json.dumps(message, separators=(",", ":"))
+        payload = json.dumps({**message, "sid": session_id}, separators=(",", ":"))
         self._published += 1
-        await self._conn.call(lambda r: r.publish(channel(session_id), payload))
+        # On the write lane: after this instance's appends queued before it (a reply follows the events before it).
+        await self._conn.run_script_batched(_PUBLISH_SCRIPT, [holders_key(session_id)], [payload])
 
     async def _keep_instance_alive(self) -> None:
         while True:
@@ -706,12 +756,34 @@ class RedisBus:
     def statistics(self) -> dict[str, Any]:
         return {
             "connected": self.connected,
-            "channels": len(self._channels),
+            "channels": 2 if self.connected else 0,
+            "sessions_held": len(self._held),
             "received": self._received,
             "own_echoes_ignored": self._own_echoes,
             "published": self._published,
             "reconnects": self._reconnects,
         }
+
+
+class _ReconnectWatch:
+    """Notices redis-py re-establishing a pub/sub connection by itself (its retry on connection errors)."""
+
+    def __init__(self) -> None:
+        self.reconnected = False
+        self._connection: Any = None
+
+    async def watch(self, pubsub: PubSub) -> None:
+        self._connection = pubsub.connection
+        if self._connection is not None:
+            self._connection.register_connect_callback(self.on_connect)  # kept as a weak method
+
+    async def unwatch(self) -> None:
+        if self._connection is not None:
+            self._connection.deregister_connect_callback(self.on_connect)
+            self._connection = None
+
+    async def on_connect(self, _connection: Any) -> None:
+        self.reconnected = True
 
 
 def _on_pubsub(method: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[Redis], Awaitable[Any]]:
