@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
@@ -539,6 +539,3 @@ class RequestContext:
 
 def is_ready(session: Session) -> bool:
     return session.state.lifecycle.phase in (Phase.INITIALIZING, Phase.READY)
-
-
-PeriodicEmitter = Callable[[Session], Awaitable[None]]
