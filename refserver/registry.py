@@ -79,6 +79,7 @@ class SessionRegistry:
                 nursery.start_soon(self._reap_idle_sessions)
                 if self.bus.distributed:
                     self.bus.set_handler(self._on_bus_message)  # type: ignore[attr-defined]
+                    self.bus.set_resync_handler(self._resync)  # type: ignore[attr-defined]
                     nursery.start_soon(self._keep_shared_sessions_alive)
                 for notifier in self._notifiers:
                     nursery.start_soon(self._run_notifier, notifier)
@@ -207,13 +208,25 @@ class SessionRegistry:
             session.close("deleted")
         elif kind == "state":
             session.apply_record(SessionRecord(**message["record"]))
-        elif kind == "resync":
-            # Back from a Redis outage: listeners re-read what they missed, and a session the store lost
-            # (Redis restarted without persistence) ends here too, so every instance answers 404 alike.
-            self.events.wake_session(session_id)
-            with contextlib.suppress(BackendUnavailable):
-                if await self.store.load(session_id) is None:
-                    session.close("gone")
+
+    async def _resync(self, session_ids: list[str]) -> None:
+        """Back from a Redis outage: listeners re-read what they missed, and a session the store lost (Redis
+        restarted without persistence) ends here too, so every instance answers 404 alike.
+
+        One pass for all the sessions, not one per session: every listener here is woken once, and the store is
+        asked in a few pipelines (after a blip, 10,000 sessions were 10,000 loads and as many scans of the
+        listeners, one after another, while the bus read nothing).
+        """
+        self.events.wake_all()
+        try:
+            kept = await self.store.existing(session_ids)
+        except BackendUnavailable as exc:
+            logger.warning("resync: could not check %d sessions in the store: %s", len(session_ids), exc)
+            return
+        for session_id in session_ids:
+            session = self._sessions.get(session_id)
+            if session is not None and session_id not in kept:
+                session.close("gone")
 
     async def _keep_shared_sessions_alive(self) -> None:
         """Push back the stored expiry of sessions active here, all in one round trip per period."""

@@ -92,10 +92,6 @@ class EventLog(Protocol):
         """Another instance appended `seq` to this stream (announced on the bus): wake its listeners."""
         ...
 
-    def wake_session(self, session_id: str) -> None:
-        """Wake every listener of the session (after a reconnect: they re-read what they missed)."""
-        ...
-
     def wake(self, session_id: str, stream_id: str) -> None:
         """Wake the waiters of one stream (its listeners re-check whether they should stop)."""
         ...

@@ -138,10 +138,6 @@ class MemoryEventLog:
     def notice(self, session_id: str, stream_id: str, seq: int) -> None:
         self.wake(session_id, stream_id)
 
-    def wake_session(self, session_id: str) -> None:
-        for stream_id in self._by_session.get(session_id, ()):
-            self.wake(session_id, stream_id)
-
     def wake(self, session_id: str, stream_id: str) -> None:
         history = self._streams.get((session_id, stream_id))
         if history is not None:

@@ -39,7 +39,7 @@ from redis.asyncio.client import Pipeline, PubSub
 
 from refserver.backend.events import STANDALONE_STREAM, Append, StoredEvent, StreamRead
 from refserver.backend.redis import BatchedScript, RedisConnection
-from refserver.backend.sessions import BusHandler, GlobalHandler, SessionRecord
+from refserver.backend.sessions import BusHandler, GlobalHandler, ResyncHandler, SessionRecord
 from refserver.errors import SERVER_ERROR, BackendUnavailable
 from refserver.protocol.jsonrpc import ErrorResponse, RequestId, encode_message
 
@@ -65,6 +65,8 @@ INSTANCE_TTL: Final = 10.0
 INSTANCE_REFRESH: Final = 3.0
 REJOIN_BATCH: Final = 1000
 """Sessions rejoined per pipeline after a reconnect."""
+EXISTS_BATCH: Final = 1000
+"""Sessions checked per pipeline by `RedisSessionStore.existing`."""
 
 
 def session_key(session_id: str) -> str:
@@ -125,6 +127,21 @@ class RedisSessionStore:
                 await pipe.execute()
 
         await self._conn.call(pipeline)
+
+    async def existing(self, session_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(session_ids), EXISTS_BATCH):
+            chunk = session_ids[start : start + EXISTS_BATCH]
+
+            async def check(r: Redis, chunk: list[str] = chunk) -> list[Any]:
+                async with r.pipeline(transaction=False) as pipe:
+                    for session_id in chunk:
+                        pipe.exists(session_key(session_id))
+                    return list(await pipe.execute())
+
+            replies = await self._conn.call(check)
+            found.update(session_id for session_id, exists in zip(chunk, replies, strict=True) if exists)
+        return found
 
     async def delete(self, session_id: str) -> None:
         async def remove(r: Redis) -> None:
@@ -556,11 +573,6 @@ class RedisEventLog:
         if waiters is not None:
             waiters.forget_and_wake()
 
-    def wake_session(self, session_id: str) -> None:
-        for key, waiters in list(self._waiters.items()):
-            if key[0] == session_id:
-                waiters.forget_and_wake()
-
     def wake_all(self) -> None:
         for waiters in list(self._waiters.values()):
             waiters.forget_and_wake()
@@ -602,6 +614,7 @@ class RedisBus:
         self._own_echo_suffix = f',"i":"{instance_id}"}}'.encode()
         self._handler: BusHandler | None = None
         self._global_handler: GlobalHandler | None = None
+        self._resync_handler: ResyncHandler | None = None
         self._held: set[str] = set()
         """Sessions this instance is in the holders set of (to rejoin and resync after a reconnect)."""
         self._connected = trio.Event()
@@ -616,6 +629,10 @@ class RedisBus:
     def set_global_handler(self, handler: GlobalHandler) -> None:
         """Messages for every instance (revocations); {"t": "resync"} after a reconnect."""
         self._global_handler = handler
+
+    def set_resync_handler(self, handler: ResyncHandler) -> None:
+        """Called after a reconnect with every session held here: what was published meanwhile is lost."""
+        self._resync_handler = handler
 
     async def publish_global(self, message: dict[str, Any]) -> None:
         self._published += 1
@@ -650,9 +667,8 @@ class RedisBus:
                             # Whatever was published while we were away is in Redis: re-read it.
                             if self._global_handler is not None:
                                 await self._global_handler({"t": "resync"})
-                            if self._handler is not None:
-                                for session_id in list(self._held):
-                                    await self._handler(session_id, {"t": "resync"})
+                            if self._resync_handler is not None:
+                                await self._resync_handler(list(self._held))
                         await self._read(pubsub, watch)
                     finally:
                         self._connected = trio.Event()

@@ -20,6 +20,7 @@ TransportKind = Literal["streamable", "legacy"]
 BusHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 """(session id, message) -> None; called for messages published by other instances."""
 GlobalHandler = Callable[[dict[str, Any]], Awaitable[None]]
+ResyncHandler = Callable[[list[str]], Awaitable[None]]
 """message -> None; called for messages addressed to every instance."""
 
 
@@ -58,6 +59,10 @@ class SessionStore(Protocol):
         """Remove the session and everything it wrote (its event streams included)."""
         ...
 
+    async def existing(self, session_ids: list[str]) -> set[str]:
+        """Those of `session_ids` the store still has (a few round trips for any number of them)."""
+        ...
+
 
 class Bus(Protocol):
     async def subscribe(self, session_id: str) -> None:
@@ -94,6 +99,9 @@ class LocalSessionStore:
 
     async def delete(self, session_id: str) -> None:
         return None
+
+    async def existing(self, session_ids: list[str]) -> set[str]:
+        return set(session_ids)  # nothing is stored apart from the registry: a session exists while it is there
 
 
 class LocalBus:

@@ -1,0 +1,90 @@
+"""After the subscriber connection comes back, one resync for every session held: listeners re-read, and the
+sessions Redis lost end here. Real registry, sessions, event log, store and bus on a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import attrs
+import pytest
+import trio
+
+from refserver.backend.events import STANDALONE_STREAM
+from refserver.backend.redis import RedisConnection
+from refserver.backend.redis_sessions import RedisBus, RedisEventLog, RedisSessionStore
+from refserver.dispatch import McpDispatcher
+from refserver.features import reference
+from refserver.features.catalog import FeatureIndex
+from refserver.registry import SessionRegistry
+from tests.conftest import wait_until
+from tests.redis_server import RedisServer
+
+SESSIONS = 300
+
+
+@attrs.define
+class Instance:
+    registry: SessionRegistry
+    bus: RedisBus
+    events: RedisEventLog
+
+
+@pytest.fixture
+async def instance(redis_server: RedisServer) -> AsyncIterator[Instance]:
+    async with trio.open_nursery() as nursery:
+        conn = await nursery.start(RedisConnection(redis_server.url, command_timeout=2.0).run)
+        events = RedisEventLog(conn, instance_id="resync", max_events=100, ttl=600)
+        bus = await nursery.start(RedisBus(conn, instance_id="resync", holder_ttl=600).run)
+        registry = SessionRegistry(
+            events=events,
+            store=RedisSessionStore(conn),
+            bus=bus,
+            handler=McpDispatcher(FeatureIndex.build([reference.build_catalog()])),
+            idle_ttl=600.0,
+            max_sessions=SESSIONS + 10,
+            client_request_timeout=30.0,
+        )
+        await nursery.start(registry.run)
+        yield Instance(registry, bus, events)
+        nursery.cancel_scope.cancel()
+
+
+def calls(server: RedisServer, command: str) -> int:
+    return int(server.client().info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_dropped_subscriber_resyncs_every_session_in_a_few_round_trips(
+    redis_server: RedisServer, instance: Instance
+) -> None:
+    sessions = [await instance.registry.create_session("streamable") for _ in range(SESSIONS)]
+    woken: list[str] = []
+
+    async def listen(session_id: str, task_status: trio.TaskStatus[None]) -> None:
+        with instance.events.watching(session_id, STANDALONE_STREAM):
+            task_status.started()
+            await instance.events.wait_for_events(session_id, STANDALONE_STREAM, 0)
+            woken.append(session_id)
+
+    async with trio.open_nursery() as nursery:
+        for session in sessions[:10]:
+            await nursery.start(listen, session.id)
+        gets, exists = calls(redis_server, "get"), calls(redis_server, "exists")
+        # Redis keeps its data; only the subscriber connection goes (as in a network blip).
+        redis_server.client().client_kill_filter(_type="pubsub")
+        await wait_until(lambda: instance.bus.statistics()["reconnects"] > 0 and instance.bus.connected, 10, "back")
+        await wait_until(lambda: len(woken) == 10, 5, "listeners woken to re-read")
+    assert calls(redis_server, "get") == gets  # no session loaded one by one
+    assert calls(redis_server, "exists") - exists == SESSIONS  # each checked once, in pipelines
+    assert not any(s.closed for s in sessions)  # all still in Redis: all kept
+    assert instance.bus.statistics()["sessions_held"] == SESSIONS
+
+
+async def test_sessions_lost_by_a_redis_restart_end_at_the_resync(
+    redis_server: RedisServer, instance: Instance
+) -> None:
+    sessions = [await instance.registry.create_session("streamable") for _ in range(SESSIONS)]
+    redis_server.kill()
+    redis_server.start()  # empty: no persistence
+    await wait_until(lambda: all(s.closed for s in sessions), 15, "every session to end")
+    assert {s.close_reason for s in sessions} == {"gone"}
+    await wait_until(lambda: len(instance.registry) == 0, 5, "the registry to let them go")
