@@ -498,3 +498,37 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
         await buses["a"].publish(only_b, {"t": "cancel", "id": 2})
         await settle({"a": [], "b": [(only_b, "cancel")]})
         nursery.cancel_scope.cancel()
+
+
+async def test_dead_holders_are_forgotten_and_a_lapsed_instance_joins_again(redis_server: RedisServer) -> None:
+    """An instance killed without leaving drops out of the holders sets at the next message; a live instance
+    whose liveness lapsed (stalled past INSTANCE_TTL) and was dropped joins again at its next refresh."""
+    received: list[tuple[str, str]] = []
+    resynced: list[list[str]] = []
+    client = redis_server.client()
+    async with trio.open_nursery() as nursery:
+        conn = await nursery.start(RedisConnection(redis_server.url, command_timeout=1.0).run)
+        bus = await nursery.start(RedisBus(conn, instance_id="alive", holder_ttl=600).run)
+
+        async def on_message(session_id: str, message: dict[str, Any]) -> None:
+            received.append((session_id, str(message.get("t"))))
+
+        async def on_resync(session_ids: list[str]) -> None:
+            resynced.append(session_ids)
+
+        bus.set_handler(on_message)
+        bus.set_resync_handler(on_resync)
+        session_id = "s-holders"
+        holders = f"refserver:session:{session_id}:holders"
+        await bus.subscribe(session_id)
+        client.sadd(holders, "crashed")  # an instance that died: its liveness key is gone
+        await bus.publish(session_id, {"t": "state"})
+        await wait_until(lambda: received == [(session_id, "state")], 5, "the live holder's message")
+        assert client.smembers(holders) == {b"alive"}
+
+        client.delete("refserver:instance:alive")  # as if this instance had stalled past INSTANCE_TTL...
+        client.srem(holders, "alive")  # ...and another instance's message had dropped it
+        await wait_until(lambda: client.sismember(holders, "alive"), 10, "the instance to join again")
+        assert bus.statistics()["liveness_lapses"] == 1
+        assert resynced == [[session_id]]  # what was published meanwhile is re-read
+        nursery.cancel_scope.cancel()

@@ -160,11 +160,21 @@ class RedisSessionStore:
 _ANNOUNCE_LUA: Final = f"""
 local function announce(holders, skip, message)
   for _, holder in ipairs(redis.call('SMEMBERS', holders)) do
-    if holder ~= skip then redis.call('PUBLISH', '{INBOX_PREFIX}' .. holder, message) end
+    if holder ~= skip then
+      if redis.call('EXISTS', '{PREFIX}instance:' .. holder) == 1 then
+        redis.call('PUBLISH', '{INBOX_PREFIX}' .. holder, message)
+      else
+        redis.call('SREM', holders, holder)
+      end
+    end
   end
 end
 """
-"""Publish `message` to the inbox of every instance holding the session, except `skip`."""
+"""Publish `message` to the inbox of every live instance holding the session, except `skip`; forget dead ones.
+
+An instance that died without leaving (SIGKILL) would otherwise stay in the holders sets of sessions that live
+on elsewhere, and every later message would be published once more for it, across every redeploy.
+"""
 
 _APPEND_SCRIPT: Final = BatchedScript(
     _ANNOUNCE_LUA
@@ -622,6 +632,7 @@ class RedisBus:
         self._own_echoes = 0
         self._published = 0
         self._reconnects = 0
+        self._lapses = 0
 
     def set_handler(self, handler: BusHandler) -> None:
         self._handler = handler
@@ -647,6 +658,8 @@ class RedisBus:
         """Read messages until cancelled; while Redis is away, retry, then rejoin and resync every session held."""
         started = False
         async with trio.open_nursery() as nursery:
+            with contextlib.suppress(BackendUnavailable):
+                await self._refresh_liveness()  # before any session joins a holders set: a live instance is kept
             nursery.start_soon(self._keep_instance_alive)
             while True:
                 try:
@@ -656,8 +669,10 @@ class RedisBus:
                         await self._conn.call(_on_pubsub(pubsub.subscribe, GLOBAL_CHANNEL, self._inbox))
                         await self._conn.call(_on_pubsub(watch.watch, pubsub))
                         if started:
-                            # Redis may have restarted empty: join the holders sets again before the resync, so
-                            # nothing published from now on misses this instance.
+                            # Redis may have restarted empty: say this instance is alive (else the next message
+                            # drops it as dead) and join the holders sets again before the resync, so nothing
+                            # published from now on misses it.
+                            await self._refresh_liveness()
                             await self._rejoin(list(self._held))
                         self._connected.set()
                         if not started:
@@ -763,11 +778,28 @@ class RedisBus:
         # On the write lane: after this instance's appends queued before it (a reply follows the events before it).
         await self._conn.run_script_batched(_PUBLISH_SCRIPT, [holders_key(session_id)], [payload])
 
+    async def _refresh_liveness(self) -> bool:
+        """Refresh this instance's liveness key; True if it had lapsed (or never existed)."""
+        key = instance_key(self.instance_id)
+        previous = await self._conn.call(lambda r: r.set(key, b"1", px=_ms(INSTANCE_TTL), get=True))
+        return previous is None
+
     async def _keep_instance_alive(self) -> None:
         while True:
-            with contextlib.suppress(BackendUnavailable):
-                await self._conn.call(lambda r: r.set(instance_key(self.instance_id), b"1", px=_ms(INSTANCE_TTL)))
             await trio.sleep(INSTANCE_REFRESH)
+            try:
+                lapsed = await self._refresh_liveness()
+            except BackendUnavailable:
+                continue
+            if lapsed and self.connected:
+                # Stalled (or cut off) longer than INSTANCE_TTL: other instances took this one for dead and may
+                # have dropped it from holders sets, so messages were lost. Join again, then resync.
+                logger.warning("instance liveness lapsed; rejoining %d sessions", len(self._held))
+                self._lapses += 1
+                with contextlib.suppress(BackendUnavailable):
+                    await self._rejoin(list(self._held))
+                    if self._resync_handler is not None:
+                        await self._resync_handler(list(self._held))
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -778,6 +810,7 @@ class RedisBus:
             "own_echoes_ignored": self._own_echoes,
             "published": self._published,
             "reconnects": self._reconnects,
+            "liveness_lapses": self._lapses,
         }
 
 
