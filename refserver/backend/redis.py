@@ -240,10 +240,7 @@ class RedisConnection:
         exception the call failed with (then it may or may not have run), as soon as the batch is back: also when
         the caller has stopped waiting, so the effects of a call that ran are never missed. It must not raise.
         """
-        key_count, sha = len(keys), script.sha
-        order_key = keys[0] if keys else ""
-        call = _BatchedCall(lambda pipe: pipe.evalsha(sha, key_count, *keys, *args), script, order_key, on_outcome)
-        return (await self._queue(self._writes, call))[0]
+        return (await self._queue(self._writes, _script_call(script, keys, args, on_outcome)))[0]
 
     async def run_script_many(
         self, script: BatchedScript, calls: Iterable[tuple[Sequence[str], Sequence[Any], Callable[[Any], None]]]
@@ -258,15 +255,7 @@ class RedisConnection:
         """
         if self._loop is None:
             raise BackendUnavailable("Redis connection is not running")
-        sha = script.sha
-
-        def evalsha(keys: Sequence[str], args: Sequence[Any]) -> Callable[[Pipeline], object]:
-            return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
-
-        await self._writes.submit_many(
-            _BatchedCall(evalsha(keys, args), script, keys[0] if keys else "", on_outcome)
-            for keys, args, on_outcome in calls
-        )
+        await self._writes.submit_many(_script_call(script, keys, args, on_outcome) for keys, args, on_outcome in calls)
 
     async def _queue(self, lane: _BatchLane, call: _BatchedCall) -> list[Any]:
         if self._loop is None:
@@ -451,6 +440,16 @@ class _BatchedCall:
         self.done.set()
         if self.on_outcome is not None:
             self.on_outcome(error)
+
+
+def _script_call(
+    script: BatchedScript, keys: Sequence[str], args: Sequence[Any], on_outcome: Callable[[Any], None] | None
+) -> _BatchedCall:
+    """One EVALSHA of `script`, ordered by its first key."""
+    sha, key_count = script.sha, len(keys)
+    return _BatchedCall(
+        lambda pipe: pipe.evalsha(sha, key_count, *keys, *args), script, keys[0] if keys else "", on_outcome
+    )
 
 
 async def _run_batch(client: Redis, batch: list[_BatchedCall]) -> list[list[Any]]:

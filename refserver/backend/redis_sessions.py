@@ -323,6 +323,8 @@ class RedisEventLog:
         self._persisted = 0
         self._read_here = 0
         self._meta_without_requests = json.dumps({"i": self.instance_id, "r": []})
+        # The append script's arguments that are the same for every call, encoded once instead of by redis-py.
+        self._shared_args = (str(max_events).encode(), str(self._ttl_ms).encode(), self.instance_id.encode())
         """The owner record of a stream not opened here (the standalone one): the same for every append."""
 
     @contextlib.contextmanager
@@ -417,15 +419,9 @@ class RedisEventLog:
         local = self._local.get(key)
         if local is not None and not local.persisted:
             return self._append_locally(key, local, data, flag)
-        meta = local.meta if local is not None else self._meta_without_requests
         if flag == "c":
             self._local.pop(key, None)
-        args = [data, flag, self._max_events, self._ttl_ms, session_id, stream_id, meta, self.instance_id]
-        keys = _append_keys(session_id, stream_id)
-
-        def appended(reply: Any) -> None:
-            self._appended_here(key, reply, None if flag == "c" else (data, flag == "1"))
-
+        keys, args, appended = self._script_call(key, local, data, flag)
         # Batched: appends to one stream keep their order (one writer, FIFO), so seqs grow in call order.
         seq = int(await self._conn.run_script_batched(_APPEND_SCRIPT, keys, args, on_outcome=appended))
         if seq < 0:
@@ -438,10 +434,6 @@ class RedisEventLog:
         A stream still kept locally takes its event here; a session gone from Redis makes its append a no-op.
         """
 
-        # What every call of the round shares, encoded once instead of by redis-py for each call.
-        flag, max_events, ttl_ms = b"0", str(self._max_events).encode(), str(self._ttl_ms).encode()
-        instance, shared_meta = self.instance_id.encode(), self._meta_without_requests.encode()
-
         def calls() -> Iterator[tuple[list[str], list[Any], Callable[[Any], None]]]:
             for session_id, stream_id, data in appends:
                 key = (session_id, stream_id)
@@ -451,12 +443,20 @@ class RedisEventLog:
                         with contextlib.suppress(trio.ClosedResourceError):  # its history is full: skipped
                             self._append_locally(key, local, data, "0")
                     continue
-                meta = local.meta if local is not None else shared_meta
-                args = [data, flag, max_events, ttl_ms, session_id, stream_id, meta, instance]
-                keys = _append_keys(session_id, stream_id)
-                yield keys, args, functools.partial(self._appended_here, key, event=(data, False))
+                yield self._script_call(key, local, data, "0")
 
         await self._conn.run_script_many(_APPEND_SCRIPT, calls())
+
+    def _script_call(
+        self, key: tuple[str, str], local: _LocalStream | None, data: str, flag: str
+    ) -> tuple[list[str], list[Any], Callable[[Any], None]]:
+        """Keys, arguments and outcome callback of one append script call."""
+        session_id, stream_id = key
+        max_events, ttl_ms, instance = self._shared_args
+        meta = local.meta if local is not None else self._meta_without_requests
+        args = [data, flag, max_events, ttl_ms, session_id, stream_id, meta, instance]
+        event = None if flag == "c" else (data, flag == "1")
+        return _append_keys(session_id, stream_id), args, functools.partial(self._appended_here, key, event=event)
 
     def _appended_here(self, key: tuple[str, str], reply: Any, event: tuple[str, bool] | None) -> None:
         """The batch writer's report on one append, also when its caller stopped waiting.

@@ -20,8 +20,9 @@ TransportKind = Literal["streamable", "legacy"]
 BusHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 """(session id, message) -> None; called for messages published by other instances."""
 GlobalHandler = Callable[[dict[str, Any]], Awaitable[None]]
-ResyncHandler = Callable[[list[str]], Awaitable[None]]
 """message -> None; called for messages addressed to every instance."""
+ResyncHandler = Callable[[list[str]], Awaitable[None]]
+"""session ids -> None; called after the bus was away, with every session it holds."""
 
 
 @attrs.define
