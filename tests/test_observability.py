@@ -611,3 +611,15 @@ def test_statistics_collector_ignores_non_numbers() -> None:
         lambda: {"a": "text", "b": None, "c": 1.5}, [Stat(k, f"m_{k}", "gauge", k) for k in "abc"]
     )
     assert [family.name for family in collector.collect()] == ["m_c"]
+
+
+def test_every_named_log_event_is_logged_by_the_module_it_names() -> None:
+    """A message that moves to another module (or is reworded) would silently lose its `event` name."""
+    import importlib
+    import inspect
+
+    from refserver.observability.logs import KNOWN_EVENTS
+
+    for logger_name, message in KNOWN_EVENTS:
+        source = inspect.getsource(importlib.import_module(logger_name))
+        assert json.dumps(message) in source, f"{logger_name} no longer logs {message!r}"

@@ -11,7 +11,8 @@ import trio
 
 from refserver.backend.events import STANDALONE_STREAM
 from refserver.backend.redis import RedisConnection
-from refserver.backend.redis_sessions import RedisBus, RedisEventLog, RedisSessionStore
+from refserver.backend.redis_bus import RedisBus
+from refserver.backend.redis_sessions import RedisEventLog, RedisSessionStore
 from refserver.dispatch import McpDispatcher
 from refserver.features import reference
 from refserver.features.catalog import FeatureIndex

@@ -9,7 +9,8 @@ from refserver.backend.kv import KeyValueStore
 from refserver.backend.memory import MemoryEventLog
 from refserver.backend.memory_kv import MemoryKeyValueStore
 from refserver.backend.redis import RedisConnection, RedisKeyValueStore
-from refserver.backend.redis_sessions import RedisBus, RedisEventLog, RedisSessionStore, new_instance_id
+from refserver.backend.redis_bus import RedisBus, new_instance_id
+from refserver.backend.redis_sessions import RedisEventLog, RedisSessionStore
 from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionStore
 from refserver.config import Settings
 

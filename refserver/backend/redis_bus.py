@@ -1,0 +1,308 @@
+"""The bus on Redis: how the instances holding a session hear of what happens to it elsewhere.
+
+Each instance subscribes to two channels, whatever the number of sessions: `bus` (messages for every instance,
+such as revocations) and its own `inbox:{instance id}`. A message about a session, {"t": "event" | "cancel" |
+"reply" | "delete" | "state", "sid": session id, ...}, is published by a script to the inbox of every live
+instance in the session's `holders` set (an instance joins the set when it creates or adopts the session, and
+leaves it when the session closes there). An append is not announced to the instance that made it (see
+`redis_sessions`, which also holds the key layout).
+
+Liveness: every instance refreshes `instance:{id}` (INSTANCE_TTL); the publishing script drops holders whose key
+is gone, so an instance killed without leaving costs nothing for long. An instance that lost its subscriber
+connection, or whose liveness lapsed, joins its sessions' holders sets again and resyncs them: whatever was
+published meanwhile is lost, and re-read from Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline, PubSub
+
+from refserver.backend.redis import BatchedScript, RedisConnection
+from refserver.backend.redis_sessions import (
+    ANNOUNCE_LUA,
+    GLOBAL_CHANNEL,
+    holders_key,
+    inbox_channel,
+    instance_key,
+    milliseconds,
+)
+from refserver.backend.sessions import BusHandler, GlobalHandler, ResyncHandler
+from refserver.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+POLL_TIMEOUT: Final = 0.05
+"""The subscriber waits at most this long for a message on the asyncio side before handing back control."""
+RECONNECT_DELAY: Final = 0.5
+"""Pause between attempts to re-open the subscriber connection while Redis is down."""
+SUBSCRIBE_TIMEOUT: Final = 5.0
+"""Joining a session's holders waits at most this long for the subscriber connection to be up."""
+INSTANCE_TTL: Final = 10.0
+"""An instance that has not refreshed its liveness key for this long is considered dead."""
+INSTANCE_REFRESH: Final = 3.0
+REJOIN_BATCH: Final = 1000
+"""Sessions rejoined per pipeline after a reconnect."""
+
+# A message about a session, for every instance holding it (this one included).
+_PUBLISH_SCRIPT: Final = BatchedScript(ANNOUNCE_LUA + "announce(KEYS[1], '', ARGV[1])\nreturn 1\n")
+
+
+class RedisBus:
+    """One subscriber connection per instance, on two channels (all instances, and this one's inbox), reconnecting
+    by itself; a session's messages reach the instances in its holders set."""
+
+    distributed = True
+
+    def __init__(self, conn: RedisConnection, *, instance_id: str, holder_ttl: float) -> None:
+        self._conn = conn
+        self.instance_id = instance_id
+        self._inbox = inbox_channel(instance_id)
+        self._holder_ttl_ms = milliseconds(holder_ttl)
+        self._handler: BusHandler | None = None
+        self._global_handler: GlobalHandler | None = None
+        self._resync_handler: ResyncHandler | None = None
+        self._held: set[str] = set()
+        """Sessions this instance is in the holders set of (to rejoin and resync after a reconnect)."""
+        self._connected = trio.Event()
+        self._received = 0
+        self._published = 0
+        self._reconnects = 0
+        self._lapses = 0
+
+    def set_handler(self, handler: BusHandler) -> None:
+        self._handler = handler
+
+    def set_global_handler(self, handler: GlobalHandler) -> None:
+        """Messages for every instance (revocations); {"t": "resync"} after a reconnect."""
+        self._global_handler = handler
+
+    def set_resync_handler(self, handler: ResyncHandler) -> None:
+        """Called after a reconnect with every session held here: what was published meanwhile is lost."""
+        self._resync_handler = handler
+
+    async def publish_global(self, message: dict[str, Any]) -> None:
+        self._published += 1
+        payload = json.dumps(message, separators=(",", ":"))
+        await self._conn.call(lambda r: r.publish(GLOBAL_CHANNEL, payload))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def run(self, *, task_status: trio.TaskStatus[RedisBus] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read messages until cancelled; while Redis is away, retry, then rejoin and resync every session held."""
+        started = False
+        async with trio.open_nursery() as nursery:
+            with contextlib.suppress(BackendUnavailable):
+                await self._refresh_liveness()  # before any session joins a holders set: a live instance is kept
+            nursery.start_soon(self._keep_instance_alive)
+            while True:
+                try:
+                    pubsub = await self._conn.call(_new_pubsub)
+                    watch = _ReconnectWatch()
+                    try:
+                        await self._conn.call(_on_pubsub(pubsub.subscribe, GLOBAL_CHANNEL, self._inbox))
+                        await self._conn.call(_on_pubsub(watch.watch, pubsub))
+                        if started:
+                            # Redis may have restarted empty: say this instance is alive (else the next message
+                            # drops it as dead) and join the holders sets again before the resync, so nothing
+                            # published from now on misses it.
+                            await self._refresh_liveness()
+                            await self._rejoin(list(self._held))
+                        self._connected.set()
+                        if not started:
+                            started = True
+                            task_status.started(self)
+                        else:
+                            # Whatever was published while we were away is in Redis: re-read it.
+                            if self._global_handler is not None:
+                                await self._global_handler({"t": "resync"})
+                            if self._resync_handler is not None:
+                                await self._resync_handler(list(self._held))
+                        await self._read(pubsub, watch)
+                    finally:
+                        self._connected = trio.Event()
+                        with trio.move_on_after(1.0, shield=True):
+                            with contextlib.suppress(BackendUnavailable):
+                                await self._conn.call(_on_pubsub(watch.unwatch))
+                                await self._conn.call(_on_pubsub(pubsub.aclose))
+                except BackendUnavailable as exc:
+                    if not started:
+                        started = True
+                        task_status.started(self)
+                    self._reconnects += 1
+                    logger.warning("redis bus disconnected (%s); reconnecting", exc)
+                    await trio.sleep(RECONNECT_DELAY)
+
+    async def _rejoin(self, session_ids: list[str]) -> None:
+        ttl_ms, instance = self._holder_ttl_ms, self.instance_id
+        for start in range(0, len(session_ids), REJOIN_BATCH):
+            chunk = session_ids[start : start + REJOIN_BATCH]
+
+            async def join(r: Redis, chunk: list[str] = chunk) -> None:
+                async with r.pipeline(transaction=False) as pipe:
+                    for session_id in chunk:
+                        pipe.sadd(holders_key(session_id), instance)
+                        pipe.pexpire(holders_key(session_id), ttl_ms)
+                    await pipe.execute()
+
+            await self._conn.call(join)
+
+    async def _read(self, pubsub: PubSub, watch: _ReconnectWatch) -> None:
+        while True:
+            # Everything already received, in one hop to the asyncio side (one hop per message cannot keep
+            # up with a busy cluster).
+            for message in await self._conn.call(lambda _r: _receive_batch(pubsub)):
+                await self._dispatch(message)
+            if watch.reconnected:
+                # redis-py reconnected the subscriber by itself (and resubscribed it): Redis may have restarted
+                # empty, and whatever was published meanwhile is lost. Start over, with a rejoin and a resync.
+                raise BackendUnavailable("the subscriber connection was re-established")
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind not in ("message", b"message"):
+            return  # subscription confirmations
+        self._received += 1
+        try:
+            payload = json.loads(message["data"])
+        except ValueError:
+            logger.warning("ignoring a malformed bus message")
+            return
+        name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else message.get("channel")
+        if name == GLOBAL_CHANNEL:
+            if self._global_handler is not None:
+                await self._global_handler(payload)
+        elif self._handler is not None and isinstance(payload.get("sid"), str):
+            await self._handler(payload["sid"], payload)
+
+    async def subscribe(self, session_id: str) -> None:
+        """Join the session's holders: once this returns, every message about the session reaches this instance."""
+        if not self._connected.is_set():
+            # Joined while the subscriber is away, messages would be lost until it is back: wait for it a while.
+            with trio.move_on_after(SUBSCRIBE_TIMEOUT):
+                await self._connected.wait()
+            if not self._connected.is_set():
+                raise BackendUnavailable("the Redis bus is not connected")
+        key, instance, ttl_ms = holders_key(session_id), self.instance_id, self._holder_ttl_ms
+
+        def join(pipe: Pipeline) -> None:
+            pipe.sadd(key, instance)
+            pipe.pexpire(key, ttl_ms)
+
+        self._held.add(session_id)
+        try:
+            await self._conn.write_batched(join)
+        except BaseException:
+            self._held.discard(session_id)
+            raise
+
+    async def unsubscribe(self, session_id: str) -> None:
+        self._held.discard(session_id)
+        key, instance = holders_key(session_id), self.instance_id
+        await self._conn.write_batched(lambda pipe: pipe.srem(key, instance))
+
+    async def publish(self, session_id: str, message: dict[str, Any]) -> None:
+        payload = json.dumps({**message, "sid": session_id}, separators=(",", ":"))
+        self._published += 1
+        # On the write lane: after this instance's appends queued before it (a reply follows the events before it).
+        await self._conn.run_script_batched(_PUBLISH_SCRIPT, [holders_key(session_id)], [payload])
+
+    async def _refresh_liveness(self) -> bool:
+        """Refresh this instance's liveness key; True if it had lapsed (or never existed)."""
+        key = instance_key(self.instance_id)
+        previous = await self._conn.call(lambda r: r.set(key, b"1", px=milliseconds(INSTANCE_TTL), get=True))
+        return previous is None
+
+    async def _keep_instance_alive(self) -> None:
+        while True:
+            await trio.sleep(INSTANCE_REFRESH)
+            try:
+                lapsed = await self._refresh_liveness()
+            except BackendUnavailable:
+                continue
+            if lapsed and self.connected:
+                # Stalled (or cut off) longer than INSTANCE_TTL: other instances took this one for dead and may
+                # have dropped it from holders sets, so messages were lost. Join again, then resync.
+                logger.warning("instance liveness lapsed; rejoining %d sessions", len(self._held))
+                self._lapses += 1
+                with contextlib.suppress(BackendUnavailable):
+                    await self._rejoin(list(self._held))
+                    if self._resync_handler is not None:
+                        await self._resync_handler(list(self._held))
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "channels": 2 if self.connected else 0,
+            "sessions_held": len(self._held),
+            "received": self._received,
+            "published": self._published,
+            "reconnects": self._reconnects,
+            "liveness_lapses": self._lapses,
+        }
+
+
+class _ReconnectWatch:
+    """Notices redis-py re-establishing a pub/sub connection by itself (its retry on connection errors)."""
+
+    def __init__(self) -> None:
+        self.reconnected = False
+        self._connection: Any = None
+
+    async def watch(self, pubsub: PubSub) -> None:
+        self._connection = pubsub.connection
+        if self._connection is not None:
+            self._connection.register_connect_callback(self.on_connect)  # kept as a weak method
+
+    async def unwatch(self) -> None:
+        if self._connection is not None:
+            self._connection.deregister_connect_callback(self.on_connect)
+            self._connection = None
+
+    async def on_connect(self, _connection: Any) -> None:
+        self.reconnected = True
+
+
+def _on_pubsub(method: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[Redis], Awaitable[Any]]:
+    """A call on the subscriber connection, in the shape `RedisConnection.call` runs on the asyncio side."""
+
+    async def run(_client: Redis) -> Any:
+        return await method(*args)
+
+    return run
+
+
+RECEIVE_BATCH: Final = 1000
+"""Messages taken per hop to the asyncio side at most (memory bound of one batch)."""
+
+
+async def _receive_batch(pubsub: PubSub) -> list[dict[str, Any]]:
+    """Wait up to POLL_TIMEOUT for a message, then take whatever else is already buffered (bounded)."""
+    first = await pubsub.get_message(False, POLL_TIMEOUT)
+    if first is None:
+        return []
+    batch = [first]
+    while len(batch) < RECEIVE_BATCH:
+        message = await pubsub.get_message(False, 0.0)
+        if message is None:
+            break
+        batch.append(message)
+    return batch
+
+
+async def _new_pubsub(r: Redis) -> PubSub:
+    return r.pubsub()
+
+
+def new_instance_id() -> str:
+    return secrets.token_hex(8)
