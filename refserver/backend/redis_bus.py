@@ -2,10 +2,10 @@
 
 Each instance subscribes to two channels, whatever the number of sessions: `bus` (messages for every instance,
 such as revocations) and its own `inbox:{instance id}`. A message about a session, {"t": "event" | "cancel" |
-"reply" | "delete" | "state", "sid": session id, ...}, is published by a script to the inbox of every live
+"reply" | "delete" | "state", "sid": session id, ...}, is published by a script to the inbox of every other live
 instance in the session's `holders` set (an instance joins the set when it creates or adopts the session, and
-leaves it when the session closes there). An append is not announced to the instance that made it (see
-`redis_sessions`, which also holds the key layout).
+leaves it when the session closes there). Nothing comes back to the instance that published it, an append's
+announcement included (see `redis_sessions`, which also holds the key layout).
 
 Liveness: every instance refreshes `instance:{id}` (INSTANCE_TTL); the publishing script drops holders whose key
 is gone, so an instance killed without leaving costs nothing for long. An instance that lost its subscriber
@@ -52,8 +52,9 @@ INSTANCE_REFRESH: Final = 3.0
 REJOIN_BATCH: Final = 1000
 """Sessions rejoined per pipeline after a reconnect."""
 
-# A message about a session, for every instance holding it (this one included).
-_PUBLISH_SCRIPT: Final = BatchedScript(ANNOUNCE_LUA + "announce(KEYS[1], '', ARGV[1])\nreturn 1\n")
+# A message about a session, for every other instance holding it: the publisher acted on it here first (a
+# cancel or reply it could not deliver itself, a state it set, a delete it carries out).
+_PUBLISH_SCRIPT: Final = BatchedScript(ANNOUNCE_LUA + "announce(KEYS[1], ARGV[2], ARGV[1])\nreturn 1\n")
 
 
 class RedisBus:
@@ -215,7 +216,7 @@ class RedisBus:
         payload = json.dumps({**message, "sid": session_id}, separators=(",", ":"))
         self._published += 1
         # On the write lane: after this instance's appends queued before it (a reply follows the events before it).
-        await self._conn.run_script_batched(_PUBLISH_SCRIPT, [holders_key(session_id)], [payload])
+        await self._conn.run_script_batched(_PUBLISH_SCRIPT, [holders_key(session_id)], [payload, self.instance_id])
 
     async def _refresh_liveness(self) -> bool:
         """Refresh this instance's liveness key; True if it had lapsed (or never existed)."""
