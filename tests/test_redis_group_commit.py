@@ -510,6 +510,8 @@ async def test_dead_holders_are_forgotten_and_a_lapsed_instance_joins_again(redi
     async with trio.open_nursery() as nursery:
         conn = await nursery.start(RedisConnection(redis_server.url, command_timeout=1.0).run)
         bus = await nursery.start(RedisBus(conn, instance_id="alive", holder_ttl=600).run)
+        other_conn = await nursery.start(RedisConnection(redis_server.url, command_timeout=1.0).run)
+        other = await nursery.start(RedisBus(other_conn, instance_id="other", holder_ttl=600).run)
 
         async def on_message(session_id: str, message: dict[str, Any]) -> None:
             received.append((session_id, str(message.get("t"))))
@@ -523,7 +525,7 @@ async def test_dead_holders_are_forgotten_and_a_lapsed_instance_joins_again(redi
         holders = f"refserver:session:{session_id}:holders"
         await bus.subscribe(session_id)
         client.sadd(holders, "crashed")  # an instance that died: its liveness key is gone
-        await bus.publish(session_id, {"t": "state"})
+        await other.publish(session_id, {"t": "state"})  # a message from another instance
         await wait_until(lambda: received == [(session_id, "state")], 5, "the live holder's message")
         assert client.smembers(holders) == {b"alive"}
 
