@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import httpx
 import trio
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from refserver.backend.factory import backend_from_settings
@@ -40,8 +40,8 @@ from refserver.transport.services import Services
 
 logger = logging.getLogger("refserver")
 
-SHUTDOWN_POLL_INTERVAL: Final = 0.1
-"""Hypercorn itself polls its shutdown event this often."""
+ACCEPT_LOOP_POLL_INTERVAL: Final = 0.05
+"""How often the end of Hypercorn's accept loop is looked for, once shutdown has begun."""
 GC_THRESHOLDS: Final = (50_000, 20, 100)
 """The collector's thresholds (CPython's default: 700, 10, 10). A worker holding 10,000 sessions tracks 1-2 million
 objects, and with the defaults a full collection of 0.5-1.4 s, finding almost nothing, ran every 2 s or so: Redis
@@ -79,12 +79,14 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
     event = hypercorn_shutdown_event()
     if event is None:
         return
-    while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
-        await trio.sleep(SHUTDOWN_POLL_INTERVAL)
+    # A thread blocks on the multiprocessing event, so the drain begins the moment it is set: before Hypercorn's own
+    # 0.1 s poll sees it and starts closing kept-alive connections, every answer already says `Connection: close`
+    # (see `streamable_http.drain_headers`). Abandoned if the app stops first: it only waits.
+    await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
     registry.begin_drain()
     with trio.move_on_after(ACCEPT_LOOP_EXIT_TIMEOUT):
         while accept_loop_running():  # noqa: ASYNC110 - Hypercorn signals nothing when it stops accepting
-            await trio.sleep(SHUTDOWN_POLL_INTERVAL / 2)
+            await trio.sleep(ACCEPT_LOOP_POLL_INTERVAL)
         stop_listening()
 
 
@@ -240,6 +242,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     @app.after_request
     async def common_headers(response: Response) -> Response:
         security.add_cors_headers(response, origin_policy)
+        if registry.draining:
+            response.headers.update(streamable_http.drain_headers(request.http_version))
         return security.add_security_headers(response, settings)
 
     register_error_handlers(app, refusals)

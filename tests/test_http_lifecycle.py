@@ -210,6 +210,31 @@ async def test_shutdown_closes_streams_with_retry_before_the_graceful_timeout(
     assert "draining" in server.log()
 
 
+async def test_answers_during_the_drain_close_their_connections(make_server: Any, http: httpx.AsyncClient) -> None:
+    """Once shutdown has begun, answers carry `Connection: close`: the client's next request goes to another
+    instance instead of racing Hypercorn closing the kept-alive connection (which held the worker's exit)."""
+    server = make_server()
+    session_id = await initialize(http, server.mcp_url)
+    headers = session_headers(session_id)
+    before = await http.post(server.mcp_url, json=long_call(1, 0.01, 1, token=None), headers=headers)
+    assert before.status_code == 200 and before.headers.get("connection") != "close"
+    answers: list[httpx.Response] = []
+
+    async def slow_call() -> None:
+        answers.append(await http.post(server.mcp_url, json=long_call(2, 1.0, 1, token=None), headers=headers))
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_call)
+            await trio.sleep(0.3)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+    [during] = answers
+    assert during.status_code == 200 and during.json()["id"] == 2 and "result" in during.json()
+    assert during.headers["connection"] == "close"
+    assert await trio.to_thread.run_sync(server.process.wait, 10) == 0
+
+
 async def test_new_get_stream_supersedes_the_old_one(shared_server: ServerProcess, http: httpx.AsyncClient) -> None:
     session_id = await initialize(http, shared_server.mcp_url)
     headers = session_headers(session_id)

@@ -68,6 +68,15 @@ VERSION_HEADER: Final = "Mcp-Protocol-Version"
 HANDLED_ELSEWHERE: Final = frozenset({"OPTIONS"})
 """The CORS preflight is answered by the Quart app, with the other paths' preflights."""
 
+
+def drain_headers(http_version: str) -> tuple[tuple[str, str], ...]:
+    """Once shutdown has begun, every HTTP/1 answer ends its connection: the client's next request opens a new one,
+    which goes to another instance. A request sent on a kept-alive connection as Hypercorn closes it at shutdown can
+    leave its reading task waiting for good (h11 pauses on the early request; Hypercorn never resumes it) and hold
+    the worker's exit for the whole graceful_timeout. (HTTP/2 forbids the header: its streams end on their own.)"""
+    return (("Connection", "close"),) if http_version in ("1.0", "1.1") else ()
+
+
 _NO_CONTENT: Final = HttpResponse(204, content_type="text/plain")
 _ACCEPTED: Final = HttpResponse(202, content_type="text/plain")
 
@@ -102,6 +111,7 @@ class StreamableHttpEndpoint:
             [
                 *security.security_headers(self._settings, response.content_type),
                 *security.mcp_cors_headers(origin, self._services.origin_policy),
+                *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
             ],
         )
         await send_response(request, send, response, headers)
