@@ -531,7 +531,7 @@ async def test_dead_holders_are_forgotten_and_a_lapsed_instance_joins_again(redi
 
         client.delete("refserver:instance:alive")  # as if this instance had stalled past INSTANCE_TTL...
         client.srem(holders, "alive")  # ...and another instance's message had dropped it
-        await wait_until(lambda: client.sismember(holders, "alive"), 10, "the instance to join again")
+        await wait_until(lambda: client.sismember(holders, "alive") and resynced, 10, "the instance to join and resync")
         assert bus.statistics()["liveness_lapses"] == 1
         assert resynced == [[session_id]]  # what was published meanwhile is re-read
         nursery.cancel_scope.cancel()
