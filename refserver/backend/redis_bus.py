@@ -59,7 +59,7 @@ _PUBLISH_SCRIPT: Final = BatchedScript(ANNOUNCE_LUA + "announce(KEYS[1], ARGV[2]
 
 class RedisBus:
     """One subscriber connection per instance, on two channels (all instances, and this one's inbox), reconnecting
-    by itself; a session's messages reach the instances in its holders set."""
+    by itself; a session's messages reach the other instances in its holders set."""
 
     distributed = True
 

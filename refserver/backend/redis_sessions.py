@@ -173,7 +173,7 @@ redis.call('HSETNX', KEYS[2], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local seq = string.sub(id, 3)
 announce(KEYS[4], ARGV[8],
-  '{"t":"event","sid":"' .. ARGV[5] .. '","s":"' .. ARGV[6] .. '","n":' .. seq .. ',"i":"' .. ARGV[8] .. '"}')
+  '{"t":"event","sid":"' .. ARGV[5] .. '","s":"' .. ARGV[6] .. '","n":' .. seq .. '}')
 return seq
 """
 )
@@ -305,9 +305,9 @@ class RedisEventLog:
         self._persisted = 0
         self._read_here = 0
         self._meta_without_requests = json.dumps({"i": self.instance_id, "r": []})
-        # The append script's arguments that are the same for every call, encoded once instead of by redis-py.
-        self._shared_args = (str(max_events).encode(), str(self._ttl_ms).encode(), self.instance_id.encode())
         """The owner record of a stream not opened here (the standalone one): the same for every append."""
+        self._shared_args = (str(max_events).encode(), str(self._ttl_ms).encode(), self.instance_id.encode())
+        """The append script's arguments that are the same for every call, encoded once instead of by redis-py."""
 
     @contextlib.contextmanager
     def watching(self, session_id: str, stream_id: str) -> Iterator[None]:
