@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 
 from refserver.backend.factory import backend_from_settings
 from refserver.config import Settings
-from refserver.dispatch import McpDispatcher
+from refserver.dispatch import RequestCore
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
 from refserver.oauth import routes
@@ -161,12 +161,12 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         )
     backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
-    dispatcher = McpDispatcher(features)
+    core = RequestCore(features)
     registry: SessionRegistry = hooks.ObservedRegistry(
         events=backend.events,
         store=backend.store,
         bus=backend.bus,
-        handler=dispatcher,
+        core=core,
         idle_ttl=settings.session_idle_ttl,
         max_sessions=settings.max_sessions,
         client_request_timeout=settings.client_request_timeout,
@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             metrics.add_verifier(verifier.statistics)
     connect_revocations(auth_server, getattr(verifier, "cache", None), backend.bus)
     origin_policy = OriginPolicy.from_settings(settings)
-    services = Services(settings, registry, dispatcher, origin_policy, guard)
+    services = Services(settings, registry, core, origin_policy, guard)
 
     refusals = RefusalPolicy(settings, metrics)
     app = QuartTrio("refserver")

@@ -1,7 +1,8 @@
-"""MCP method dispatch: validated params in, serialized results out, features called in between.
+"""The request core: a parsed request with its metadata in, an `Outcome` out, features called in between.
 
-No transport and no storage here: the dispatcher sees a `Session`'s protocol state and a
-`RequestContext`, and returns the wire-shaped result for the session's negotiated protocol version.
+No transport, no session, no storage and no async library here (h11's style: the adapters do the I/O). A
+session's state changes come back as `Complete.changes`; what a handler needs from the client comes back as
+`InputRequired`. Results are serialized for the request's protocol version.
 """
 
 from __future__ import annotations
@@ -15,20 +16,31 @@ from typing import Any, Final
 import jsonschema
 import mcp_types as types
 import pydantic
-import trio
 from mcp_types import methods as wire
 
 from refserver import __version__
+from refserver.call_context import CallContext, Emitter
 from refserver.errors import (
+    InternalError,
     InvalidParams,
     MethodNotFound,
     RefserverError,
     ResourceNotFound,
 )
 from refserver.features.catalog import FeatureIndex, ResourceContents, Tool
-from refserver.protocol.jsonrpc import Request
-from refserver.protocol.lifecycle import LATEST_VERSION, LOG_LEVELS
-from refserver.session import RequestContext, Session
+from refserver.protocol.core import (
+    Complete,
+    CoreRequest,
+    Failed,
+    Initialized,
+    InputRequired,
+    LogLevelSet,
+    Outcome,
+    StateChange,
+    Subscribed,
+    Unsubscribed,
+)
+from refserver.protocol.lifecycle import LATEST_VERSION, LOG_LEVELS, parse_initialize
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +55,8 @@ INSTRUCTIONS: Final = (
     "resources with a template and subscriptions, prompts, completions and logging."
 )
 
-Handler = Callable[[Session, Any, RequestContext], Awaitable[types.Result | dict[str, Any]]]
+HandlerResult = types.Result | dict[str, Any] | Complete | InputRequired
+Handler = Callable[[Any, CoreRequest, CallContext], Awaitable[HandlerResult]]
 
 
 def _encode_cursor(offset: int) -> str:
@@ -63,7 +76,7 @@ def _decode_cursor(cursor: str | None) -> int:
     return offset
 
 
-class McpDispatcher:
+class RequestCore:
     def __init__(self, features: FeatureIndex) -> None:
         self.features = features
         self._validators = {
@@ -96,11 +109,21 @@ class McpDispatcher:
             caps["prompts"] = {"listChanged": False}
         return caps
 
-    async def __call__(self, session: Session, request: Request, context: RequestContext) -> dict[str, Any]:
+    async def handle(self, request: CoreRequest, emitter: Emitter) -> Outcome:
+        """Run one request; every failure is an outcome (`Failed`), only cancellation propagates."""
+        try:
+            return await self._handle(request, emitter)
+        except RefserverError as exc:
+            return Failed(exc)
+        except Exception:
+            logger.exception("request %s (%s) failed", request.id, request.method)
+            return Failed(InternalError("internal error"))
+
+    async def _handle(self, request: CoreRequest, emitter: Emitter) -> Outcome:
         handler = self._handlers.get(request.method)
         if handler is None:
             raise MethodNotFound(f"Method not found: {request.method}")
-        version = session.state.lifecycle.protocol_version or LATEST_VERSION
+        version = request.meta.protocol_version
         if request.method == "initialize":
             version = LATEST_VERSION  # the session's version is what initialize is about to decide
         try:
@@ -109,18 +132,28 @@ class McpDispatcher:
             raise MethodNotFound(f"Method not found in protocol {version}: {request.method}") from None
         except pydantic.ValidationError as exc:
             raise InvalidParams(f"Invalid params for {request.method}", data=_validation_errors(exc)) from None
-        result = await handler(session, typed.params, context)
-        version = session.state.lifecycle.protocol_version or version
-        data = result if isinstance(result, dict) else result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        return wire.serialize_server_result(request.method, version, data)
+        result = await handler(typed.params, request, CallContext(request, emitter))
+        if isinstance(result, InputRequired):
+            return result
+        changes: tuple[StateChange, ...] = ()
+        if isinstance(result, Complete):
+            changes = result.changes
+            for change in changes:
+                if isinstance(change, Initialized):
+                    version = change.protocol_version  # initialize answers in the version it negotiated
+            data = result.result
+        elif isinstance(result, dict):
+            data = result
+        else:
+            data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return Complete(wire.serialize_server_result(request.method, version, data), changes)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    async def _initialize(self, session: Session, params: Any, context: RequestContext) -> dict[str, Any]:
-        # The lifecycle keeps the client's own JSON (capabilities may carry extensions the models drop).
-        version = session.state.lifecycle.receive_initialize(context.raw_params)
-        return {
-            "protocolVersion": version,
+    async def _initialize(self, params: Any, request: CoreRequest, context: CallContext) -> Complete:
+        initialized = parse_initialize(request.params)
+        result = {
+            "protocolVersion": initialized.protocol_version,
             "capabilities": self.capabilities(),
             "serverInfo": {
                 "name": SERVER_NAME,
@@ -129,22 +162,22 @@ class McpDispatcher:
             },
             "instructions": INSTRUCTIONS,
         }
+        return Complete(result, (initialized,))
 
-    async def _ping(self, session: Session, params: Any, context: RequestContext) -> dict[str, Any]:
+    async def _ping(self, params: Any, request: CoreRequest, context: CallContext) -> dict[str, Any]:
         return {}
 
-    async def _set_level(self, session: Session, params: Any, context: RequestContext) -> dict[str, Any]:
+    async def _set_level(self, params: Any, request: CoreRequest, context: CallContext) -> Complete:
         if params.level not in LOG_LEVELS:
             raise InvalidParams(f"Unknown log level {params.level!r}")
-        session.state.log_level = params.level
-        return {}
+        return Complete({}, (LogLevelSet(params.level),))
 
     # --- tools ---------------------------------------------------------------------------------------
 
-    async def _list_tools(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _list_tools(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         return types.ListToolsResult(tools=self._tool_list)
 
-    async def _call_tool(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _call_tool(self, params: Any, request: CoreRequest, context: CallContext) -> HandlerResult:
         tool = self.features.tools.get(params.name)
         if tool is None:
             raise InvalidParams(f"Unknown tool: {params.name}")
@@ -157,7 +190,7 @@ class McpDispatcher:
 
     # --- resources -----------------------------------------------------------------------------------
 
-    async def _list_resources(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _list_resources(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         offset = _decode_cursor(params.cursor if params else None)
         resources = self.features.catalog.resources
         if offset > len(resources):
@@ -169,16 +202,16 @@ class McpDispatcher:
             next_cursor=_encode_cursor(end) if end < len(resources) else None,
         )
 
-    async def _list_templates(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _list_templates(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         return types.ListResourceTemplatesResult(
             resource_templates=[t.definition for t in self.features.catalog.templates]
         )
 
-    async def _read_resource(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _read_resource(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         contents = await self.read_resource(str(params.uri), context)
         return types.ReadResourceResult(contents=contents)
 
-    async def read_resource(self, uri: str, context: RequestContext) -> list[ResourceContents]:
+    async def read_resource(self, uri: str, context: CallContext) -> list[ResourceContents]:
         resource = self.features.resources.get(uri)
         if resource is not None:
             return await resource.read(context)
@@ -191,23 +224,21 @@ class McpDispatcher:
     def _known_uri(self, uri: str) -> bool:
         return uri in self.features.resources or self.features.find_template(uri) is not None
 
-    async def _subscribe(self, session: Session, params: Any, context: RequestContext) -> dict[str, Any]:
+    async def _subscribe(self, params: Any, request: CoreRequest, context: CallContext) -> Complete:
         uri = str(params.uri)
         if not self._known_uri(uri):
             raise ResourceNotFound(f"Resource not found: {uri}", data={"uri": uri})
-        session.state.subscriptions.add(uri)
-        return {}
+        return Complete({}, (Subscribed(uri),))
 
-    async def _unsubscribe(self, session: Session, params: Any, context: RequestContext) -> dict[str, Any]:
-        session.state.subscriptions.discard(str(params.uri))
-        return {}
+    async def _unsubscribe(self, params: Any, request: CoreRequest, context: CallContext) -> Complete:
+        return Complete({}, (Unsubscribed(str(params.uri)),))
 
     # --- prompts and completions ---------------------------------------------------------------------
 
-    async def _list_prompts(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _list_prompts(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         return types.ListPromptsResult(prompts=[p.definition for p in self.features.catalog.prompts])
 
-    async def _get_prompt(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _get_prompt(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         prompt = self.features.prompts.get(params.name)
         if prompt is None:
             raise InvalidParams(f"Unknown prompt: {params.name}")
@@ -217,7 +248,7 @@ class McpDispatcher:
             raise InvalidParams(f"Missing required argument(s) for prompt {params.name}: {', '.join(missing)}")
         return await prompt.render(arguments, context)
 
-    async def _complete(self, session: Session, params: Any, context: RequestContext) -> types.Result:
+    async def _complete(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         ref = params.ref
         completers = {}
         if ref.type == "ref/prompt":
@@ -242,12 +273,10 @@ class McpDispatcher:
         )
 
 
-async def _run_tool(tool: Tool, arguments: dict[str, Any], context: RequestContext) -> types.CallToolResult:
+async def _run_tool(tool: Tool, arguments: dict[str, Any], context: CallContext) -> HandlerResult:
     """Errors inside a tool become an `isError` result the model can read, never a protocol error."""
     try:
         return await tool.handler(arguments, context)
-    except trio.Cancelled:
-        raise
     except RefserverError as exc:
         return _tool_error(exc.message)
     except Exception:

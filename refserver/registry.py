@@ -6,17 +6,21 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog
 from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionRecord, SessionStore, TransportKind
 from refserver.errors import BackendUnavailable, SessionNotFound, TooManySessions
-from refserver.protocol.jsonrpc import ErrorResponse, Notification, Response, encode_message, parse_message
-from refserver.session import RequestHandler, Session, SessionState
+from refserver.features.periodic import PeriodicNotifier
+from refserver.protocol.jsonrpc import ErrorResponse, Response, encode_message, parse_message
+from refserver.protocol.session_state import SessionState
+from refserver.session import Session, state_from_record
+
+if TYPE_CHECKING:
+    from refserver.dispatch import RequestCore
 
 logger = logging.getLogger(__name__)
 
@@ -30,24 +34,12 @@ REAPER_MAX_PERIOD: Final = 5.0
 """The reaper looks at least this often, so a session outlives its TTL by at most this much."""
 
 
-@attrs.frozen
-class PeriodicNotifier:
-    """Messages for every ready session every `interval` seconds, on its standalone stream.
-
-    `compose` says what one session gets this round (often nothing); the round appends them all as one batch.
-    """
-
-    name: str
-    interval: float
-    compose: Callable[[Session], Sequence[Notification]]
-
-
 class SessionRegistry:
     def __init__(
         self,
         *,
         events: EventLog,
-        handler: RequestHandler,
+        core: RequestCore,
         idle_ttl: float,
         max_sessions: int,
         client_request_timeout: float,
@@ -58,7 +50,7 @@ class SessionRegistry:
         self.events = events
         self.store: SessionStore = store or LocalSessionStore()
         self.bus: Bus = bus or LocalBus()
-        self._handler = handler
+        self._core = core
         self.idle_ttl = idle_ttl
         self._max_sessions = max_sessions
         self._client_request_timeout = client_request_timeout
@@ -111,7 +103,7 @@ class SessionRegistry:
             session_id,
             kind,
             events=self.events,
-            handler=self._handler,
+            core=self._core,
             client_request_timeout=self._client_request_timeout,
             owner=owner,
             state=state,
@@ -170,7 +162,7 @@ class SessionRegistry:
         if local is not None and not local.closed:
             return local
         nursery = self._check_capacity()
-        session = self._new_session(session_id, record.kind, record.owner, SessionState.from_record(record))
+        session = self._new_session(session_id, record.kind, record.owner, state_from_record(record))
         self._sessions[session_id] = session
         try:
             await self.bus.subscribe(session_id)
@@ -272,7 +264,7 @@ class SessionRegistry:
             (session.id, STANDALONE_STREAM, encode_message(message))
             for session in list(self._sessions.values())
             if not session.closed
-            for message in notifier.compose(session)
+            for message in notifier.compose(session.state)
         )
         try:
             await self.events.append_many(appends)

@@ -19,6 +19,7 @@ from refserver.protocol.lifecycle import (
     check_protocol_version_header,
     log_level_allows,
     negotiate_version,
+    parse_initialize,
 )
 
 CLIENT_INFO = {"name": "unit-test", "version": "1.0"}
@@ -132,6 +133,14 @@ def test_log_level_examples() -> None:
 # --- the state machine ---
 
 
+def initialize(lifecycle: Lifecycle, params: dict[str, Any] | None) -> str:
+    """What the 2025 adapter does with an `initialize`: the phase check, the core's parse, the change applied."""
+    lifecycle.check_request("initialize")
+    change = parse_initialize(params)
+    lifecycle.initialized_with(change.protocol_version, dict(change.client_capabilities), dict(change.client_info))
+    return change.protocol_version
+
+
 def test_new_lifecycle() -> None:
     lifecycle = Lifecycle()
     assert lifecycle.phase is Phase.NEW
@@ -142,7 +151,7 @@ def test_new_lifecycle() -> None:
 
 def test_initialize_then_initialized() -> None:
     lifecycle = Lifecycle()
-    assert lifecycle.receive_initialize(init_params()) == "2025-06-18"
+    assert initialize(lifecycle, init_params()) == "2025-06-18"
     assert lifecycle.phase is Phase.INITIALIZING
     assert lifecycle.protocol_version == "2025-06-18"
     assert lifecycle.client_info == CLIENT_INFO
@@ -155,7 +164,7 @@ def test_initialize_then_initialized() -> None:
 
 def test_initialize_with_unknown_version_negotiates_latest() -> None:
     lifecycle = Lifecycle()
-    assert lifecycle.receive_initialize(init_params(protocolVersion="1999-01-01")) == "2025-11-25"
+    assert initialize(lifecycle, init_params(protocolVersion="1999-01-01")) == "2025-11-25"
     assert lifecycle.protocol_version == "2025-11-25"
 
 
@@ -163,7 +172,7 @@ def test_initialize_without_version_negotiates_latest() -> None:
     params = init_params()
     del params["protocolVersion"]
     lifecycle = Lifecycle()
-    assert lifecycle.receive_initialize(params) == "2025-11-25"
+    assert initialize(lifecycle, params) == "2025-11-25"
 
 
 def test_initialized_before_initialize_is_ignored() -> None:
@@ -175,12 +184,12 @@ def test_initialized_before_initialize_is_ignored() -> None:
 @pytest.mark.parametrize("second_phase", ["initializing", "ready"])
 def test_double_initialize_is_rejected(second_phase: str) -> None:
     lifecycle = Lifecycle()
-    lifecycle.receive_initialize(init_params())
+    initialize(lifecycle, init_params())
     if second_phase == "ready":
         lifecycle.receive_initialized()
     expected_phase = lifecycle.phase
     with pytest.raises(InvalidRequest, match="session is already initialized"):
-        lifecycle.receive_initialize(init_params(protocolVersion="2024-11-05", clientInfo={"name": "other"}))
+        initialize(lifecycle, init_params(protocolVersion="2024-11-05", clientInfo={"name": "other"}))
     assert lifecycle.phase is expected_phase
     assert lifecycle.protocol_version == "2025-06-18"
     assert lifecycle.client_info == CLIENT_INFO
@@ -190,7 +199,7 @@ def test_initialize_after_close_is_rejected() -> None:
     lifecycle = Lifecycle()
     lifecycle.close()
     with pytest.raises(InvalidRequest):
-        lifecycle.receive_initialize(init_params())
+        initialize(lifecycle, init_params())
     assert lifecycle.phase is Phase.CLOSED
 
 
@@ -210,20 +219,20 @@ def test_initialize_after_close_is_rejected() -> None:
 def test_bad_initialize_params_are_rejected_and_phase_stays_new(params: dict[str, Any] | None) -> None:
     lifecycle = Lifecycle()
     with pytest.raises(InvalidRequest) as info:
-        lifecycle.receive_initialize(params)
+        initialize(lifecycle, params)
     assert info.value.message == "initialize needs params.capabilities and params.clientInfo objects"
     assert lifecycle.phase is Phase.NEW
     assert lifecycle.protocol_version is None
     assert lifecycle.client_info is None
     assert lifecycle.client_capabilities == {}
     # A later valid initialize still works.
-    assert lifecycle.receive_initialize(init_params()) == "2025-06-18"
+    assert initialize(lifecycle, init_params()) == "2025-06-18"
     assert lifecycle.phase is Phase.INITIALIZING
 
 
 def test_empty_capabilities_are_accepted() -> None:
     lifecycle = Lifecycle()
-    lifecycle.receive_initialize(init_params(capabilities={}))
+    initialize(lifecycle, init_params(capabilities={}))
     assert lifecycle.client_capabilities == {}
     assert lifecycle.phase is Phase.INITIALIZING
 
@@ -243,7 +252,7 @@ def test_check_request_before_initialize_rejects_others(method: str) -> None:
 @pytest.mark.parametrize("ready", [False, True])
 def test_check_request_after_initialize_allows_everything(ready: bool) -> None:
     lifecycle = Lifecycle()
-    lifecycle.receive_initialize(init_params())
+    initialize(lifecycle, init_params())
     if ready:
         lifecycle.receive_initialized()
     for method in ("tools/list", "tools/call", "ping", "resources/subscribe"):
@@ -253,7 +262,7 @@ def test_check_request_after_initialize_allows_everything(ready: bool) -> None:
 @pytest.mark.parametrize("method", ["ping", "initialize", "tools/list"])
 def test_closed_session_rejects_everything(method: str) -> None:
     lifecycle = Lifecycle()
-    lifecycle.receive_initialize(init_params())
+    initialize(lifecycle, init_params())
     lifecycle.receive_initialized()
     lifecycle.close()
     assert lifecycle.phase is Phase.CLOSED
@@ -289,13 +298,13 @@ def test_close_before_initialize() -> None:
 )
 def test_client_supports(capability: str, sub: str | None, expected: bool) -> None:
     lifecycle = Lifecycle()
-    lifecycle.receive_initialize(init_params())
+    initialize(lifecycle, init_params())
     assert lifecycle.client_supports(capability, sub) is expected
 
 
 def test_client_supports_non_object_capability_has_no_sub_capabilities() -> None:
     lifecycle = Lifecycle()
-    lifecycle.receive_initialize(init_params(capabilities={"sampling": True, "roots": None}))
+    initialize(lifecycle, init_params(capabilities={"sampling": True, "roots": None}))
     assert lifecycle.client_supports("sampling") is True
     assert lifecycle.client_supports("sampling", "tools") is False
     assert lifecycle.client_supports("roots") is False

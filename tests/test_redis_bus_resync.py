@@ -13,7 +13,7 @@ from refserver.backend.events import STANDALONE_STREAM
 from refserver.backend.redis import RedisConnection
 from refserver.backend.redis_bus import RedisBus
 from refserver.backend.redis_sessions import RedisEventLog, RedisSessionStore
-from refserver.dispatch import McpDispatcher
+from refserver.dispatch import RequestCore
 from refserver.features import reference
 from refserver.features.catalog import FeatureIndex
 from refserver.registry import SessionRegistry
@@ -40,7 +40,7 @@ async def instance(redis_server: RedisServer) -> AsyncIterator[Instance]:
             events=events,
             store=RedisSessionStore(conn),
             bus=bus,
-            handler=McpDispatcher(FeatureIndex.build([reference.build_catalog()])),
+            core=RequestCore(FeatureIndex.build([reference.build_catalog()])),
             idle_ttl=600.0,
             max_sessions=SESSIONS + 10,
             client_request_timeout=30.0,

@@ -13,12 +13,13 @@ import trio.testing
 
 from refserver.backend.events import STANDALONE_STREAM
 from refserver.backend.memory import MemoryEventLog
-from refserver.dispatch import McpDispatcher
+from refserver.dispatch import RequestCore
 from refserver.features import reference
 from refserver.features.catalog import FeatureIndex
+from refserver.features.periodic import PeriodicNotifier
 from refserver.protocol.jsonrpc import Notification
-from refserver.registry import PeriodicNotifier, SessionRegistry
-from refserver.session import Session
+from refserver.protocol.session_state import SessionState
+from refserver.registry import SessionRegistry
 
 SESSIONS = 300
 INTERVAL = 10.0
@@ -29,15 +30,18 @@ async def test_every_round_appends_what_each_open_session_is_given(autojump_cloc
     composed: list[str] = []
     wanted: dict[str, int] = {}
     """Messages each session gets per round: 0, 1 or 2."""
+    session_of: dict[int, str] = {}
+    """A notifier sees a session's protocol state only; the test knows whose state it is."""
 
-    def compose(session: Session) -> list[Notification]:
-        composed.append(session.id)
-        return [Notification("notifications/test", {"round": rounds, "n": n}) for n in range(wanted[session.id])]
+    def compose(state: SessionState) -> list[Notification]:
+        session_id = session_of[id(state)]
+        composed.append(session_id)
+        return [Notification("notifications/test", {"round": rounds, "n": n}) for n in range(wanted[session_id])]
 
     log = MemoryEventLog(100)
     registry = SessionRegistry(
         events=log,
-        handler=McpDispatcher(FeatureIndex.build([reference.build_catalog()])),
+        core=RequestCore(FeatureIndex.build([reference.build_catalog()])),
         idle_ttl=3600.0,
         max_sessions=SESSIONS,
         client_request_timeout=30.0,
@@ -47,6 +51,7 @@ async def test_every_round_appends_what_each_open_session_is_given(autojump_cloc
         await nursery.start(registry.run)
         sessions = [await registry.create_session("streamable") for _ in range(SESSIONS)]
         wanted.update((session.id, n % 3) for n, session in enumerate(sessions))
+        session_of.update((id(session.state), session.id) for session in sessions)
         closed = sessions[1]
         closed.close("test")
         await trio.sleep(INTERVAL * 0.5)

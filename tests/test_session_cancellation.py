@@ -17,7 +17,7 @@ import trio.testing
 
 from refserver.backend.events import STANDALONE_STREAM
 from refserver.backend.memory import MemoryEventLog
-from refserver.dispatch import McpDispatcher
+from refserver.dispatch import RequestCore
 from refserver.errors import SessionNotFound
 from refserver.features import reference
 from refserver.features.catalog import FeatureIndex
@@ -36,10 +36,10 @@ INIT = {
 
 @pytest.fixture
 async def registry(autojump_clock: trio.testing.MockClock) -> AsyncIterator[SessionRegistry]:
-    dispatcher = McpDispatcher(FeatureIndex.build([reference.build_catalog()]))
+    dispatcher = RequestCore(FeatureIndex.build([reference.build_catalog()]))
     registry = SessionRegistry(
         events=MemoryEventLog(100),
-        handler=dispatcher,
+        core=dispatcher,
         idle_ttl=IDLE_TTL,
         max_sessions=10,
         client_request_timeout=30.0,
@@ -224,9 +224,9 @@ async def test_unanswered_sampling_times_out_into_a_tool_error(
 
 
 async def test_registry_shutdown_closes_every_session(autojump_clock: trio.testing.MockClock) -> None:
-    dispatcher = McpDispatcher(FeatureIndex.build([reference.build_catalog()]))
+    dispatcher = RequestCore(FeatureIndex.build([reference.build_catalog()]))
     registry = SessionRegistry(
-        events=MemoryEventLog(100), handler=dispatcher, idle_ttl=IDLE_TTL, max_sessions=10, client_request_timeout=5
+        events=MemoryEventLog(100), core=dispatcher, idle_ttl=IDLE_TTL, max_sessions=10, client_request_timeout=5
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)

@@ -14,8 +14,11 @@ import attrs
 import mcp_types as types
 
 from refserver.features.context import FeatureContext
+from refserver.protocol.core import InputRequired
 
-ToolHandler: TypeAlias = Callable[[dict[str, Any], FeatureContext], Awaitable[types.CallToolResult]]
+ToolOutcome: TypeAlias = types.CallToolResult | InputRequired
+"""A tool's answer, or what it needs from the client first (it is called again with the answers)."""
+ToolHandler: TypeAlias = Callable[[dict[str, Any], FeatureContext], Awaitable[ToolOutcome]]
 ResourceContents: TypeAlias = types.TextResourceContents | types.BlobResourceContents
 ResourceReader: TypeAlias = Callable[[FeatureContext], Awaitable[list[ResourceContents]]]
 TemplateReader: TypeAlias = Callable[[str, dict[str, str], FeatureContext], Awaitable[list[ResourceContents]]]

@@ -11,6 +11,7 @@ from typing import Any, Final
 import attrs
 
 from refserver.errors import InvalidRequest, UnsupportedProtocolVersion
+from refserver.protocol.core import Initialized
 
 SUPPORTED_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_VERSION: Final = SUPPORTED_VERSIONS[-1]
@@ -55,6 +56,17 @@ def log_level_allows(threshold: str | None, level: str) -> bool:
     return LOG_LEVELS.index(level) >= LOG_LEVELS.index(threshold)
 
 
+def parse_initialize(params: dict[str, Any] | None) -> Initialized:
+    """The client's offer in `initialize`, with the version we answer (its own JSON: capabilities may carry
+    extensions the models drop)."""
+    params = params or {}
+    capabilities = params.get("capabilities")
+    client_info = params.get("clientInfo")
+    if not isinstance(capabilities, dict) or not isinstance(client_info, dict):
+        raise InvalidRequest("initialize needs params.capabilities and params.clientInfo objects")
+    return Initialized(negotiate_version(params.get("protocolVersion")), capabilities, client_info)
+
+
 class Phase(enum.Enum):
     NEW = "new"
     INITIALIZING = "initializing"  # initialize answered, `notifications/initialized` not yet seen
@@ -76,20 +88,14 @@ class Lifecycle:
     client_info: dict[str, Any] | None = None
     client_capabilities: dict[str, Any] = attrs.field(factory=dict)
 
-    def receive_initialize(self, params: dict[str, Any] | None) -> str:
-        """Record the client's offer; return the negotiated version."""
-        if self.phase is not Phase.NEW:
-            raise InvalidRequest("session is already initialized")
-        params = params or {}
-        capabilities = params.get("capabilities")
-        client_info = params.get("clientInfo")
-        if not isinstance(capabilities, dict) or not isinstance(client_info, dict):
-            raise InvalidRequest("initialize needs params.capabilities and params.clientInfo objects")
-        self.protocol_version = negotiate_version(params.get("protocolVersion"))
-        self.client_capabilities = capabilities
+    def initialized_with(
+        self, protocol_version: str, client_capabilities: dict[str, Any], client_info: dict[str, Any]
+    ) -> None:
+        """Initialize was answered with `protocol_version`: record the client's offer."""
+        self.protocol_version = protocol_version
+        self.client_capabilities = client_capabilities
         self.client_info = client_info
         self.phase = Phase.INITIALIZING
-        return self.protocol_version
 
     def receive_initialized(self) -> None:
         if self.phase is Phase.INITIALIZING:
@@ -98,6 +104,8 @@ class Lifecycle:
     def check_request(self, method: str) -> None:
         if self.phase is Phase.CLOSED:
             raise InvalidRequest("session is closed")
+        if method == "initialize" and self.phase is not Phase.NEW:
+            raise InvalidRequest("session is already initialized")
         if self.phase is Phase.NEW and method not in _ALLOWED_WHILE_NEW:
             raise InvalidRequest(f"{method!r} before initialize")
 

@@ -106,7 +106,7 @@ def splash_html(services: Services, *, degraded: bool = False) -> str:
     versions = ", ".join(SUPPORTED_VERSIONS)
     tools = "".join(
         f"<li><code>{html.escape(t.definition.name)}</code> — {html.escape(t.definition.description or '')}</li>"
-        for t in services.dispatcher.features.catalog.tools
+        for t in services.core.features.catalog.tools
         if not t.definition.name.startswith("test_")
     )
     warning = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from refserver.config import Settings
-from refserver.dispatch import McpDispatcher
+from refserver.dispatch import RequestCore
 from refserver.oauth.resource import ResourceGuard
 from refserver.registry import SessionRegistry
 from refserver.transport.guards import OriginPolicy
@@ -15,7 +15,7 @@ from refserver.transport.guards import OriginPolicy
 class Services:
     settings: Settings
     registry: SessionRegistry
-    dispatcher: McpDispatcher
+    core: RequestCore
     origin_policy: OriginPolicy
     guard: ResourceGuard | None
     """None when REFSERVER_AUTH_MODE=none."""

@@ -14,7 +14,7 @@ import pydantic
 import trio
 
 from refserver.errors import ClientCapabilityMissing, ClientRequestFailed, InvalidParams
-from refserver.features.catalog import Tool, ToolHandler
+from refserver.features.catalog import Tool, ToolHandler, ToolOutcome
 from refserver.features.conformance.content import (
     TEST_AUDIO_BASE64,
     WAV_MIME_TYPE,
@@ -32,6 +32,7 @@ from refserver.features.conformance.schemas import (
     SEP1330_SCHEMA,
 )
 from refserver.features.context import FeatureContext
+from refserver.features.inputs import answer, ask, elicitation, sampling
 
 STEP_DELAY: Final = 0.05
 """Seconds between the log and progress notifications of one call."""
@@ -134,43 +135,50 @@ async def _error_handling(arguments: dict[str, Any], ctx: FeatureContext) -> typ
     return _result(text("This tool intentionally returns an error for testing"), is_error=True)
 
 
-async def _sampling(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
+async def _sampling(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     prompt = _string_argument(arguments, "prompt")
     try:
-        result = await ctx.sample(
-            types.CreateMessageRequestParams(
-                messages=[types.SamplingMessage(role="user", content=text(prompt))],
-                max_tokens=SAMPLING_MAX_TOKENS,
+        result = answer(ctx, "sample", types.CreateMessageResult)
+        if result is None:
+            return ask(
+                ctx,
+                sample=sampling(
+                    types.CreateMessageRequestParams(
+                        messages=[types.SamplingMessage(role="user", content=text(prompt))],
+                        max_tokens=SAMPLING_MAX_TOKENS,
+                    )
+                ),
             )
-        )
     except (ClientCapabilityMissing, ClientRequestFailed, pydantic.ValidationError) as error:
         return _result(text(f"Sampling not supported or error: {_describe_failure(error)}"))
     content = result.content
     if isinstance(content, types.TextContent):
-        answer = content.text
+        reply = content.text
     else:
-        answer = f"[{content.type} content ({content.mime_type})]"
-    return _result(text(f"LLM response: {answer}"))
+        reply = f"[{content.type} content ({content.mime_type})]"
+    return _result(text(f"LLM response: {reply}"))
 
 
-async def _elicit(ctx: FeatureContext, message: str, schema: dict[str, Any], label: str) -> types.CallToolResult:
+async def _elicit(ctx: FeatureContext, message: str, schema: dict[str, Any], label: str) -> ToolOutcome:
     try:
-        result = await ctx.elicit(types.ElicitRequestFormParams(message=message, requested_schema=schema))
+        result = answer(ctx, "elicit", types.ElicitResult)
+        if result is None:
+            return ask(ctx, elicit=elicitation(types.ElicitRequestFormParams(message=message, requested_schema=schema)))
     except (ClientCapabilityMissing, ClientRequestFailed, pydantic.ValidationError) as error:
         return _result(text(f"Elicitation not supported or error: {_describe_failure(error)}"))
     return _result(text(f"{label}: action={result.action}, content={compact_json(result.content)}"))
 
 
-async def _elicitation(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
+async def _elicitation(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     message = _string_argument(arguments, "message")
     return await _elicit(ctx, message, ELICITATION_SCHEMA, "User response")
 
 
-async def _elicitation_sep1034_defaults(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
+async def _elicitation_sep1034_defaults(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     return await _elicit(ctx, SEP1034_MESSAGE, SEP1034_SCHEMA, "Elicitation completed")
 
 
-async def _elicitation_sep1330_enums(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
+async def _elicitation_sep1330_enums(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     return await _elicit(ctx, SEP1330_MESSAGE, SEP1330_SCHEMA, "Elicitation completed")
 
 

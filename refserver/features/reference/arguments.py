@@ -12,7 +12,7 @@ from typing import Any
 
 import mcp_types as types
 
-from refserver.features.catalog import ToolHandler
+from refserver.features.catalog import ToolHandler, ToolOutcome
 from refserver.features.context import FeatureContext
 
 
@@ -25,7 +25,7 @@ def _tool_error(message: str) -> types.CallToolResult:
 
 
 def guarded(handler: ToolHandler) -> ToolHandler:
-    async def call(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
+    async def call(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
         try:
             return await handler(arguments, ctx)
         except BadArgument as error:

@@ -15,7 +15,9 @@ from typing import Any, Final
 import mcp_types as types
 import trio
 
+from refserver.features.catalog import ToolOutcome
 from refserver.features.context import FeatureContext
+from refserver.features.inputs import answer, ask, elicitation, sampling
 from refserver.features.reference.arguments import BadArgument, boolean, integer, number, string
 from refserver.features.reference.media import tiny_image
 from refserver.features.reference.resources import RESOURCE_COUNT, resource_contents
@@ -88,24 +90,29 @@ def describe_sampled_content(content: types.SamplingContent) -> str:
     return f"[{content.type} content ({content.mime_type}), {len(content.data)} base64 characters]"
 
 
-async def sample_llm(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
+async def sample_llm(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     prompt = string(arguments, "prompt")
     max_tokens = integer(arguments, "maxTokens", 100)
     if not 1 <= max_tokens <= MAX_SAMPLING_TOKENS:
         raise BadArgument(f"'maxTokens' must be between 1 and {MAX_SAMPLING_TOKENS}")
-    result = await ctx.sample(
-        types.CreateMessageRequestParams(
-            messages=[
-                types.SamplingMessage(
-                    role="user", content=types.TextContent(text=f"Resource sampleLLM context: {prompt}")
+    result = answer(ctx, "sample", types.CreateMessageResult)
+    if result is None:
+        return ask(
+            ctx,
+            sample=sampling(
+                types.CreateMessageRequestParams(
+                    messages=[
+                        types.SamplingMessage(
+                            role="user", content=types.TextContent(text=f"Resource sampleLLM context: {prompt}")
+                        )
+                    ],
+                    system_prompt="You are a helpful test server.",
+                    max_tokens=max_tokens,
+                    temperature=0.7,
+                    include_context="thisServer",
                 )
-            ],
-            system_prompt="You are a helpful test server.",
-            max_tokens=max_tokens,
-            temperature=0.7,
-            include_context="thisServer",
+            ),
         )
-    )
     return _result(_text(f"LLM sampling result: {describe_sampled_content(result.content)}"))
 
 
@@ -186,14 +193,19 @@ ELICITATION_SCHEMA: Final[dict[str, Any]] = {
 }
 
 
-async def elicit_inputs(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    result = await ctx.elicit(
-        types.ElicitRequestFormParams(
-            message="Please provide inputs for the following fields:",
-            # A copy, so that nothing downstream can alter the shared schema.
-            requested_schema=copy.deepcopy(ELICITATION_SCHEMA),
+async def elicit_inputs(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
+    result = answer(ctx, "inputs", types.ElicitResult)
+    if result is None:
+        return ask(
+            ctx,
+            inputs=elicitation(
+                types.ElicitRequestFormParams(
+                    message="Please provide inputs for the following fields:",
+                    # A copy, so that nothing downstream can alter the shared schema.
+                    requested_schema=copy.deepcopy(ELICITATION_SCHEMA),
+                )
+            ),
         )
-    )
     if result.action == "accept":
         provided = json.dumps(result.content or {}, indent=2, ensure_ascii=False)
         return _result(_text(f"✅ User provided the requested information:\n{provided}"))

@@ -1,0 +1,96 @@
+"""The `FeatureContext` of one request, built by the request core from the request and an `Emitter`.
+
+The emitter is the era adapter's side of the seam: where a request's notifications go (the 2025 session
+appends them to the request's stream). The context decides what to send (progress only with a token, logs
+only at the request's level); the emitter only delivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import mcp_types as types
+
+from refserver.protocol.core import CoreRequest, InputResponses, RequestMeta
+from refserver.protocol.jsonrpc import Notification
+from refserver.protocol.lifecycle import log_level_allows
+
+
+class Emitter(Protocol):
+    """Delivers what a request sends while it runs; implemented by each era adapter."""
+
+    async def send(self, notification: Notification) -> None:
+        """On the request's own stream."""
+        ...
+
+    async def end_connection(self) -> None:
+        """End the client's current connection to the request's stream (it resumes with Last-Event-ID)."""
+        ...
+
+    async def resource_updated(self, uri: str) -> None:
+        """Tell the client that `uri` changed, if it subscribed to it."""
+        ...
+
+    @property
+    def log_level(self) -> str | None:
+        """The threshold for the request's log messages (a 2025 session's may change while a call runs)."""
+        ...
+
+
+def _raw_progress_token(params: Mapping[str, Any] | None) -> object:
+    meta = (params or {}).get("_meta")
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+class CallContext:
+    def __init__(self, request: CoreRequest, emitter: Emitter) -> None:
+        self._request = request
+        self._emitter = emitter
+        # Echoed as the client sent it; only the typed view below is strict about its type.
+        self._progress_token = _raw_progress_token(request.params)
+
+    @property
+    def request_id(self) -> int | str:
+        return self._request.id
+
+    @property
+    def meta(self) -> RequestMeta:
+        return self._request.meta
+
+    @property
+    def progress_token(self) -> str | int | None:
+        token = self._progress_token
+        return token if isinstance(token, (str, int)) and not isinstance(token, bool) else None
+
+    @property
+    def input_responses(self) -> InputResponses:
+        return self._request.input_responses
+
+    @property
+    def request_state(self) -> Mapping[str, Any] | None:
+        return self._request.request_state
+
+    async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self._progress_token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self._progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self._emitter.send(Notification("notifications/progress", params))
+
+    async def log(self, level: types.LoggingLevel, data: Any, logger: str | None = None) -> None:
+        if not log_level_allows(self._emitter.log_level, level):
+            return
+        params: dict[str, Any] = {"level": level, "data": data}
+        if logger is not None:
+            params["logger"] = logger
+        await self._emitter.send(Notification("notifications/message", params))
+
+    async def close_sse_stream(self) -> None:
+        await self._emitter.end_connection()
+
+    async def notify_resource_updated(self, uri: str) -> None:
+        await self._emitter.resource_updated(uri)
