@@ -13,15 +13,15 @@ import trio
 from quart import Blueprint, Response, request
 
 from refserver.backend.events import STANDALONE_STREAM
-from refserver.errors import INVALID_REQUEST, BackendUnavailable, InvalidRequest, MissingSessionId, SessionNotFound
-from refserver.protocol.jsonrpc import ErrorResponse, Invalid, Notification, Request, parse_body
-from refserver.protocol.jsonrpc import Response as RpcResponse
+from refserver.errors import BackendUnavailable, InvalidRequest, MissingSessionId, SessionNotFound
+from refserver.protocol.jsonrpc import parse_body
 from refserver.protocol.lifecycle import batch_allowed
 from refserver.protocol.sse import encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
 from refserver.transport.admission import admit
 from refserver.transport.guards import check_json_content_type, check_sse_accept, read_body
+from refserver.transport.routing import submit_body
 from refserver.transport.services import Services
 from refserver.transport.sse_stream import follow_stream, sse_response
 
@@ -78,21 +78,7 @@ def create_blueprint(services: Services) -> Blueprint:
         parsed = parse_body(await read_body(request, settings.max_body_bytes))
         if parsed.is_batch and not batch_allowed(session.state.lifecycle.protocol_version or "2024-11-05"):
             raise InvalidRequest("Invalid Request: batches are not supported in this protocol version")
-        refusals = [
-            ErrorResponse(m.id, INVALID_REQUEST, f"Invalid Request: {m.reason}")
-            for m in parsed.messages
-            if isinstance(m, Invalid)
-        ]
-        requests = []
-        for message in parsed.messages:
-            if isinstance(message, Request):
-                requests.append(message)
-            elif isinstance(message, Notification):
-                await session.receive_notification(message)
-            elif isinstance(message, (RpcResponse, ErrorResponse)):
-                await session.receive_reply(message)
-        if requests or refusals:
-            await session.start_requests(requests, refusals=refusals)
+        await submit_body(session, parsed, initialize_allowed=True)
         return Response("Accepted", status=202, content_type="text/plain")
 
     return blueprint

@@ -14,16 +14,14 @@ from typing import Final
 import trio
 from quart import Response
 
-from refserver.backend.events import STANDALONE_STREAM, EventLog, StreamRead, format_event_id
-from refserver.errors import BackendSlow, BackendUnavailable
+from refserver.backend.events import STANDALONE_STREAM, format_event_id
+from refserver.errors import BackendUnavailable
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
+from refserver.transport.stream_reader import SLOW_READ_ATTEMPTS, StreamReader
 
 logger = logging.getLogger(__name__)
-
-SLOW_READ_ATTEMPTS: Final = 3
-"""Reads a listener tries before a slow backend ends its stream: with Redis's 2 s bound, about 6 s of patience."""
 
 SSE_HEADERS: Final = {
     "Cache-Control": "no-cache, no-transform",
@@ -42,9 +40,8 @@ async def follow_stream(
     preamble: tuple[bytes, ...] = (),
     prime: bool = True,
 ) -> AsyncGenerator[bytes, None]:
-    generation = session.attach_listener(stream_id)
     events = registry.events
-    try:
+    with session.listening(stream_id) as listener:
         # Event ids are about to reach the client: the stream must be resumable anywhere from now on.
         try:
             await events.persist(session.id, stream_id)
@@ -57,32 +54,31 @@ async def follow_stream(
         if prime:
             # Priming event: an id to resume from and the reconnection delay, before any message.
             yield encode_event("", event_id=format_event_id(stream_id, after_seq), retry_ms=retry_ms)
-        cursor = after_seq
+        reader = StreamReader(events, session.id, stream_id, after_seq=after_seq, attempts=SLOW_READ_ATTEMPTS)
         try:
-            with events.watching(session.id, stream_id):
+            with reader:
                 while True:
                     if registry.draining:
                         yield encode_event(None, retry_ms=retry_ms)
                         return
                     if session.closed:
                         return  # deleted or expired: nothing more will come, and nothing to resume
-                    if session.listener_superseded(stream_id, generation):
+                    if listener.superseded:
                         yield encode_event(None, retry_ms=retry_ms)
                         return
-                    read = await _read_patiently(events, session.id, stream_id, cursor)
+                    read = await reader.read()
                     for event in read.events:
                         yield encode_event(event.data, event_id=format_event_id(stream_id, event.seq))
-                        cursor = event.seq
-                        session.mark_delivered(stream_id, cursor)
+                        listener.delivered(event.seq)
                     if read.closed or not read.exists:
                         return
                     if not read.events:
                         with trio.move_on_after(heartbeat_interval) as waited:
-                            await events.wait_for_events(session.id, stream_id, cursor)
+                            await reader.wait()
                         if waited.cancelled_caught:
                             session.touch()
                             yield HEARTBEAT
-                            if stream_id != STANDALONE_STREAM and not session.runs_stream(stream_id):
+                            if stream_id != STANDALONE_STREAM and not listener.writers_run_here:
                                 # Its requests run elsewhere: if that instance died, they get an error and the
                                 # stream closes, instead of a client waiting forever.
                                 await events.close_if_abandoned(session.id, stream_id)
@@ -91,24 +87,6 @@ async def follow_stream(
             # traceback); `retry:` has the client reconnect with Last-Event-ID (503 until Redis is back).
             logger.warning("ending stream %s of session %s: %s", stream_id, session.id, exc)
             yield encode_event(None, retry_ms=retry_ms)
-    finally:
-        session.detach_listener()
-
-
-async def _read_patiently(events: EventLog, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
-    """A listener's read, given SLOW_READ_ATTEMPTS when Redis is slow rather than gone.
-
-    Ending the response is how a listener reports a backend failure (the client comes back with Last-Event-ID),
-    but a read that only missed its bound because Redis or this worker is busy, as when thousands of streams
-    open at once, is better tried again than turned into thousands of reconnections. A connection error still
-    ends the stream at once.
-    """
-    for _ in range(SLOW_READ_ATTEMPTS - 1):
-        try:
-            return await events.read_after(session_id, stream_id, after_seq)
-        except BackendSlow:
-            pass
-    return await events.read_after(session_id, stream_id, after_seq)
 
 
 def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:

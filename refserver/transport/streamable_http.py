@@ -19,7 +19,6 @@ import trio
 
 from refserver.backend.events import STANDALONE_STREAM, format_event_id, parse_event_id
 from refserver.errors import (
-    INVALID_REQUEST,
     BadRequest,
     InvalidRequest,
     MethodNotAllowed,
@@ -29,15 +28,9 @@ from refserver.errors import (
 )
 from refserver.observability.http import note_route
 from refserver.protocol.jsonrpc import (
-    ErrorResponse,
-    Invalid,
-    Notification,
     ParsedBody,
     Request,
     parse_body,
-)
-from refserver.protocol.jsonrpc import (
-    Response as RpcResponse,
 )
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
@@ -57,8 +50,10 @@ from refserver.transport.asgi import (
 )
 from refserver.transport.errors import RefusalPolicy, error_parts, unexpected_exception_body
 from refserver.transport.guards import check_json_content_type, check_post_accept, check_sse_accept
+from refserver.transport.routing import submit_body
 from refserver.transport.services import Services
 from refserver.transport.sse_stream import SSE_HEADERS, follow_stream
+from refserver.transport.stream_reader import StreamReader
 
 logger = logging.getLogger(__name__)
 
@@ -184,70 +179,50 @@ class StreamableHttpEndpoint:
         return HttpResponse(200, reply.encode(), headers=((SESSION_HEADER, session.id),))
 
     async def _wait_closed(self, session: Session, stream_id: str) -> str:
-        events = self._registry.events
-        cursor = 0
         data = ""
-        with events.watching(session.id, stream_id):
+        with StreamReader(self._registry.events, session.id, stream_id) as reader:
             while True:
-                read = await events.read_after(session.id, stream_id, cursor)
-                for event in read.events:
-                    data = event.data
-                    cursor = event.seq
+                read = await reader.read()
+                if read.events:
+                    data = read.events[-1].data
                 if read.closed or not read.exists:
                     return data
-                await events.wait_for_events(session.id, stream_id, cursor)
+                await reader.wait()
 
     async def _deliver(self, session: Session, parsed: ParsedBody) -> HttpResponse:
         version = session.state.lifecycle.protocol_version
         if parsed.is_batch and not batch_allowed(version):
             raise InvalidRequest(f"Invalid Request: JSON-RPC batches are not supported in protocol {version}")
-        refusals = [
-            ErrorResponse(m.id, INVALID_REQUEST, f"Invalid Request: {m.reason}")
-            for m in parsed.messages
-            if isinstance(m, Invalid)
-        ]
-        requests: list[Request] = []
-        for message in parsed.messages:
-            if isinstance(message, Request):
-                if message.method == "initialize":
-                    raise InvalidRequest("Invalid Request: session is already initialized", data={"id": message.id})
-                requests.append(message)
-            elif isinstance(message, Notification):
-                await session.receive_notification(message)
-            elif isinstance(message, (RpcResponse, ErrorResponse)):
-                await session.receive_reply(message)
-        if not requests and not refusals:
+        stream_id = await submit_body(session, parsed, initialize_allowed=False)
+        if stream_id is None:
             return _ACCEPTED
-        stream_id = await session.start_requests(requests, refusals=refusals)
         return await self._answer(session, stream_id, batch=parsed.is_batch)
 
     async def _answer(self, session: Session, stream_id: str, *, batch: bool) -> HttpResponse:
         """JSON if the requests produced nothing but their results, else an SSE stream."""
         settings = self._settings
-        events = self._registry.events
-        cursor = 0
         seen_data: list[str] = []
         generation = session.listener_generation(stream_id)
-        with trio.move_on_after(settings.heartbeat_interval), events.watching(session.id, stream_id):
+        reader = StreamReader(self._registry.events, session.id, stream_id)
+        with trio.move_on_after(settings.heartbeat_interval), reader:
             while True:
                 if session.listener_generation(stream_id) != generation:
                     # The work asked for this connection to end before it said anything: prime the
                     # stream and close it; the client resumes with Last-Event-ID.
                     return _sse(_primed_and_closed(stream_id, settings.sse_retry_ms))
-                read = await events.read_after(session.id, stream_id, cursor)
+                read = await reader.read()
                 if session.close_reason == "gone" and not read.events and not read.closed:
                     raise SessionNotFound("Session not found: it expired, was deleted, or never existed")
                 if any(not e.is_response for e in read.events):
                     break
                 seen_data.extend(e.data for e in read.events)
-                cursor = read.events[-1].seq if read.events else cursor
                 if read.closed or not read.exists:
                     if not seen_data:
                         # Every request was cancelled: nothing is owed, an empty stream says so.
                         return _sse(_empty())
                     body = f"[{','.join(seen_data)}]" if batch else seen_data[0]
                     return HttpResponse(200, body.encode())
-                await events.wait_for_events(session.id, stream_id, cursor)
+                await reader.wait()
         return _sse(
             follow_stream(
                 self._registry,
