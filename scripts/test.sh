@@ -40,5 +40,7 @@ echo "== ruff"
 .venv/bin/ruff format --check refserver tests bench examples
 echo "== mypy"
 .venv/bin/mypy
+echo "== import layers"
+.venv/bin/lint-imports --no-cache
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"
