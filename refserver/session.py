@@ -10,7 +10,6 @@ HTTP handlers only read streams, so a client disconnect never loses or blocks th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import mcp_types as types
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog
+from refserver.backend.messages import CancelRequest, ClientReply, StateChanged
 from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionRecord, SessionStore, TransportKind
 from refserver.errors import (
     BackendUnavailable,
@@ -29,6 +29,8 @@ from refserver.errors import (
     InternalError,
     InvalidRequest,
     RefserverError,
+    SessionGone,
+    StreamClosed,
 )
 from refserver.protocol.jsonrpc import (
     ErrorResponse,
@@ -200,7 +202,7 @@ class Session:
         if self._bus.distributed:
             record = self.record()
             await self._store.save(record, self._ttl)
-            await self._bus.publish(self.id, {"t": "state", "record": json.loads(record.to_json())})
+            await self._bus.publish(self.id, StateChanged(record))
 
     def apply_record(self, record: SessionRecord) -> None:
         """Another instance changed the state: adopt it (`lifecycle.close` stays ours to decide)."""
@@ -337,11 +339,11 @@ class Session:
                 if reply is not None and not self.closed:
                     await self._append(stream_id, reply)
                 await self._request_done(stream_id)
-            except (BackendUnavailable, trio.ClosedResourceError) as exc:
+            except (BackendUnavailable, SessionGone, StreamClosed) as exc:
                 # The backend is down or the session was deleted meanwhile: the answer cannot be stored,
                 # and nobody can ask for it. The request is lost, not the instance.
                 logger.warning("session %s: answer to %r not recorded: %s", self.id, request.id, exc)
-                if isinstance(exc, trio.ClosedResourceError):
+                if isinstance(exc, SessionGone):
                     self.close("gone")  # the store no longer has it (deleted elsewhere, or Redis lost it)
         self.touch()
 
@@ -369,7 +371,8 @@ class Session:
             request_id = params.get("requestId")
             if not self.cancel_request(request_id) and is_request_id(request_id) and self._bus.distributed:
                 # The request may run on another instance: the bus carries the id with its JSON type.
-                await self._bus.publish(self.id, {"t": "cancel", "id": request_id})
+                assert isinstance(request_id, (int, str))
+                await self._bus.publish(self.id, CancelRequest(request_id))
         # Other client notifications (roots/list_changed, progress) need no action from this server.
 
     def cancel_request(self, request_id: object) -> bool:
@@ -390,7 +393,7 @@ class Session:
         if self.deliver_reply(reply):
             return True
         if reply.id is not None and self._bus.distributed:
-            await self._bus.publish(self.id, {"t": "reply", "message": message_to_dict(reply)})
+            await self._bus.publish(self.id, ClientReply(message_to_dict(reply)))
         return False
 
     def deliver_reply(self, reply: Response | ErrorResponse) -> bool:
@@ -437,7 +440,7 @@ class Session:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_NOTICE_TIMEOUT):
             notice = Notification("notifications/cancelled", {"requestId": outgoing_id, "reason": reason})
-            with contextlib.suppress(trio.ClosedResourceError):
+            with contextlib.suppress(SessionGone, StreamClosed):
                 await self._append(stream_id, notice)
 
     def statistics(self) -> dict[str, Any]:

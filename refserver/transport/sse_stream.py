@@ -15,7 +15,7 @@ import trio
 from quart import Response
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog, StreamRead, format_event_id
-from refserver.errors import BackendSlow, BackendUnavailable
+from refserver.errors import BackendSlow, BackendUnavailable, EventsGone, SessionGone
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
@@ -48,7 +48,7 @@ async def follow_stream(
         # Event ids are about to reach the client: the stream must be resumable anywhere from now on.
         try:
             await events.persist(session.id, stream_id)
-        except trio.ClosedResourceError:
+        except SessionGone:
             return  # the session was deleted meanwhile
         except BackendUnavailable:
             pass  # still served from here; resuming elsewhere waits for the backend
@@ -102,13 +102,27 @@ async def _read_patiently(events: EventLog, session_id: str, stream_id: str, aft
     but a read that only missed its bound because Redis or this worker is busy, as when thousands of streams
     open at once, is better tried again than turned into thousands of reconnections. A connection error still
     ends the stream at once.
+
+    A listener that fell further behind than the log keeps (a resumption is checked before it starts) goes on
+    from the oldest event kept: its response is already under way, so a gap is all it can be told.
     """
     for _ in range(SLOW_READ_ATTEMPTS - 1):
         try:
-            return await events.read_after(session_id, stream_id, after_seq)
+            return await _read_skipping_gone(events, session_id, stream_id, after_seq)
         except BackendSlow:
             pass
-    return await events.read_after(session_id, stream_id, after_seq)
+    return await _read_skipping_gone(events, session_id, stream_id, after_seq)
+
+
+async def _read_skipping_gone(events: EventLog, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
+    while True:
+        try:
+            return await events.read_after(session_id, stream_id, after_seq)
+        except EventsGone as gone:
+            # Each retry starts later than the last (the oldest kept only moves forward): this ends as soon as
+            # one read is quicker than a whole log's worth of appends.
+            logger.warning("stream %s of session %s: listener skipped dropped events", stream_id, session_id)
+            after_seq = gone.first_kept - 1
 
 
 def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:
