@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from refserver.backend.events import MAX_EVENTS_PER_STREAM
 from refserver.errors import ConfigError
 
 ENV_PREFIX: Final = "REFSERVER_"
@@ -267,7 +268,7 @@ class Settings:
         "EVENT_LOG_MAX_EVENTS",
         _positive_int,
         "Events kept per stream for `Last-Event-ID` replay; older ones are dropped.",
-        1000,
+        MAX_EVENTS_PER_STREAM,
     )
     client_request_timeout: float = _setting(
         "CLIENT_REQUEST_TIMEOUT",
