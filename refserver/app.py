@@ -185,10 +185,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     )
     guard = hooks.ObservedGuard(verifier, settings) if verifier else None
     metrics = Metrics() if settings.metrics != "off" else None
-    bus_statistics = getattr(backend.bus, "statistics", None)
+    bus_statistics = backend.bus.statistics if backend.bus.distributed else None
     if metrics is not None:
         metrics.add_statistics(registry.statistics, REGISTRY_STATS)
-        metrics.add_statistics(backend.events.statistics, EVENT_LOG_STATS)  # type: ignore[attr-defined]
+        metrics.add_statistics(backend.events.statistics, EVENT_LOG_STATS)
         if backend.redis is not None:
             metrics.add_statistics(backend.redis.statistics, REDIS_STATS)
             backend.redis.on_call = metrics.observe_redis_call
@@ -220,7 +220,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     async def start_background_work() -> None:
         if backend.redis is not None:
             await app.nursery.start(backend.redis.run)
-            await app.nursery.start(backend.bus.run)  # type: ignore[attr-defined]
+            await app.nursery.start(backend.bus.run)
         if auth_server is not None:
             await auth_server.keys.load_or_create()
         if verifier is not None:

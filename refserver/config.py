@@ -18,6 +18,10 @@ import attrs
 
 from refserver.errors import ConfigError
 
+MAX_EVENTS_PER_STREAM: Final = 1000
+"""Default bound of one stream's log (REFSERVER_EVENT_LOG_MAX_EVENTS): far more than a request's progress and
+logs, and about 1 MB at most per stream with events of 1 KB; older events are dropped."""
+
 ENV_PREFIX: Final = "REFSERVER_"
 
 AUTH_MODES: Final = ("embedded", "jwt", "introspection", "none")
@@ -267,7 +271,7 @@ class Settings:
         "EVENT_LOG_MAX_EVENTS",
         _positive_int,
         "Events kept per stream for `Last-Event-ID` replay; older ones are dropped.",
-        1000,
+        MAX_EVENTS_PER_STREAM,
     )
     client_request_timeout: float = _setting(
         "CLIENT_REQUEST_TIMEOUT",

@@ -142,6 +142,37 @@ class Conflict(TransportError):
     http_status = 409
 
 
+class SessionGone(SessionNotFound):
+    """The session no longer exists in the store (deleted elsewhere, expired, or Redis lost it): work that was
+    still running for it has nowhere to write, and a client asking for it gets the same 404 as for any unknown
+    session."""
+
+
+# --- the event log ---
+
+
+class StreamClosed(RefserverError):
+    """An event was appended to a stream that is already closed (its requests are all answered)."""
+
+    jsonrpc_code = INTERNAL_ERROR
+    http_status = 500
+
+
+class EventsGone(RefserverError):
+    """A read or a `Last-Event-ID` resumption asked for events that the stream's bounded log has dropped.
+
+    400, not 404: the session and the stream are alive (a 404 would tell the client to initialize again), only
+    the replay it asked for is no longer possible. `first_kept` is the oldest seq still kept.
+    """
+
+    jsonrpc_code = INVALID_REQUEST
+    http_status = 400
+
+    def __init__(self, message: str, *, first_kept: int) -> None:
+        super().__init__(message)
+        self.first_kept = first_kept
+
+
 class ServiceUnavailable(RefserverError):
     """A dependency (Redis, the authorization server) is down; the client may retry."""
 

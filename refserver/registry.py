@@ -12,12 +12,20 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog
-from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionRecord, SessionStore, TransportKind
+from refserver.backend.messages import (
+    CancelRequest,
+    ClientReply,
+    EventAppended,
+    SessionDeleted,
+    SessionMessage,
+    StateChanged,
+)
+from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionStore, TransportKind, state_from_record
 from refserver.errors import BackendUnavailable, SessionNotFound, TooManySessions
 from refserver.features.periodic import PeriodicNotifier
 from refserver.protocol.jsonrpc import ErrorResponse, Response, encode_message, parse_message
 from refserver.protocol.session_state import SessionState
-from refserver.session import Session, state_from_record
+from refserver.session import Session
 
 if TYPE_CHECKING:
     from refserver.dispatch import RequestCore
@@ -69,9 +77,9 @@ class SessionRegistry:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._reap_idle_sessions)
+                self.bus.set_handler(self._on_bus_message)
+                self.bus.set_resync_handler(self._resync)
                 if self.bus.distributed:
-                    self.bus.set_handler(self._on_bus_message)  # type: ignore[attr-defined]
-                    self.bus.set_resync_handler(self._resync)  # type: ignore[attr-defined]
                     nursery.start_soon(self._keep_shared_sessions_alive)
                 for notifier in self._notifiers:
                     nursery.start_soon(self._run_notifier, notifier)
@@ -178,28 +186,28 @@ class SessionRegistry:
         session = await self.get(session_id, owner=owner)
         if self.bus.distributed:
             await self.store.delete(session_id)
-            await self.bus.publish(session_id, {"t": "delete"})
+            await self.bus.publish(session_id, SessionDeleted())
         session.close("deleted")
         self._deleted += 1
 
-    async def _on_bus_message(self, session_id: str, message: dict[str, Any]) -> None:
-        kind = message.get("t")
-        if kind == "event":
-            self.events.notice(session_id, str(message.get("s")), int(message.get("n", 0)))
+    async def _on_bus_message(self, session_id: str, message: SessionMessage) -> None:
+        if isinstance(message, EventAppended):
+            self.events.notice(session_id, message.stream_id, message.seq)
             return
         session = self._sessions.get(session_id)
         if session is None:
             return
-        if kind == "cancel":
-            session.cancel_request(message.get("id"))
-        elif kind == "reply":
-            parsed = parse_message(message.get("message"))
-            if isinstance(parsed, (Response, ErrorResponse)):
-                session.deliver_reply(parsed)
-        elif kind == "delete":
-            session.close("deleted")
-        elif kind == "state":
-            session.apply_record(SessionRecord(**message["record"]))
+        match message:
+            case CancelRequest(request_id):
+                session.cancel_request(request_id)
+            case ClientReply(reply):
+                parsed = parse_message(reply)
+                if isinstance(parsed, (Response, ErrorResponse)):
+                    session.deliver_reply(parsed)
+            case SessionDeleted():
+                session.close("deleted")
+            case StateChanged(record):
+                session.apply_record(record)
 
     async def _resync(self, session_ids: list[str]) -> None:
         """Back from a Redis outage: listeners re-read what they missed, and a session the store lost (Redis

@@ -10,7 +10,6 @@ HTTP handlers only read streams, so a client disconnect never loses or blocks th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +19,25 @@ import attrs
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog
-from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionRecord, SessionStore, TransportKind
-from refserver.errors import BackendUnavailable, InternalError, InvalidRequest, RefserverError
+from refserver.backend.messages import CancelRequest, ClientReply, StateChanged
+from refserver.backend.sessions import (
+    Bus,
+    LocalBus,
+    LocalSessionStore,
+    SessionRecord,
+    SessionStore,
+    TransportKind,
+    state_from_record,
+    state_to_record,
+)
+from refserver.errors import (
+    BackendUnavailable,
+    InternalError,
+    InvalidRequest,
+    RefserverError,
+    SessionGone,
+    StreamClosed,
+)
 from refserver.protocol.jsonrpc import (
     ErrorResponse,
     Message,
@@ -33,7 +49,6 @@ from refserver.protocol.jsonrpc import (
     is_request_id,
     message_to_dict,
 )
-from refserver.protocol.lifecycle import Lifecycle, Phase
 from refserver.protocol.session_state import SessionState
 from refserver.session_calls import ClientRequests, answer_request
 
@@ -45,31 +60,6 @@ logger = logging.getLogger(__name__)
 
 REQUEST_STREAM_ID_BYTES: Final = 6
 """Request stream ids are random within a session (48 bits), so no counter has to be shared."""
-
-
-def state_to_record(state: SessionState, session_id: str, kind: TransportKind, owner: str | None) -> SessionRecord:
-    lifecycle = state.lifecycle
-    return SessionRecord(
-        session_id=session_id,
-        kind=kind,
-        owner=owner,
-        phase=lifecycle.phase.value,
-        protocol_version=lifecycle.protocol_version,
-        client_capabilities=lifecycle.client_capabilities,
-        client_info=lifecycle.client_info,
-        log_level=state.log_level,
-        subscriptions=sorted(state.subscriptions),
-    )
-
-
-def state_from_record(record: SessionRecord) -> SessionState:
-    lifecycle = Lifecycle(
-        phase=Phase(record.phase),
-        protocol_version=record.protocol_version,
-        client_info=record.client_info,
-        client_capabilities=record.client_capabilities,
-    )
-    return SessionState(lifecycle=lifecycle, log_level=record.log_level, subscriptions=set(record.subscriptions))
 
 
 @attrs.define(eq=False)
@@ -166,7 +156,7 @@ class Session:
         if self._bus.distributed:
             record = self.record()
             await self._store.save(record, self._ttl)
-            await self._bus.publish(self.id, {"t": "state", "record": json.loads(record.to_json())})
+            await self._bus.publish(self.id, StateChanged(record))
 
     def apply_record(self, record: SessionRecord) -> None:
         """Another instance changed the state: adopt it (`lifecycle.close` stays ours to decide)."""
@@ -300,11 +290,11 @@ class Session:
                 if reply is not None and not self.closed:
                     await self.append(stream_id, reply)
                 await self._request_done(stream_id)
-            except (BackendUnavailable, trio.ClosedResourceError) as exc:
+            except (BackendUnavailable, SessionGone, StreamClosed) as exc:
                 # The backend is down or the session was deleted meanwhile: the answer cannot be stored,
                 # and nobody can ask for it. The request is lost, not the instance.
                 logger.warning("session %s: answer to %r not recorded: %s", self.id, request.id, exc)
-                if isinstance(exc, trio.ClosedResourceError):
+                if isinstance(exc, SessionGone):
                     self.close("gone")  # the store no longer has it (deleted elsewhere, or Redis lost it)
         self.touch()
 
@@ -330,7 +320,8 @@ class Session:
             request_id = params.get("requestId")
             if not self.cancel_request(request_id) and is_request_id(request_id) and self._bus.distributed:
                 # The request may run on another instance: the bus carries the id with its JSON type.
-                await self._bus.publish(self.id, {"t": "cancel", "id": request_id})
+                assert isinstance(request_id, (int, str))
+                await self._bus.publish(self.id, CancelRequest(request_id))
         # Other client notifications (roots/list_changed, progress) need no action from this server.
 
     def cancel_request(self, request_id: object) -> bool:
@@ -351,7 +342,7 @@ class Session:
         if self.deliver_reply(reply):
             return True
         if reply.id is not None and self._bus.distributed:
-            await self._bus.publish(self.id, {"t": "reply", "message": message_to_dict(reply)})
+            await self._bus.publish(self.id, ClientReply(message_to_dict(reply)))
         return False
 
     def deliver_reply(self, reply: Response | ErrorResponse) -> bool:

@@ -19,7 +19,7 @@ import trio
 
 from refserver.call_context import Emitter
 from refserver.dispatch import RequestCore
-from refserver.errors import InternalError
+from refserver.errors import InternalError, SessionGone, StreamClosed
 from refserver.protocol.core import (
     Complete,
     CoreRequest,
@@ -118,7 +118,7 @@ class ClientRequests:
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_NOTICE_TIMEOUT):
             for outgoing_id in unanswered:
                 notice = Notification("notifications/cancelled", {"requestId": outgoing_id, "reason": reason})
-                with contextlib.suppress(trio.ClosedResourceError):
+                with contextlib.suppress(SessionGone, StreamClosed):
                     await self._append(stream_id, notice)
 
 

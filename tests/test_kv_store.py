@@ -20,8 +20,9 @@ import trio
 import trio_asyncio
 
 from refserver.backend.kv import KeyValueStore
-from refserver.backend.memory_kv import MemoryKeyValueStore
-from refserver.backend.redis import MAX_CONNECTIONS, RedisConnection, RedisKeyValueStore
+from refserver.backend.memory_kv import MemoryKeyValueStatistics, MemoryKeyValueStore
+from refserver.backend.redis.connection import MAX_CONNECTIONS, RedisConnection
+from refserver.backend.redis.kv import RedisKeyValueStatistics, RedisKeyValueStore
 from refserver.errors import BackendUnavailable, InternalError
 from tests.redis_server import RedisServer
 
@@ -188,13 +189,15 @@ async def test_token_bucket_rejects_bad_parameters(kv: Harness, capacity: int, r
 async def test_statistics(kv: Harness) -> None:
     await kv.store.set("a", b"1", 60)
     stats = kv.store.statistics()
-    assert stats["backend"] == kv.kind
-    if kv.kind == "memory":
-        assert stats["keys"] == 1
+    assert stats.backend == kv.kind
+    if isinstance(stats, MemoryKeyValueStatistics):
+        assert stats.keys == 1
     else:
-        assert stats["running"] and stats["commands"] >= 1 and stats["errors"] == 0
-        assert 1 <= stats["connections"] <= stats["max_connections"] == MAX_CONNECTIONS
-        assert stats["in_use"] == stats["in_flight"] == stats["asyncio_tasks"] == 0
+        assert isinstance(stats, RedisKeyValueStatistics)
+        conn = stats.connection
+        assert conn.running and conn.commands >= 1 and conn.errors == 0
+        assert 1 <= conn.connections <= conn.max_connections == MAX_CONNECTIONS
+        assert conn.in_use == conn.in_flight == conn.asyncio_tasks == 0
 
 
 # --- memory store: exact expiry and bounded memory ---
@@ -218,12 +221,12 @@ async def test_memory_purges_expired_entries_on_write() -> None:
         await store.set(f"k{n}", b"v", 1.0)
     for _ in range(1000):  # overwriting a long-lived key must not grow the expiry heap without bound
         await store.set("long", b"v", 3600.0)
-    assert store.statistics()["expiry_heap"] <= 2 * 1001 + 64
+    assert store.statistics().expiry_heap <= 2 * 1001 + 64
     clock.now += 2.0
     await store.set("fresh", b"v", 1.0)
     stats = store.statistics()
-    assert stats["keys"] == 2
-    assert stats["expiry_heap"] <= 2 * 2 + 64
+    assert stats.keys == 2
+    assert stats.expiry_heap <= 2 * 2 + 64
 
 
 async def test_memory_token_bucket_exact_refill_and_state_expiry() -> None:
@@ -236,7 +239,7 @@ async def test_memory_token_bucket_exact_refill_and_state_expiry() -> None:
     assert await store.take_rate_token("a", 2, 2.0)
     clock.now += 1.0  # exactly full again: the state has expired
     assert await store.take_rate_token("b", 1, 1.0)  # a write purges "a"
-    assert store.statistics()["buckets"] == 1
+    assert store.statistics().buckets == 1
 
 
 # --- Redis: keys, fault injection, cancellation, connection bound ---
@@ -310,7 +313,7 @@ async def test_redis_killed_then_restarted(redis_server: RedisServer) -> None:
         async with trio.open_nursery() as warm:  # several pooled sockets, all about to die
             for _ in range(MAX_CONNECTIONS * 4):
                 warm.start_soon(store.get, "k")
-        assert conn.statistics()["connections"] > 1
+        assert conn.statistics().connections > 1
 
         redis_server.kill()
         calls: list[Callable[[], Awaitable[object]]] = [
@@ -332,7 +335,7 @@ async def test_redis_killed_then_restarted(redis_server: RedisServer) -> None:
                 again.start_soon(store.set, f"k{n}", b"v", 60)
         assert await store.get("k0") == b"v"
         assert await store.take_rate_token("b", 1, 1.0)  # NOSCRIPT: reloaded transparently
-        assert conn.statistics()["errors"] == 4
+        assert conn.statistics().errors == 4
         nursery.cancel_scope.cancel()
 
 
@@ -346,8 +349,8 @@ async def test_redis_hung_times_out_and_recovers(redis_server: RedisServer, redi
             await store.get("k")
         assert redis_conn.command_timeout <= time.monotonic() - started < redis_conn.command_timeout + MARGIN
         stats = redis_conn.statistics()
-        assert stats["timeouts"] == 1
-        assert stats["asyncio_tasks"] == stats["in_use"] == 0  # nothing left running on the asyncio side
+        assert stats.timeouts == 1
+        assert stats.asyncio_tasks == stats.in_use == 0  # nothing left running on the asyncio side
     finally:
         redis_server.resume()
     assert await store.get("k") == b"v"
@@ -368,8 +371,8 @@ async def test_redis_cancelled_caller_leaves_nothing_behind(redis_server: RedisS
             assert scope.cancelled_caught
             assert time.monotonic() - started < 0.2 + MARGIN
             stats = conn.statistics()
-            assert stats["asyncio_tasks"] == stats["in_use"] == stats["in_flight"] == 0
-            assert stats["errors"] == 0  # a cancellation is not a Redis error
+            assert stats.asyncio_tasks == stats.in_use == stats.in_flight == 0
+            assert stats.errors == 0  # a cancellation is not a Redis error
         finally:
             redis_server.resume()
         # The late reply to GET a must not be read as the answer to GET b.
@@ -404,7 +407,7 @@ async def test_redis_shutdown_with_a_call_in_flight(redis_server: RedisServer) -
     assert len(outcome) == 1 and isinstance(outcome[0], BackendUnavailable)
     with pytest.raises(BackendUnavailable, match="not running"):
         await store.get("k")
-    assert not conn.statistics()["running"]
+    assert not conn.statistics().running
 
 
 async def test_redis_errors_are_mapped(redis_server: RedisServer, redis_conn: RedisConnection) -> None:
@@ -435,7 +438,7 @@ async def test_redis_connection_count_is_bounded(shared_redis_server: RedisServe
         async def one(n: int) -> None:
             nonlocal peak
             await store.set(f"k{n}", b"v", 60)
-            peak = max(peak, conn.statistics()["in_use"])
+            peak = max(peak, conn.statistics().in_use)
             assert await store.take(f"k{n}") == b"v"
 
         with trio.fail_after(10):
@@ -444,7 +447,7 @@ async def test_redis_connection_count_is_bounded(shared_redis_server: RedisServe
                     calls.start_soon(one, n)
         assert 1 < peak <= MAX_CONNECTIONS
         assert 1 < ours() <= MAX_CONNECTIONS
-        assert conn.statistics()["commands"] == 401  # 400 calls and the start-up fill of the pool
+        assert conn.statistics().commands == 401  # 400 calls and the start-up fill of the pool
         nursery.cancel_scope.cancel()
     # Shutdown closed every socket; Redis may list a closed one until its event loop has seen the EOF.
     deadline = time.monotonic() + 1.0

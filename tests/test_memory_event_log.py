@@ -20,7 +20,7 @@ async def test_a_stream_answered_with_json_is_forgotten_once_read_to_its_end() -
     assert [e.data for e in last.events] == ['{"id":2}'] and last.closed
     # No event id ever reached the client (a JSON answer has none): nothing is kept for a resumption.
     assert not (await log.read_after(SESSION, "r1", 0)).exists
-    assert log.statistics()["streams"] == 0
+    assert log.statistics().streams == 0
 
 
 async def test_a_stream_whose_result_was_read_before_it_closed_is_forgotten_too() -> None:
@@ -35,7 +35,7 @@ async def test_a_stream_whose_result_was_read_before_it_closed_is_forgotten_too(
         await log.close_stream(SESSION, stream_id)
         last = await log.read_after(SESSION, stream_id, 1)
         assert last.closed and not last.events
-    assert log.statistics()["streams"] == 0
+    assert log.statistics().streams == 0
 
 
 async def test_append_many_records_on_existing_streams_only() -> None:
@@ -51,7 +51,7 @@ async def test_append_many_records_on_existing_streams_only() -> None:
         (2, "two"),
     ]
     assert not (await log.read_after("b", STANDALONE_STREAM, 0)).exists
-    assert log.statistics()["streams"] == 1
+    assert log.statistics().streams == 1
 
 
 async def test_a_stream_with_notifications_or_served_as_sse_is_kept_for_resumption() -> None:

@@ -10,9 +10,10 @@ import pytest
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM
-from refserver.backend.redis import RedisConnection
-from refserver.backend.redis_bus import RedisBus
-from refserver.backend.redis_sessions import RedisEventLog, RedisSessionStore
+from refserver.backend.redis.bus import RedisBus
+from refserver.backend.redis.connection import RedisConnection
+from refserver.backend.redis.events import RedisEventLog
+from refserver.backend.redis.sessions import RedisSessionStore
 from refserver.dispatch import RequestCore
 from refserver.features import reference
 from refserver.features.catalog import FeatureIndex
@@ -72,12 +73,12 @@ async def test_a_dropped_subscriber_resyncs_every_session_in_a_few_round_trips(
         gets, exists = calls(redis_server, "get"), calls(redis_server, "exists")
         # Redis keeps its data; only the subscriber connection goes (as in a network blip).
         redis_server.client().client_kill_filter(_type="pubsub")
-        await wait_until(lambda: instance.bus.statistics()["reconnects"] > 0 and instance.bus.connected, 10, "back")
+        await wait_until(lambda: instance.bus.statistics().reconnects > 0 and instance.bus.connected, 10, "back")
         await wait_until(lambda: len(woken) == 10, 5, "listeners woken to re-read")
     assert calls(redis_server, "get") == gets  # no session loaded one by one
     assert calls(redis_server, "exists") - exists == SESSIONS  # each checked once, in pipelines
     assert not any(s.closed for s in sessions)  # all still in Redis: all kept
-    assert instance.bus.statistics()["sessions_held"] == SESSIONS
+    assert instance.bus.statistics().sessions_held == SESSIONS
 
 
 async def test_sessions_lost_by_a_redis_restart_end_at_the_resync(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import attrs
 import pytest
@@ -17,10 +16,19 @@ import trio
 import trio.lowlevel
 
 from refserver.backend.events import STANDALONE_STREAM
-from refserver.backend.redis import RedisConnection
-from refserver.backend.redis_bus import RedisBus
-from refserver.backend.redis_sessions import RedisEventLog, events_key, session_key
-from refserver.errors import BackendUnavailable
+from refserver.backend.messages import (
+    CancelRequest,
+    EventAppended,
+    SessionDeleted,
+    SessionMessage,
+    StateChanged,
+)
+from refserver.backend.redis.bus import RedisBus
+from refserver.backend.redis.connection import RedisConnection
+from refserver.backend.redis.events import RedisEventLog
+from refserver.backend.redis.keys import events_key, session_key
+from refserver.backend.sessions import SessionRecord
+from refserver.errors import BackendUnavailable, SessionGone
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 
@@ -83,14 +91,14 @@ async def test_concurrent_appends_share_pipelines_and_keep_each_streams_order(ow
         called[session_id].append(data)
         answered[session_id][data] = await own.log.append(session_id, STANDALONE_STREAM, data)
 
-    batches_before, evalsha_before = own.conn.statistics()["batches"], own.evalsha_calls()
+    batches_before, evalsha_before = own.conn.statistics().batches, own.evalsha_calls()
     async with trio.open_nursery() as nursery:
         for n in range(per_session):
             for session_id in sessions:
                 nursery.start_soon(append, session_id, n)
 
     calls = per_session * len(sessions)
-    batches = own.conn.statistics()["batches"] - batches_before
+    batches = own.conn.statistics().batches - batches_before
     assert batches <= 2 * calls / own.conn.max_batch + 2, batches  # 1,500 appends: a handful of round trips
     # One EVALSHA per append, plus the first batch again after its NOSCRIPT (a fresh Redis has no scripts).
     assert calls <= own.evalsha_calls() - evalsha_before <= calls + own.conn.max_batch
@@ -102,12 +110,12 @@ async def test_concurrent_appends_share_pipelines_and_keep_each_streams_order(ow
 
 async def test_a_lone_append_is_sent_at_once(shared: Harness) -> None:
     session_id = shared.new_session()
-    batches_before = shared.conn.statistics()["batches"]
+    batches_before = shared.conn.statistics().batches
     for n in range(1, 6):
         started = time.monotonic()
         assert await shared.log.append(session_id, STANDALONE_STREAM, f"e{n}") == n
         assert time.monotonic() - started < 0.5  # no timer to wait for (a round trip is well under 1 ms)
-    assert shared.conn.statistics()["batches"] - batches_before == 5
+    assert shared.conn.statistics().batches - batches_before == 5
 
 
 async def test_appends_to_a_deleted_session_fail_alone(shared: Harness) -> None:
@@ -119,19 +127,19 @@ async def test_appends_to_a_deleted_session_fail_alone(shared: Harness) -> None:
     async def append(session_id: str, label: str) -> None:
         try:
             outcomes[label] = await shared.log.append(session_id, STANDALONE_STREAM, label)
-        except trio.ClosedResourceError as exc:
+        except SessionGone as exc:
             outcomes[label] = exc
 
-    batches_before = shared.conn.statistics()["batches"]
+    batches_before = shared.conn.statistics().batches
     async with trio.open_nursery() as nursery:  # all in the same pipeline
         for n in range(10):
             nursery.start_soon(append, live, f"live-{n}")
             nursery.start_soon(append, deleted, f"deleted-{n}")
-    assert shared.conn.statistics()["batches"] - batches_before == 1
+    assert shared.conn.statistics().batches - batches_before == 1
     assert sorted(seq for label, seq in outcomes.items() if label.startswith("live") and isinstance(seq, int)) == [
         *range(1, 11)
     ]
-    assert all(isinstance(outcomes[f"deleted-{n}"], trio.ClosedResourceError) for n in range(10))
+    assert all(isinstance(outcomes[f"deleted-{n}"], SessionGone) for n in range(10))
     assert shared.stored(deleted) == {1: "before"}  # nothing written after the session went away
 
 
@@ -158,12 +166,12 @@ async def test_a_cancelled_caller_disturbs_no_one(own: Harness) -> None:
             for n in range(20):
                 nursery.start_soon(append_within, sent_scopes, f"sent-cancelled-{n}")
                 nursery.start_soon(append, f"sent-{n}")
-            await wait_until(lambda: own.conn.statistics()["in_flight"] == 1, 5.0, "wave 1 on its way")
+            await wait_until(lambda: own.conn.statistics().in_flight == 1, 5.0, "wave 1 on its way")
             # Wave 2 queues behind it; half of those callers give up before it is sent.
             for n in range(20):
                 nursery.start_soon(append_within, queued_scopes, f"queued-cancelled-{n}")
                 nursery.start_soon(append, f"queued-{n}")
-            await wait_until(lambda: own.conn.statistics()["batch_queued"] == 40, 5.0, "wave 2 queued")
+            await wait_until(lambda: own.conn.statistics().batch_queued == 40, 5.0, "wave 2 queued")
             for scope in sent_scopes + queued_scopes:
                 scope.cancel()
             await trio.sleep(0.1)
@@ -180,7 +188,7 @@ async def test_a_cancelled_caller_disturbs_no_one(own: Harness) -> None:
     assert not any(data.startswith("queued-cancelled") for data in stored.values())
     assert list(stored) == list(range(1, len(stored) + 1))
     stats = own.conn.statistics()
-    assert stats["asyncio_tasks"] == stats["in_flight"] == stats["batch_queued"] == 0
+    assert stats.asyncio_tasks == stats.in_flight == stats.batch_queued == 0
 
 
 async def test_script_cache_flushed_between_appends(own: Harness) -> None:
@@ -223,7 +231,7 @@ async def test_redis_failure_fails_every_waiting_caller_within_the_timeout(own: 
     if failure == "hung":
         assert await own.log.append(session_id, STANDALONE_STREAM, "after") > 1
     else:
-        with pytest.raises(trio.ClosedResourceError):
+        with pytest.raises(SessionGone):
             await own.log.append(session_id, STANDALONE_STREAM, "after")
 
 
@@ -277,9 +285,9 @@ async def test_listeners_read_this_instances_appends_from_memory_and_others_from
         there = RedisEventLog(there_conn, instance_id="there", max_events=100, ttl=600)
         bus = await nursery.start(RedisBus(here_conn, instance_id="here", holder_ttl=600).run)
 
-        async def on_message(session_id: str, message: dict[str, Any]) -> None:
-            if message.get("t") == "event":
-                here.notice(session_id, str(message["s"]), int(message["n"]))
+        async def on_message(session_id: str, message: SessionMessage) -> None:
+            if isinstance(message, EventAppended):
+                here.notice(session_id, message.stream_id, message.seq)
 
         bus.set_handler(on_message)
         session_id = Harness(shared_redis_server, here_conn, here).new_session()
@@ -287,12 +295,12 @@ async def test_listeners_read_this_instances_appends_from_memory_and_others_from
 
         async def next_read(after_seq: int) -> tuple[list[str], int]:
             """What a listener here gets after `after_seq`, and how many Redis reads that took."""
-            reads_before = here_conn.statistics()["batched_calls"]
+            reads_before = here_conn.statistics().batched_calls
             with trio.fail_after(5):
                 await here.wait_for_events(session_id, STANDALONE_STREAM, after_seq)
             read = await here.read_after(session_id, STANDALONE_STREAM, after_seq)
             assert not read.closed and read.exists
-            return [e.data for e in read.events], here_conn.statistics()["batched_calls"] - reads_before
+            return [e.data for e in read.events], here_conn.statistics().batched_calls - reads_before
 
         with here.watching(session_id, STANDALONE_STREAM):
             assert await here.append(session_id, STANDALONE_STREAM, "a1") == 1
@@ -308,8 +316,8 @@ async def test_listeners_read_this_instances_appends_from_memory_and_others_from
             assert read.closed and not read.events
         # Only the other instance's append was announced to this one: its own are not echoed back.
         await trio.sleep(0.2)
-        assert bus.statistics()["received"] == 1
-        assert here.statistics()["reads_answered_here"] == 3
+        assert bus.statistics().received == 1
+        assert here.statistics().reads_answered_here == 3
         nursery.cancel_scope.cancel()
 
 
@@ -340,7 +348,7 @@ async def test_events_appended_while_a_stream_is_being_persisted_are_not_lost(sh
     await log.append(session_id, stream_id, '{"n":1}')
     async with trio.open_nursery() as nursery:
         nursery.start_soon(log.persist, session_id, stream_id)
-        while shared.conn.statistics()["in_flight"] == 0:  # until persist's write is on its way to Redis
+        while shared.conn.statistics().in_flight == 0:  # until persist's write is on its way to Redis
             await trio.lowlevel.checkpoint()
         await log.append(session_id, stream_id, '{"n":2}')
         await log.append(session_id, stream_id, '{"id":1}', is_response=True)
@@ -377,13 +385,13 @@ async def test_append_many_is_a_few_pipelines_and_wakes_each_listener_with_its_o
         async with trio.open_nursery() as nursery:
             for session_id in live:
                 await nursery.start(listen, session_id)
-            batches_before = own.conn.statistics()["batches"]
-            reads_before = own.log.statistics()["reads_answered_here"]
+            batches_before = own.conn.statistics().batches
+            reads_before = own.log.statistics().reads_answered_here
             with trio.fail_after(own.conn.command_timeout * 4):
                 await own.log.append_many((s, STANDALONE_STREAM, f"round-1 {s}") for s in sessions)
-    assert own.conn.statistics()["batches"] - batches_before <= 4  # 1,536 appends, at most 512 per pipeline
+    assert own.conn.statistics().batches - batches_before <= 4  # 1,536 appends, at most 512 per pipeline
     assert woken == {s: [f"round-1 {s}"] for s in live}
-    assert own.log.statistics()["reads_answered_here"] - reads_before == len(live)  # no Redis read to serve them
+    assert own.log.statistics().reads_answered_here - reads_before == len(live)  # no Redis read to serve them
     assert own.stored(sessions[1]) == {1: "warm-up", 2: f"round-1 {sessions[1]}"}
     assert all(own.stored(s) == {} for s in gone)  # nothing written for a session that went away
 
@@ -414,11 +422,11 @@ async def test_append_many_with_redis_hung_ends_within_its_bound_and_wakes_liste
         assert elapsed >= own.conn.command_timeout
         # Their outcome is unknown (they may have run): the listener was woken, and reads Redis, not `recent`.
         assert woken.is_set()
-        reads_before = own.log.statistics()["reads_answered_here"]
+        reads_before = own.log.statistics().reads_answered_here
         read = await own.log.read_after(session_id, STANDALONE_STREAM, 0)
         assert read.events[0].data == "before"
-        assert own.log.statistics()["reads_answered_here"] == reads_before
-    assert own.conn.statistics()["batch_queued"] == 0
+        assert own.log.statistics().reads_answered_here == reads_before
+    assert own.conn.statistics().batch_queued == 0
 
 
 async def test_append_many_cancelled_drops_what_it_has_not_sent(own: Harness) -> None:
@@ -432,7 +440,7 @@ async def test_append_many_cancelled_drops_what_it_has_not_sent(own: Harness) ->
         own.server.resume()
     # The pipeline in flight may have run; nothing queued behind it is sent later.
     with trio.fail_after(own.conn.command_timeout + MARGIN):
-        while own.conn.statistics()["batch_queued"]:
+        while own.conn.statistics().batch_queued:
             await trio.sleep(0.05)
     assert await own.log.append(session_id, STANDALONE_STREAM, "after") <= own.conn.max_batch + 2
     assert len(own.stored(session_id)) <= own.conn.max_batch + 2
@@ -449,8 +457,8 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
             logs[name] = RedisEventLog(conn, instance_id=name, max_events=100, ttl=600)
             buses[name] = bus = await nursery.start(RedisBus(conn, instance_id=name, holder_ttl=600).run)
 
-            async def on_message(session_id: str, message: dict[str, Any], name: str = name) -> None:
-                received[name].append((session_id, str(message.get("t"))))
+            async def on_message(session_id: str, message: SessionMessage, name: str = name) -> None:
+                received[name].append((session_id, type(message).__name__))
 
             bus.set_handler(on_message)
         shared, only_b = "s-shared", "s-only-b"
@@ -472,32 +480,32 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
             for lst in received.values():
                 lst.clear()
 
-        await buses["a"].publish(only_b, {"t": "cancel", "id": 1})
-        await settle({"a": [], "b": [(only_b, "cancel")]})
-        await buses["a"].publish(shared, {"t": "state"})
+        await buses["a"].publish(only_b, CancelRequest(1))
+        await settle({"a": [], "b": [(only_b, "CancelRequest")]})
+        await buses["a"].publish(shared, StateChanged(SessionRecord(shared, "streamable", None)))
         # Not back to the publisher, although it holds the session: it acted on the message itself first.
-        await settle({"a": [], "b": [(shared, "state")]})
+        await settle({"a": [], "b": [(shared, "StateChanged")]})
         await logs["a"].append(shared, STANDALONE_STREAM, "from a")
-        await settle({"a": [], "b": [(shared, "event")]})  # not announced back to the instance that appended
+        await settle({"a": [], "b": [(shared, "EventAppended")]})  # not announced back to the instance that appended
         await buses["b"].unsubscribe(shared)
         await wait_until(
             lambda: redis_server.client().smembers(f"refserver:session:{shared}:holders") == {b"a"}, 5, "b gone"
         )
         await logs["a"].append(shared, STANDALONE_STREAM, "b left")
-        await buses["b"].publish(shared, {"t": "delete"})
-        await settle({"a": [(shared, "delete")], "b": []})
+        await buses["b"].publish(shared, SessionDeleted())
+        await settle({"a": [(shared, "SessionDeleted")], "b": []})
 
         # Redis restarted empty: the instances join the holders sets again when their subscriber is back.
         redis_server.kill()
         redis_server.start()
-        await wait_until(lambda: buses["b"].connected and buses["b"].statistics()["reconnects"] > 0, 10, "b back")
+        await wait_until(lambda: buses["b"].connected and buses["b"].statistics().reconnects > 0, 10, "b back")
         received["a"].clear()
         received["b"].clear()  # the resyncs of the reconnect
         await wait_until(
             lambda: redis_server.client().sismember(f"refserver:session:{only_b}:holders", "b"), 5, "b rejoined"
         )
-        await buses["a"].publish(only_b, {"t": "cancel", "id": 2})
-        await settle({"a": [], "b": [(only_b, "cancel")]})
+        await buses["a"].publish(only_b, CancelRequest(2))
+        await settle({"a": [], "b": [(only_b, "CancelRequest")]})
         nursery.cancel_scope.cancel()
 
 
@@ -513,8 +521,8 @@ async def test_dead_holders_are_forgotten_and_a_lapsed_instance_joins_again(redi
         other_conn = await nursery.start(RedisConnection(redis_server.url, command_timeout=1.0).run)
         other = await nursery.start(RedisBus(other_conn, instance_id="other", holder_ttl=600).run)
 
-        async def on_message(session_id: str, message: dict[str, Any]) -> None:
-            received.append((session_id, str(message.get("t"))))
+        async def on_message(session_id: str, message: SessionMessage) -> None:
+            received.append((session_id, type(message).__name__))
 
         async def on_resync(session_ids: list[str]) -> None:
             resynced.append(session_ids)
@@ -525,13 +533,15 @@ async def test_dead_holders_are_forgotten_and_a_lapsed_instance_joins_again(redi
         holders = f"refserver:session:{session_id}:holders"
         await bus.subscribe(session_id)
         client.sadd(holders, "crashed")  # an instance that died: its liveness key is gone
-        await other.publish(session_id, {"t": "state"})  # a message from another instance
-        await wait_until(lambda: received == [(session_id, "state")], 5, "the live holder's message")
+        await other.publish(
+            session_id, StateChanged(SessionRecord(session_id, "streamable", None))
+        )  # a message from another instance
+        await wait_until(lambda: received == [(session_id, "StateChanged")], 5, "the live holder's message")
         assert client.smembers(holders) == {b"alive"}
 
         client.delete("refserver:instance:alive")  # as if this instance had stalled past INSTANCE_TTL...
         client.srem(holders, "alive")  # ...and another instance's message had dropped it
         await wait_until(lambda: client.sismember(holders, "alive") and resynced, 10, "the instance to join and resync")
-        assert bus.statistics()["liveness_lapses"] == 1
+        assert bus.statistics().liveness_lapses == 1
         assert resynced == [[session_id]]  # what was published meanwhile is re-read
         nursery.cancel_scope.cancel()

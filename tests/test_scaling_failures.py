@@ -25,7 +25,7 @@ import httpx
 import pytest
 import trio
 
-from refserver.backend.redis_bus import INSTANCE_TTL
+from refserver.backend.redis.bus import INSTANCE_TTL
 from refserver.protocol.sse import SSEDecoder, SSEEvent
 from tests.cluster import Cluster, long_call, open_session, rpc, start_cluster
 from tests.conftest import INIT_PARAMS, POST_HEADERS, wait_until

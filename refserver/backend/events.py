@@ -2,6 +2,11 @@
 
 A stream is identified by (session id, stream id). Event ids on the wire are `<stream id>.<seq>`, so a
 resumption names its stream and can only ever replay that stream's events.
+
+Overflow, the same on every backend: a stream's log keeps its newest `max_events` events and drops the oldest
+(the stream goes on). A read after a seq that was dropped raises `EventsGone`: the caller decides whether a gap
+is acceptable (a live listener that fell behind skips to the oldest kept) or not (a `Last-Event-ID` resumption
+is refused with 400).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Final, Protocol
 
 import attrs
 
+from refserver.errors import EventsGone
 from refserver.protocol.jsonrpc import RequestId
 
 STANDALONE_STREAM: Final = "get"
@@ -36,6 +42,37 @@ class StreamRead:
     closed: bool
     """No event will ever follow the ones returned."""
     exists: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class EventLogStatistics:
+    events_appended: int
+
+
+@attrs.frozen(kw_only=True)
+class MemoryEventLogStatistics(EventLogStatistics):
+    streams: int
+    """Streams held in memory."""
+
+
+@attrs.frozen(kw_only=True)
+class RedisEventLogStatistics(EventLogStatistics):
+    streams_watched: int
+    """Streams with listeners on this instance."""
+    local_streams: int
+    """Request streams kept here until served as SSE."""
+    streams_persisted: int
+    reads_answered_here: int
+    """Reads answered from the events this instance appended, without a Redis read."""
+
+
+def events_gone(stream_id: str, after_seq: int, first_kept: int) -> EventsGone:
+    """The one wording of a refused replay, whichever backend dropped the events."""
+    return EventsGone(
+        f"Bad Request: the events of stream {stream_id} after {after_seq} are no longer kept "
+        f"(the log keeps the newest events of each stream; the oldest kept is {first_kept})",
+        first_kept=first_kept,
+    )
 
 
 def format_event_id(stream_id: str, seq: int) -> str:
@@ -63,7 +100,11 @@ class EventLog(Protocol):
         ...
 
     async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
-        """Record one event; return its sequence number (1, 2, ...). Listeners are woken."""
+        """Record one event; return its sequence number (1, 2, ...). Listeners are woken.
+
+        Raises StreamClosed if the stream is known to be closed, SessionGone if the session no longer exists in
+        the store.
+        """
         ...
 
     async def append_many(self, appends: Iterable[Append]) -> None:
@@ -76,7 +117,12 @@ class EventLog(Protocol):
 
     async def close_stream(self, session_id: str, stream_id: str) -> None: ...
 
-    async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead: ...
+    async def read_after(self, session_id: str, stream_id: str, after_seq: int) -> StreamRead:
+        """The events after `after_seq` (a bounded number of them: read again for more).
+
+        Raises EventsGone if events after `after_seq` were dropped (see the module's overflow rule).
+        """
+        ...
 
     def watching(self, session_id: str, stream_id: str) -> AbstractContextManager[None]:
         """Hold this around reading and waiting: announcements are kept only for watched streams."""
@@ -99,3 +145,5 @@ class EventLog(Protocol):
     def wake_all(self) -> None:
         """Wake every waiter (used when shutdown starts, so streams notice at once)."""
         ...
+
+    def statistics(self) -> EventLogStatistics: ...

@@ -8,10 +8,12 @@ from refserver.backend.events import EventLog
 from refserver.backend.kv import KeyValueStore
 from refserver.backend.memory import MemoryEventLog
 from refserver.backend.memory_kv import MemoryKeyValueStore
-from refserver.backend.redis import RedisConnection, RedisKeyValueStore
-from refserver.backend.redis_bus import RedisBus, new_instance_id
-from refserver.backend.redis_sessions import RedisEventLog, RedisSessionStore
-from refserver.backend.sessions import Bus, LocalBus, LocalSessionStore, SessionStore
+from refserver.backend.redis.bus import RedisBus, new_instance_id
+from refserver.backend.redis.connection import RedisConnection
+from refserver.backend.redis.events import RedisEventLog
+from refserver.backend.redis.kv import RedisKeyValueStore
+from refserver.backend.redis.sessions import RedisSessionStore
+from refserver.backend.sessions import Bus, LocalBus, LocalStore, Store
 from refserver.config import Settings
 
 
@@ -19,7 +21,7 @@ from refserver.config import Settings
 class Backend:
     kv: KeyValueStore
     events: EventLog
-    store: SessionStore
+    store: Store
     bus: Bus
     redis: RedisConnection | None
     """Started by the app (`nursery.start(redis.run)`, then the bus) before anything uses the rest."""
@@ -50,7 +52,7 @@ def backend_from_settings(settings: Settings) -> Backend:
     return Backend(
         kv=MemoryKeyValueStore(),
         events=MemoryEventLog(settings.event_log_max_events),
-        store=LocalSessionStore(),
+        store=LocalStore(),
         bus=LocalBus(),
         redis=None,
         instance_id=instance_id,

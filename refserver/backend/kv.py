@@ -8,7 +8,15 @@ authorization codes, refresh tokens and pending authorizations single-use across
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class KeyValueStatistics:
+    backend: str
+    """"memory" or "redis"."""
 
 
 class KeyValueStore(Protocol):
@@ -44,4 +52,4 @@ class KeyValueStore(Protocol):
         """Raise BackendUnavailable unless the store answers."""
         ...
 
-    def statistics(self) -> dict[str, Any]: ...
+    def statistics(self) -> KeyValueStatistics: ...

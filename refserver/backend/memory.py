@@ -6,12 +6,19 @@ import contextlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
 
 import attrs
 import trio
 
-from refserver.backend.events import STANDALONE_STREAM, Append, StoredEvent, StreamRead
+from refserver.backend.events import (
+    STANDALONE_STREAM,
+    Append,
+    MemoryEventLogStatistics,
+    StoredEvent,
+    StreamRead,
+    events_gone,
+)
+from refserver.errors import StreamClosed
 from refserver.protocol.jsonrpc import RequestId
 
 
@@ -31,7 +38,8 @@ class _StreamHistory:
 
 @attrs.define
 class MemoryEventLog:
-    """Per-stream bounded history (memory bound: max_events_per_stream events per live stream)."""
+    """Per-stream bounded history (memory bound: max_events_per_stream events per live stream; beyond it the
+    oldest events are dropped, see `refserver.backend.events`)."""
 
     max_events_per_stream: int
     max_closed_streams_per_session: int = 64
@@ -66,7 +74,7 @@ class MemoryEventLog:
     async def append(self, session_id: str, stream_id: str, data: str, *, is_response: bool = False) -> int:
         history = self._history(session_id, stream_id)
         if history.closed:
-            raise trio.ClosedResourceError(f"stream {stream_id} is closed")
+            raise StreamClosed(f"stream {stream_id} is closed")
         return self._record(history, data, is_response)
 
     async def append_many(self, appends: Iterable[Append]) -> None:
@@ -105,6 +113,9 @@ class MemoryEventLog:
         if history.next_seq - 1 <= after_seq:
             read = StreamRead([], closed=history.closed)
         else:
+            oldest = history.events[0].seq
+            if oldest > after_seq + 1:
+                raise events_gone(stream_id, after_seq, oldest)
             read = StreamRead([e for e in history.events if e.seq > after_seq], closed=history.closed)
         if (
             history.closed
@@ -147,5 +158,5 @@ class MemoryEventLog:
         for history in self._streams.values():
             history.wake()
 
-    def statistics(self) -> dict[str, Any]:
-        return {"streams": len(self._streams), "events_appended": self._appended}
+    def statistics(self) -> MemoryEventLogStatistics:
+        return MemoryEventLogStatistics(streams=len(self._streams), events_appended=self._appended)

@@ -12,9 +12,11 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 import attrs
+
+from refserver.backend.kv import KeyValueStatistics
 
 V = TypeVar("V")
 
@@ -33,6 +35,13 @@ def check_bucket(capacity: int, refill_per_second: float) -> None:
         raise ValueError(f"capacity must be >= 1, got {capacity!r}")
     if not (refill_per_second > 0 and math.isfinite(refill_per_second)):
         raise ValueError(f"refill_per_second must be positive, got {refill_per_second!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MemoryKeyValueStatistics(KeyValueStatistics):
+    keys: int
+    buckets: int
+    expiry_heap: int
 
 
 @attrs.define
@@ -157,11 +166,11 @@ class MemoryKeyValueStore:
     async def ping(self) -> None:
         return None
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> MemoryKeyValueStatistics:
         """Counts include expired entries that no write has purged yet (they are never returned)."""
-        return {
-            "backend": "memory",
-            "keys": len(self._values),
-            "buckets": len(self._buckets),
-            "expiry_heap": self._values.heap_size + self._buckets.heap_size,
-        }
+        return MemoryKeyValueStatistics(
+            backend="memory",
+            keys=len(self._values),
+            buckets=len(self._buckets),
+            expiry_heap=self._values.heap_size + self._buckets.heap_size,
+        )

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
+import trio
+
+from refserver.protocol.lifecycle import Lifecycle, Phase
+from refserver.protocol.session_state import SessionState
+
+if TYPE_CHECKING:
+    from refserver.backend.messages import GlobalMessage, SessionMessage
 
 TransportKind = Literal["streamable", "legacy"]
 
-BusHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+BusHandler = Callable[[str, "SessionMessage"], Awaitable[None]]
 """(session id, message) -> None; called for messages published by other instances."""
-GlobalHandler = Callable[[dict[str, Any]], Awaitable[None]]
-"""message -> None; called for messages addressed to every instance."""
+GlobalHandler = Callable[["GlobalMessage"], Awaitable[None]]
+"""message -> None; called for messages addressed to every instance (and `BusResynced` after an outage)."""
 ResyncHandler = Callable[[list[str]], Awaitable[None]]
 """session ids -> None; called after the bus was away, with every session it holds."""
 
@@ -47,7 +54,19 @@ class SessionRecord:
         return cls(**json.loads(raw))
 
 
-class SessionStore(Protocol):
+@attrs.frozen
+class BusStatistics:
+    connected: bool
+    channels: int
+    """Pub/sub channels subscribed (2 on Redis while connected, whatever the number of sessions)."""
+    sessions_held: int
+    received: int
+    published: int
+    reconnects: int
+    liveness_lapses: int
+
+
+class Store(Protocol):
     async def save(self, record: SessionRecord, ttl: float) -> None: ...
 
     async def load(self, session_id: str) -> SessionRecord | None: ...
@@ -65,28 +84,53 @@ class SessionStore(Protocol):
         ...
 
 
+SessionStore = Store
+"""The name the session and the registry know the store by."""
+
+
 class Bus(Protocol):
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver messages until cancelled (started by the app before any session exists)."""
+        ...
+
     async def subscribe(self, session_id: str) -> None:
         """Receive the session's messages from now on (returns once the subscription is active)."""
         ...
 
     async def unsubscribe(self, session_id: str) -> None: ...
 
-    async def publish(self, session_id: str, message: dict[str, Any]) -> None: ...
+    async def publish(self, session_id: str, message: SessionMessage) -> None:
+        """To the other instances holding the session (never back to this one)."""
+        ...
 
-    async def publish_global(self, message: dict[str, Any]) -> None:
+    async def publish_global(self, message: GlobalMessage) -> None:
         """To every instance (e.g. a revoked token: drop it from every verifier cache)."""
         ...
 
+    def set_handler(self, handler: BusHandler) -> None:
+        """Who receives the session messages published by other instances."""
+        ...
+
     def set_global_handler(self, handler: GlobalHandler) -> None: ...
+
+    def set_resync_handler(self, handler: ResyncHandler) -> None:
+        """Called after the bus was away with every session held here: what was published meanwhile is lost."""
+        ...
 
     @property
     def distributed(self) -> bool:
         """False when there is no other instance to talk to (memory backend)."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """True while messages from other instances can arrive."""
+        ...
 
-class LocalSessionStore:
+    def statistics(self) -> BusStatistics: ...
+
+
+class LocalStore:
     """The memory backend: a session is the object in this instance's registry, nothing more."""
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
@@ -105,8 +149,19 @@ class LocalSessionStore:
         return set(session_ids)  # nothing is stored apart from the registry: a session exists while it is there
 
 
+LocalSessionStore = LocalStore
+
+
 class LocalBus:
+    """The memory backend's bus: there is no other instance, so nothing is sent and nothing ever arrives."""
+
     distributed = False
+    connected = True
+    """Never cut off from anyone: there is nobody to lose contact with."""
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started(self)
+        await trio.sleep_forever()
 
     async def subscribe(self, session_id: str) -> None:
         return None
@@ -114,11 +169,50 @@ class LocalBus:
     async def unsubscribe(self, session_id: str) -> None:
         return None
 
-    async def publish(self, session_id: str, message: dict[str, Any]) -> None:
+    async def publish(self, session_id: str, message: SessionMessage) -> None:
         return None
 
-    async def publish_global(self, message: dict[str, Any]) -> None:
+    async def publish_global(self, message: GlobalMessage) -> None:
+        return None
+
+    def set_handler(self, handler: BusHandler) -> None:
         return None
 
     def set_global_handler(self, handler: GlobalHandler) -> None:
         return None
+
+    def set_resync_handler(self, handler: ResyncHandler) -> None:
+        return None  # never away, so never resynced
+
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(
+            connected=True, channels=0, sessions_held=0, received=0, published=0, reconnects=0, liveness_lapses=0
+        )
+
+
+# The protocol state of a session and its stored record, one to one.
+
+
+def state_to_record(state: SessionState, session_id: str, kind: TransportKind, owner: str | None) -> SessionRecord:
+    lifecycle = state.lifecycle
+    return SessionRecord(
+        session_id=session_id,
+        kind=kind,
+        owner=owner,
+        phase=lifecycle.phase.value,
+        protocol_version=lifecycle.protocol_version,
+        client_capabilities=lifecycle.client_capabilities,
+        client_info=lifecycle.client_info,
+        log_level=state.log_level,
+        subscriptions=sorted(state.subscriptions),
+    )
+
+
+def state_from_record(record: SessionRecord) -> SessionState:
+    lifecycle = Lifecycle(
+        phase=Phase(record.phase),
+        protocol_version=record.protocol_version,
+        client_info=record.client_info,
+        client_capabilities=record.client_capabilities,
+    )
+    return SessionState(lifecycle=lifecycle, log_level=record.log_level, subscriptions=set(record.subscriptions))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from refserver.backend.messages import BusResynced, GlobalMessage, TokenRevoked
 from refserver.backend.sessions import Bus
 from refserver.oauth.server import AuthorizationServer
 from refserver.oauth.tokencache import VerifiedTokenCache
@@ -14,16 +13,16 @@ def connect_revocations(server: AuthorizationServer | None, cache: VerifiedToken
         if cache is not None:
             cache.revoke(jti=jti, grant_id=grant_id)
         if bus.distributed:
-            await bus.publish_global({"t": "revoked", "jti": jti, "grant": grant_id})
+            await bus.publish_global(TokenRevoked(jti, grant_id))
 
-    async def from_the_bus(message: dict[str, Any]) -> None:
+    async def from_the_bus(message: GlobalMessage) -> None:
         if cache is None:
             return
-        if message.get("t") == "revoked":
-            jti, grant = message.get("jti"), message.get("grant")
-            cache.revoke(jti=jti if isinstance(jti, str) else None, grant_id=grant if isinstance(grant, str) else None)
-        elif message.get("t") == "resync":
-            cache.clear()  # a revocation may have been published while the bus was away
+        match message:
+            case TokenRevoked(jti, grant_id):
+                cache.revoke(jti=jti, grant_id=grant_id)
+            case BusResynced():
+                cache.clear()  # a revocation may have been published while the bus was away
 
     if server is not None:
         server.revocation_listeners.append(revoked_here)

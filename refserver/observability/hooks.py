@@ -9,12 +9,13 @@ into state-change lines.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
 import trio
 
-from refserver.backend.sessions import TransportKind
+from refserver.backend.redis.connection import RedisConnectionStatistics
+from refserver.backend.sessions import BusStatistics, TransportKind
 from refserver.errors import AuthServerUnavailable, InsufficientScope, Unauthorized
 from refserver.oauth.models import AccessInfo
 from refserver.oauth.resource import ResourceGuard
@@ -93,8 +94,8 @@ def record_auth_failure(metrics: Metrics | None, exc: Unauthorized | Insufficien
 
 
 async def watch_redis(
-    connection_statistics: Callable[[], Mapping[str, Any]],
-    bus_statistics: Callable[[], Mapping[str, Any]] | None,
+    connection_statistics: Callable[[], RedisConnectionStatistics],
+    bus_statistics: Callable[[], BusStatistics] | None,
     *,
     interval: float = REDIS_WATCH_INTERVAL,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -104,7 +105,7 @@ async def watch_redis(
     The counters, not only the current state, are compared, so an outage shorter than `interval` is still logged.
     """
     stats = connection_statistics()
-    commands, errors = int(stats.get("commands", 0)), int(stats.get("errors", 0))
+    commands, errors = stats.commands, stats.errors
     failing = False
     bus_lost: bool | None = None  # unknown until the first look
     reconnects = 0
@@ -112,7 +113,7 @@ async def watch_redis(
     while True:
         if bus_statistics is not None:
             bus = bus_statistics()
-            connected, seen_reconnects = bool(bus.get("connected")), int(bus.get("reconnects", 0))
+            connected, seen_reconnects = bus.connected, bus.reconnects
             if bus_lost is None:
                 bus_lost = not connected
                 if connected:
@@ -127,8 +128,8 @@ async def watch_redis(
                 redis_logger.info("redis pub/sub reconnected", extra={"event": "redis.bus.reconnected"})
             reconnects = seen_reconnects
         stats = connection_statistics()
-        new_commands = int(stats.get("commands", 0)) - commands
-        new_errors = int(stats.get("errors", 0)) - errors
+        new_commands = stats.commands - commands
+        new_errors = stats.errors - errors
         commands, errors = commands + new_commands, errors + new_errors
         if new_errors and not failing:
             failing = True

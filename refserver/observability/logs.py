@@ -61,11 +61,11 @@ _CONTEXT_ATTRS: Final = ("event", "request_id", "session_id")
 KNOWN_EVENTS: Final[Mapping[tuple[str, str], tuple[str, tuple[str, ...]]]] = {
     ("refserver.registry", "session %s closed here (%s)"): ("session.closed", ("session_id", "reason")),
     ("refserver.registry", "draining: %d sessions"): ("server.draining", ("sessions",)),
-    ("refserver.backend.redis_bus", "redis bus disconnected (%s); reconnecting"): (
+    ("refserver.backend.redis.bus", "redis bus disconnected (%s); reconnecting"): (
         "redis.bus.disconnected",
         ("error",),
     ),
-    ("refserver.backend.redis_sessions", "stream %s of session %s abandoned by instance %s: closed"): (
+    ("refserver.backend.redis.events", "stream %s of session %s abandoned by instance %s: closed"): (
         "stream.abandoned",
         ("stream_id", "session_id", "instance_id"),
     ),

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
+from attrs import AttrsInstance
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.gc_collector import GCCollector
@@ -32,7 +33,7 @@ Kind = Literal["gauge", "counter"]
 
 @attrs.frozen
 class Stat:
-    """One number of a `statistics()` dict, exported as a metric."""
+    """One number of a `statistics()` record (or dict), exported as a metric."""
 
     key: str
     name: str
@@ -80,10 +81,18 @@ def _number(value: Any) -> float | None:
     return None
 
 
+Statistics = Mapping[str, Any] | AttrsInstance
+"""What a `statistics()` method returns: a frozen attrs record (the backend's) or a dict (the others')."""
+
+
+def statistics_fields(values: Statistics) -> Mapping[str, Any]:
+    return values if isinstance(values, Mapping) else attrs.asdict(values, recurse=False)
+
+
 class StatisticsCollector:
     """Exports numbers of `source()` (a `statistics()` method) when Prometheus scrapes."""
 
-    def __init__(self, source: Callable[[], Mapping[str, Any]], stats: Sequence[Stat]) -> None:
+    def __init__(self, source: Callable[[], Statistics], stats: Sequence[Stat]) -> None:
         self._source = source
         self._stats = tuple(stats)
 
@@ -91,7 +100,7 @@ class StatisticsCollector:
         return []  # names are only known for sure at collection (memory and Redis event logs differ)
 
     def collect(self) -> Iterable[Metric]:
-        values = self._source()
+        values = statistics_fields(self._source())
         for stat in self._stats:
             value = _number(values.get(stat.key))
             if value is None:
@@ -213,7 +222,7 @@ class Metrics:
         kind = "pubsub" if "pubsub" in getattr(command, "__qualname__", "") else "command"
         self._redis_children[kind].observe(seconds)
 
-    def add_statistics(self, source: Callable[[], Mapping[str, Any]], stats: Sequence[Stat]) -> None:
+    def add_statistics(self, source: Callable[[], Statistics], stats: Sequence[Stat]) -> None:
         self.registry.register(StatisticsCollector(source, stats))
 
     def add_verifier(self, source: Callable[[], Mapping[str, Any]]) -> None:

@@ -15,7 +15,7 @@ import trio
 from quart import Response
 
 from refserver.backend.events import STANDALONE_STREAM, format_event_id
-from refserver.errors import BackendUnavailable
+from refserver.errors import BackendUnavailable, SessionGone
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
@@ -45,7 +45,7 @@ async def follow_stream(
         # Event ids are about to reach the client: the stream must be resumable anywhere from now on.
         try:
             await events.persist(session.id, stream_id)
-        except trio.ClosedResourceError:
+        except SessionGone:
             return  # the session was deleted meanwhile
         except BackendUnavailable:
             pass  # still served from here; resuming elsewhere waits for the backend

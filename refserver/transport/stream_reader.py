@@ -7,11 +7,14 @@ the stream until it closes: both with this reader.
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Final
 
 from refserver.backend.events import EventLog, StreamRead
-from refserver.errors import BackendSlow
+from refserver.errors import BackendSlow, EventsGone
+
+logger = logging.getLogger(__name__)
 
 SLOW_READ_ATTEMPTS: Final = 3
 """Reads a listener tries before a slow backend ends its stream: with Redis's 2 s bound, about 6 s of patience."""
@@ -58,7 +61,23 @@ class StreamReader:
         """
         for _ in range(self._attempts - 1):
             try:
-                return await self._events.read_after(self.session_id, self.stream_id, self.cursor)
+                return await self._read_skipping_gone()
             except BackendSlow:
                 pass
-        return await self._events.read_after(self.session_id, self.stream_id, self.cursor)
+        return await self._read_skipping_gone()
+
+    async def _read_skipping_gone(self) -> StreamRead:
+        """A reader that fell further behind than the log keeps goes on from the oldest event kept.
+
+        Its response is already under way (a resumption is checked before it starts), so a gap is all it can be
+        told. Each retry starts later than the last (the oldest kept only moves forward): this ends as soon as one
+        read is quicker than a whole log's worth of appends.
+        """
+        while True:
+            try:
+                return await self._events.read_after(self.session_id, self.stream_id, self.cursor)
+            except EventsGone as gone:
+                logger.warning(
+                    "stream %s of session %s: reader skipped dropped events", self.stream_id, self.session_id
+                )
+                self.cursor = gone.first_kept - 1

@@ -1,11 +1,11 @@
 """The bus on Redis: how the instances holding a session hear of what happens to it elsewhere.
 
 Each instance subscribes to two channels, whatever the number of sessions: `bus` (messages for every instance,
-such as revocations) and its own `inbox:{instance id}`. A message about a session, {"t": "event" | "cancel" |
-"reply" | "delete" | "state", "sid": session id, ...}, is published by a script to the inbox of every other live
-instance in the session's `holders` set (an instance joins the set when it creates or adopts the session, and
-leaves it when the session closes there). Nothing comes back to the instance that published it, an append's
-announcement included (see `redis_sessions`, which also holds the key layout).
+such as revocations) and its own `inbox:{instance id}`. A message about a session (a `SessionMessage`, in its
+wire form from `wire`) is published by a script to the inbox of every other live instance in the session's
+`holders` set (an instance joins the set when it creates or adopts the session, and leaves it when the session
+closes there). Nothing comes back to the instance that published it, an append's announcement included (see
+`events`; the key layout is in `keys`).
 
 Liveness: every instance refreshes `instance:{id}` (INSTANCE_TTL); the publishing script drops holders whose key
 is gone, so an instance killed without leaving costs nothing for long. An instance that lost its subscriber
@@ -26,16 +26,17 @@ import trio
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline, PubSub
 
-from refserver.backend.redis import BatchedScript, RedisConnection
-from refserver.backend.redis_sessions import (
-    ANNOUNCE_LUA,
-    GLOBAL_CHANNEL,
-    holders_key,
-    inbox_channel,
-    instance_key,
-    milliseconds,
+from refserver.backend.messages import BusResynced, GlobalMessage, SessionMessage
+from refserver.backend.redis.connection import RedisConnection
+from refserver.backend.redis.keys import GLOBAL_CHANNEL, holders_key, inbox_channel, instance_key, milliseconds
+from refserver.backend.redis.scripts import PUBLISH_SCRIPT
+from refserver.backend.redis.wire import (
+    decode_global_message,
+    decode_session_message,
+    encode_global_message,
+    encode_session_message,
 )
-from refserver.backend.sessions import BusHandler, GlobalHandler, ResyncHandler
+from refserver.backend.sessions import BusHandler, BusStatistics, GlobalHandler, ResyncHandler
 from refserver.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ INSTANCE_TTL: Final = 10.0
 INSTANCE_REFRESH: Final = 3.0
 REJOIN_BATCH: Final = 1000
 """Sessions rejoined per pipeline after a reconnect."""
-
-# A message about a session, for every other instance holding it: the publisher acted on it here first (a
-# cancel or reply it could not deliver itself, a state it set, a delete it carries out).
-_PUBLISH_SCRIPT: Final = BatchedScript(ANNOUNCE_LUA + "announce(KEYS[1], ARGV[2], ARGV[1])\nreturn 1\n")
 
 
 class RedisBus:
@@ -83,16 +80,16 @@ class RedisBus:
         self._handler = handler
 
     def set_global_handler(self, handler: GlobalHandler) -> None:
-        """Messages for every instance (revocations); {"t": "resync"} after a reconnect."""
+        """Messages for every instance (revocations); `BusResynced` after a reconnect."""
         self._global_handler = handler
 
     def set_resync_handler(self, handler: ResyncHandler) -> None:
         """Called after a reconnect with every session held here: what was published meanwhile is lost."""
         self._resync_handler = handler
 
-    async def publish_global(self, message: dict[str, Any]) -> None:
+    async def publish_global(self, message: GlobalMessage) -> None:
         self._published += 1
-        payload = json.dumps(message, separators=(",", ":"))
+        payload = encode_global_message(message)
         await self._conn.call(lambda r: r.publish(GLOBAL_CHANNEL, payload))
 
     @property
@@ -126,7 +123,7 @@ class RedisBus:
                         else:
                             # Whatever was published while we were away is in Redis: re-read it.
                             if self._global_handler is not None:
-                                await self._global_handler({"t": "resync"})
+                                await self._global_handler(BusResynced())
                             if self._resync_handler is not None:
                                 await self._resync_handler(list(self._held))
                         await self._read(pubsub, watch)
@@ -179,12 +176,18 @@ class RedisBus:
         except ValueError:
             logger.warning("ignoring a malformed bus message")
             return
+        if not isinstance(payload, dict):
+            logger.warning("ignoring a malformed bus message")
+            return
         name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else message.get("channel")
         if name == GLOBAL_CHANNEL:
-            if self._global_handler is not None:
-                await self._global_handler(payload)
-        elif self._handler is not None and isinstance(payload.get("sid"), str):
-            await self._handler(payload["sid"], payload)
+            decoded = decode_global_message(payload)
+            if self._global_handler is not None and decoded is not None:
+                await self._global_handler(decoded)
+        elif self._handler is not None:
+            addressed = decode_session_message(payload)
+            if addressed is not None:
+                await self._handler(*addressed)
 
     async def subscribe(self, session_id: str) -> None:
         """Join the session's holders: once this returns, every message about the session reaches this instance."""
@@ -212,11 +215,11 @@ class RedisBus:
         key, instance = holders_key(session_id), self.instance_id
         await self._conn.write_batched(lambda pipe: pipe.srem(key, instance))
 
-    async def publish(self, session_id: str, message: dict[str, Any]) -> None:
-        payload = json.dumps({**message, "sid": session_id}, separators=(",", ":"))
+    async def publish(self, session_id: str, message: SessionMessage) -> None:
+        payload = encode_session_message(session_id, message)
         self._published += 1
         # On the write lane: after this instance's appends queued before it (a reply follows the events before it).
-        await self._conn.run_script_batched(_PUBLISH_SCRIPT, [holders_key(session_id)], [payload, self.instance_id])
+        await self._conn.run_script_batched(PUBLISH_SCRIPT, [holders_key(session_id)], [payload, self.instance_id])
 
     async def _refresh_liveness(self) -> bool:
         """Refresh this instance's liveness key; True if it had lapsed (or never existed)."""
@@ -241,16 +244,16 @@ class RedisBus:
                     if self._resync_handler is not None:
                         await self._resync_handler(list(self._held))
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "connected": self.connected,
-            "channels": 2 if self.connected else 0,
-            "sessions_held": len(self._held),
-            "received": self._received,
-            "published": self._published,
-            "reconnects": self._reconnects,
-            "liveness_lapses": self._lapses,
-        }
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(
+            connected=self.connected,
+            channels=2 if self.connected else 0,
+            sessions_held=len(self._held),
+            received=self._received,
+            published=self._published,
+            reconnects=self._reconnects,
+            liveness_lapses=self._lapses,
+        )
 
 
 class _ReconnectWatch:
