@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,21 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    """Wait for `predicate` (a loaded machine may take a while to get there); fail after `seconds`."""
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], seconds: float, what: str) -> float:
+    """Wait for `predicate` (a loaded machine may take a while to get there); fail after `seconds`.
+
+    The one waiter of the tests: the predicate may be a plain or an async function (polling another process,
+    where no event can cross the process boundary). Returns the seconds it took.
+    """
+    started = trio.current_time()
     with trio.move_on_after(seconds):
-        while not predicate():
+        while True:
+            outcome = predicate()
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome:
+                return trio.current_time() - started
             await trio.sleep(0.02)
-        return
     raise AssertionError(f"timed out after {seconds}s waiting for {what}")
 
 

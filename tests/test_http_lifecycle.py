@@ -15,7 +15,7 @@ import httpx
 import trio
 
 from refserver.protocol.sse import SSEDecoder, SSEEvent
-from tests.conftest import POST_HEADERS, ServerProcess, initialize, session_headers
+from tests.conftest import POST_HEADERS, ServerProcess, initialize, session_headers, wait_until
 
 WAIT = 15.0
 
@@ -40,13 +40,6 @@ async def health(http: httpx.AsyncClient, server: ServerProcess) -> dict[str, An
     return document
 
 
-async def wait_until(predicate: Any) -> None:
-    """Poll another process's state (no event can cross the process boundary), bounded by WAIT."""
-    with trio.fail_after(WAIT):
-        while not await predicate():
-            await trio.sleep(0.05)
-
-
 async def test_cancelled_notification_ends_exactly_that_request(
     shared_server: ServerProcess, http: httpx.AsyncClient
 ) -> None:
@@ -64,7 +57,7 @@ async def test_cancelled_notification_ends_exactly_that_request(
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_long_call)
-            await wait_until(lambda: _true_if(len(received) >= 1))
+            await wait_until(lambda: len(received) >= 1, WAIT, "the first progress notification")
             # A request with the other type of the same id is a different request: untouched.
             quick = await http.post(shared_server.mcp_url, json=long_call("1", 0.2, 1, None), headers=headers)
             assert quick.json()["id"] == "1"
@@ -76,10 +69,6 @@ async def test_cancelled_notification_ends_exactly_that_request(
     # The session is intact and idle.
     ping = await http.post(shared_server.mcp_url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=headers)
     assert ping.json() == {"jsonrpc": "2.0", "id": 2, "result": {}}
-
-
-async def _true_if(value: bool) -> bool:
-    return value
 
 
 async def test_delete_cancels_work_and_closes_streams(make_server: Any, http: httpx.AsyncClient) -> None:
@@ -99,7 +88,7 @@ async def test_delete_cancels_work_and_closes_streams(make_server: Any, http: ht
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow, "post", "POST", long_call(1, 60, 60))
             nursery.start_soon(follow, "get", "GET", None)
-            await wait_until(lambda: _in_flight(http, server, 1))
+            await wait_until(lambda: _in_flight(http, server, 1), WAIT, "one request in flight")
             deleted = await http.delete(server.mcp_url, headers={"Mcp-Session-Id": session_id})
             assert deleted.status_code == 204
     assert sorted(ended) == ["get", "post"]
@@ -118,7 +107,7 @@ async def test_idle_session_expires_and_then_gets_404(make_server: Any, http: ht
     session_id = await initialize(http, server.mcp_url)
     headers = session_headers(session_id)
     assert (await health(http, server))["sessions"] == 1
-    await wait_until(lambda: _sessions(http, server, 0))
+    await wait_until(lambda: _sessions(http, server, 0), WAIT, "no session left")
     expired = await http.post(server.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
     assert expired.status_code == 404
     # A client recovers by initializing again.

@@ -13,7 +13,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +26,7 @@ import trio
 from refserver.oauth.headless import obtain_tokens
 from refserver.protocol.sse import SSEDecoder, SSEEvent
 from tests.auth_servers import AuthServerProcess, auth_server, free_ports, mcp_server, running
-from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess
+from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, wait_until
 from tests.redis_server import RedisServer
 
 WAIT: Final = 20.0
@@ -282,16 +282,6 @@ async def health(http: httpx.AsyncClient, server: ServerProcess) -> tuple[int, J
     return response.status_code, document
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> float:
-    """Poll another process (no event crosses the process boundary), bounded; returns the seconds it took."""
-    started = trio.current_time()
-    with trio.move_on_after(within):
-        while not await predicate():
-            await trio.sleep(0.1)
-        return trio.current_time() - started
-    raise AssertionError(f"not within {within}s: {what}")
-
-
 async def revoke(http: httpx.AsyncClient, issuer: str, tokens: Json) -> None:
     """RFC 7009 as the public client the token was issued to."""
     response = await http.post(
@@ -520,7 +510,7 @@ async def test_revoked_token_is_401_within_the_cache_lifetime_in_introspection_m
         assert_challenge(response, server, error="invalid_token")
         return True
 
-    took = await wait_until(refused, "the revoked token is refused", within=INTROSPECTION_CACHE_TTL + 3)
+    took = await wait_until(refused, INTROSPECTION_CACHE_TTL + 3, "the revoked token is refused")
     assert took <= INTROSPECTION_CACHE_TTL + 1.5, f"revocation took {took:.1f}s with a {INTROSPECTION_CACHE_TTL}s cache"
 
 
@@ -775,7 +765,7 @@ async def test_unreachable_authorization_server_degrades_then_recovers_by_itself
                     assert status == 503 and document["status"] == "degraded", document
                     return True
 
-                await wait_until(degraded, f"{server.url} reports the authorization server degraded")
+                await wait_until(degraded, WAIT, f"{server.url} reports the authorization server degraded")
                 token, session_id = tokens[server.port], sessions[server.port]
                 for response in (
                     await initialize(http, server, token),
@@ -795,7 +785,7 @@ async def test_unreachable_authorization_server_degrades_then_recovers_by_itself
                     status, document = await health(http, server)
                     return status == 200 and document["status"] == "ok" and document["auth"]["state"] == "ok"
 
-                await wait_until(recovered, f"{server.url} recovers")
+                await wait_until(recovered, WAIT, f"{server.url} recovers")
                 # The token from before the outage works again, in the session from before the outage.
                 await assert_echo_works(http, server, tokens[server.port], sessions[server.port], "back")
                 assert (await initialize(http, server, tokens[server.port])).status_code == 200
