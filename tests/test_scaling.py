@@ -21,6 +21,7 @@ from mcp import Client
 from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 
+from refserver.backend.redis.connection import MAX_CONNECTIONS
 from refserver.protocol.sse import SSEDecoder, SSEEvent
 from tests.cluster import (
     Cluster,
@@ -302,8 +303,12 @@ async def test_redis_connections_do_not_grow_with_sessions(cluster: Cluster) -> 
                     nursery.start_soon(ping, headers)
         with_many = connections_by_instance(cluster.redis)
     assert len(with_one) == 3
-    assert with_many == with_one
-    assert all(count <= 8 for count in with_many.values())
+    # The bound is the property: 200 sessions in use at once, each adopted by a second instance, would need far
+    # more than 8 sockets per instance if connections grew with sessions or requests. Equality with the count
+    # after one session is not: a socket redis-py dropped (a cancelled call drops it mid-reply) is reopened
+    # lazily, so either count may be caught at 7 (seen at the old code too, 2 runs in 3 on an idle machine).
+    assert all(count <= MAX_CONNECTIONS for count in with_one.values()), with_one
+    assert all(count <= MAX_CONNECTIONS for count in with_many.values()), with_many
 
 
 async def test_every_key_has_a_ttl_and_nothing_is_left_after_delete(cluster: Cluster) -> None:
