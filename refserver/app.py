@@ -19,24 +19,26 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from refserver import observed
 from refserver.backend.factory import backend_from_settings
 from refserver.config import Settings
 from refserver.dispatch import RequestCore
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
 from refserver.oauth import routes
-from refserver.oauth.assembly import authorization_server, oauth_store
+from refserver.oauth.assembly import authorization_server, create_verifier, oauth_store
 from refserver.oauth.ratelimit import RateLimiter
-from refserver.oauth.revocations import connect_revocations
-from refserver.oauth.verifier import create_verifier
-from refserver.observability import hooks, logs
+from refserver.oauth.revocation import connect_revocations
+from refserver.observability import logs
 from refserver.observability.metrics import BUS_STATS, EVENT_LOG_STATS, REDIS_STATS, REGISTRY_STATS, Metrics
 from refserver.registry import SessionRegistry
-from refserver.transport import legacy_sse, pages, security, streamable_http
-from refserver.transport.errors import RefusalPolicy, register_error_handlers
-from refserver.transport.guards import OriginPolicy
-from refserver.transport.observability import observe_http
+from refserver.transport import legacy_sse, pages, streamable_http
+from refserver.transport.refusals import RefusalPolicy
 from refserver.transport.services import Services
+from refserver.web import response_headers
+from refserver.web.errors import register_error_handlers
+from refserver.web.observation import observe_http
+from refserver.web.origins import OriginPolicy
 
 logger = logging.getLogger("refserver")
 
@@ -162,7 +164,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
     core = RequestCore(features)
-    registry: SessionRegistry = hooks.ObservedRegistry(
+    registry: SessionRegistry = observed.ObservedRegistry(
         events=backend.events,
         store=backend.store,
         bus=backend.bus,
@@ -183,7 +185,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     verifier = create_verifier(
         settings, server=auth_server, store=auth_server.store if auth_server else shared_store, http=http
     )
-    guard = hooks.ObservedGuard(verifier, settings) if verifier else None
+    guard = observed.ObservedGuard(verifier, settings) if verifier else None
     metrics = Metrics() if settings.metrics != "off" else None
     bus_statistics = backend.bus.statistics if backend.bus.distributed else None
     if metrics is not None:
@@ -196,7 +198,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             metrics.add_statistics(bus_statistics, BUS_STATS)
         if verifier is not None:
             metrics.add_verifier(verifier.statistics)
-    connect_revocations(auth_server, getattr(verifier, "cache", None), backend.bus)
+    connect_revocations(auth_server.revoker if auth_server else None, verifier.cache if verifier else None, backend.bus)
     origin_policy = OriginPolicy.from_settings(settings)
     services = Services(settings, registry, core, origin_policy, guard)
 
@@ -210,7 +212,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)
     app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
-    app.register_blueprint(security.create_blueprint(origin_policy))
+    app.register_blueprint(response_headers.create_blueprint(origin_policy))
     app.register_blueprint(legacy_sse.create_blueprint(services))
     if auth_server is not None:
         limiter = RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
@@ -228,7 +230,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         await app.nursery.start(registry.run)
         app.nursery.start_soon(watch_for_shutdown, registry)
         if backend.redis is not None:
-            await app.nursery.start(hooks.watch_redis, backend.redis.statistics, bus_statistics)
+            await app.nursery.start(observed.watch_redis, backend.redis.statistics, bus_statistics)
         # Everything built so far (modules, schemas, feature catalogs) lives as long as the process: move
         # it out of the collector's generations, so that full collections stop re-scanning it on the hot path.
         gc.freeze()
@@ -241,10 +243,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.after_request
     async def common_headers(response: Response) -> Response:
-        security.add_cors_headers(response, origin_policy)
+        response_headers.add_cors_headers(response, origin_policy)
         if registry.draining:
             response.headers.update(streamable_http.drain_headers(request.http_version))
-        return security.add_security_headers(response, settings)
+        return response_headers.add_security_headers(response, settings)
 
     register_error_handlers(app, refusals)
 

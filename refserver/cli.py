@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from refserver.oauth.authorization import SUBJECT_PATTERN
 from refserver.oauth.headless import FlowError, obtain_tokens
-from refserver.oauth.server import SUBJECT_PATTERN
 
 DEFAULT_BASE_URL: Final = "http://localhost:3232"
 DEFAULT_TIMEOUT: Final = 30.0

@@ -1,7 +1,7 @@
 """One exception tree for refserver: every error knows its JSON-RPC code and its HTTP status.
 
 Adapters (Quart handlers, the Redis backend) map foreign exceptions to these; exactly one place,
-`refserver.transport.errors`, turns them into wire responses.
+`refserver.web.errors`, turns them into wire responses.
 """
 
 from __future__ import annotations

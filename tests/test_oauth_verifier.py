@@ -34,8 +34,14 @@ from refserver.backend.memory_kv import MemoryKeyValueStore
 from refserver.config import Settings
 from refserver.errors import AuthServerUnavailable, ConfigError, InsufficientScope, Unauthorized
 from refserver.oauth import routes
+from refserver.oauth.access_tokens import NOT_BEFORE_LEEWAY
+from refserver.oauth.assembly import create_verifier
+from refserver.oauth.clients import ClientCredentials
 from refserver.oauth.crypto import new_token, s256_challenge
+from refserver.oauth.embedded_verifier import EmbeddedVerifier
 from refserver.oauth.http import client_credentials
+from refserver.oauth.introspection_verifier import IntrospectionVerifier
+from refserver.oauth.jwt_verifier import JwtVerifier
 from refserver.oauth.keys import SigningKeys
 from refserver.oauth.ratelimit import RateLimiter
 from refserver.oauth.resource import (
@@ -45,17 +51,9 @@ from refserver.oauth.resource import (
     resource_metadata_path,
     www_authenticate,
 )
-from refserver.oauth.server import AuthorizationServer, ClientCredentials
+from refserver.oauth.server import AuthorizationServer
 from refserver.oauth.store import OAuthStore
-from refserver.oauth.verifier import (
-    NOT_BEFORE_LEEWAY,
-    EmbeddedVerifier,
-    IntrospectionVerifier,
-    JwtVerifier,
-    State,
-    TokenVerifier,
-    create_verifier,
-)
+from refserver.oauth.verifier import State, TokenVerifier
 
 RESOURCE = "http://127.0.0.1:3232/mcp"
 OTHER_RESOURCE = "http://127.0.0.1:4444/mcp"
@@ -120,12 +118,12 @@ class Issued:
 
 async def issue(server: AuthorizationServer, *, scope: str = "mcp", resource: str = RESOURCE) -> Issued:
     """The whole authorization code flow with PKCE, as a client and a person would drive it."""
-    client = await server.register(
+    client = await server.clients.register(
         {"redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "client_secret_post"}
     )
     credentials = ClientCredentials(client["client_id"], client["client_secret"])
     verifier = new_token()
-    pending = await server.begin_authorization(
+    pending = await server.authorization.begin(
         {
             "client_id": client["client_id"],
             "redirect_uri": REDIRECT_URI,
@@ -137,10 +135,10 @@ async def issue(server: AuthorizationServer, *, scope: str = "mcp", resource: st
             "resource": resource,
         }
     )
-    assert await server.record_consent(pending.request_id, True) is None
-    redirect = await server.complete_authorization(pending.request_id, "alice")
+    assert await server.authorization.record_consent(pending.request_id, True) is None
+    redirect = await server.authorization.complete(pending.request_id, "alice")
     code = parse_qs(urlsplit(redirect).query)["code"][0]
-    tokens = await server.token(
+    tokens = await server.tokens.token(
         {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT_URI},
         credentials,
     )
@@ -173,7 +171,9 @@ def auth_app(server: AuthorizationServer) -> QuartTrio:
     async def introspect_foreign() -> dict[str, Any]:
         """A server whose introspection answers name another issuer."""
         form = dict(await request.form)
-        answer = await server.introspect(form, client_credentials(request.headers.get("Authorization"), form))
+        answer = await server.introspection.introspect(
+            form, client_credentials(request.headers.get("Authorization"), form)
+        )
         return {**answer, "iss": "https://evil.example"}
 
     return app
@@ -318,7 +318,7 @@ async def test_expired_token_is_rejected(env: Factory, mode: Mode) -> None:
 async def test_revoked_token_is_rejected(env: Factory, mode: Mode) -> None:
     e = await env(mode)
     issued = await issue(e.server)
-    await e.server.revoke({"token": issued.access_token}, issued.credentials)
+    await e.server.revoker.revoke({"token": issued.access_token}, issued.credentials)
     with pytest.raises(Unauthorized):
         await e.verifier.verify(issued.access_token)
 
@@ -327,7 +327,9 @@ async def test_revoked_token_is_rejected(env: Factory, mode: Mode) -> None:
 async def test_tokens_of_a_revoked_grant_are_rejected(env: Factory, mode: Mode) -> None:
     e = await env(mode)
     issued = await issue(e.server)
-    await e.server.revoke({"token": issued.refresh_token}, issued.credentials)  # RFC 7009 sec. 2.1: the grant goes
+    await e.server.revoker.revoke(
+        {"token": issued.refresh_token}, issued.credentials
+    )  # RFC 7009 sec. 2.1: the grant goes
     with pytest.raises(Unauthorized):
         await e.verifier.verify(issued.access_token)
 
@@ -393,7 +395,7 @@ async def test_token_without_the_required_scope_is_insufficient(env: Factory, mo
 async def test_jwt_revocation_without_shared_store_is_honoured_at_exp(env: Factory) -> None:
     e = await env("jwt", shared_store=False, access_ttl=60.0)
     issued = await issue(e.server)
-    await e.server.revoke({"token": issued.access_token}, issued.credentials)
+    await e.server.revoker.revoke({"token": issued.access_token}, issued.credentials)
     assert (await e.verifier.verify(issued.access_token)).subject == "alice"  # documented limitation
     e.clock.advance(60)
     with pytest.raises(Unauthorized):
@@ -404,7 +406,7 @@ async def test_jwt_revoked_token_never_verifies_again_up_to_and_past_exp(env: Fa
     """The shared store's revocation marker lives until `exp`, and `exp` gets no leeway: no gap at the end."""
     e = await env("jwt", access_ttl=60.0)
     issued = await issue(e.server)
-    await e.server.revoke({"token": issued.access_token}, issued.credentials)
+    await e.server.revoker.revoke({"token": issued.access_token}, issued.credentials)
     for _ in range(61 + NOT_BEFORE_LEEWAY):
         with pytest.raises(Unauthorized):
             await e.verifier.verify(issued.access_token)
@@ -477,7 +479,7 @@ async def test_introspection_cache_keeps_a_revoked_token_at_most_cache_ttl(env: 
     e = await env("introspection", cache_ttl=5.0)
     issued = await issue(e.server)
     await e.verifier.verify(issued.access_token)
-    await e.server.revoke({"token": issued.access_token}, issued.credentials)
+    await e.server.revoker.revoke({"token": issued.access_token}, issued.credentials)
     e.clock.advance(4.9)
     assert (await e.verifier.verify(issued.access_token)).subject == "alice"  # cached
     assert e.verifier.statistics()["introspections"] == 1
@@ -517,7 +519,7 @@ async def test_introspection_cache_is_bounded_and_evicts_the_least_recently_used
 async def test_introspection_negative_answers_are_not_cached(env: Factory) -> None:
     e = await env("introspection")
     issued = await issue(e.server)
-    await e.server.revoke({"token": issued.access_token}, issued.credentials)
+    await e.server.revoker.revoke({"token": issued.access_token}, issued.credentials)
     for _ in range(2):
         with pytest.raises(Unauthorized):
             await e.verifier.verify(issued.access_token)

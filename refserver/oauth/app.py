@@ -27,9 +27,9 @@ from refserver.oauth.ratelimit import RateLimiter
 from refserver.observability import logs
 from refserver.observability.metrics import Metrics
 from refserver.protocol.jsonrpc import encode_json
-from refserver.transport import security
-from refserver.transport.errors import register_error_handlers
-from refserver.transport.observability import observe_http
+from refserver.web import response_headers
+from refserver.web.errors import register_error_handlers
+from refserver.web.observation import observe_http
 
 logger = logging.getLogger("refserver.oauth")
 
@@ -87,7 +87,7 @@ def create_auth_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.after_request
     async def headers(response: Response) -> Response:
-        return security.add_security_headers(response, settings)
+        return response_headers.add_security_headers(response, settings)
 
     register_error_handlers(app)
 

@@ -1,12 +1,20 @@
-"""Building the authorization server from settings (shared by the MCP app and the standalone AS app)."""
+"""Building the OAuth pieces from settings: the authorization server (shared by the MCP app and the standalone
+AS app), its store, and the resource server's token verifier."""
 
 from __future__ import annotations
 
+import httpx
+
 from refserver.backend.kv import KeyValueStore
 from refserver.config import Settings
+from refserver.errors import ConfigError
+from refserver.oauth.embedded_verifier import EmbeddedVerifier
+from refserver.oauth.introspection_verifier import IntrospectionVerifier
+from refserver.oauth.jwt_verifier import JwtVerifier
 from refserver.oauth.keys import SigningKeys
 from refserver.oauth.server import AuthorizationServer
 from refserver.oauth.store import OAuthStore
+from refserver.oauth.verifier import TokenVerifier
 
 
 def oauth_store(settings: Settings, kv: KeyValueStore) -> OAuthStore:
@@ -34,3 +42,43 @@ def authorization_server(settings: Settings, kv: KeyValueStore, *, issuer: str) 
         access_ttl=settings.access_token_ttl,
         introspection_credentials=credentials,
     )
+
+
+def create_verifier(
+    settings: Settings,
+    *,
+    server: AuthorizationServer | None,
+    store: OAuthStore | None,
+    http: httpx.AsyncClient,
+) -> TokenVerifier | None:
+    """The verifier for `settings.auth_mode` (None for "none").
+
+    `store` is used for revocation checks in jwt mode only when it can be shared with the authorization
+    server, i.e. when it lives in Redis; an in-memory store never sees the other process's revocations.
+    """
+    mode = settings.auth_mode
+    if mode == "none":
+        return None
+    if mode == "embedded":
+        if server is None:
+            raise ConfigError("auth mode embedded needs the embedded authorization server")
+        return EmbeddedVerifier(server, resource=settings.resource)
+    if mode == "jwt":
+        shared = store if settings.redis_url else None
+        return JwtVerifier(issuer=settings.issuer, resource=settings.resource, http=http, revocations=shared)
+    if mode == "introspection":
+        if not (settings.introspection_client_id and settings.introspection_client_secret):
+            raise ConfigError(
+                "auth mode introspection needs REFSERVER_INTROSPECTION_CLIENT_ID and "
+                "REFSERVER_INTROSPECTION_CLIENT_SECRET"
+            )
+        return IntrospectionVerifier(
+            issuer=settings.issuer,
+            resource=settings.resource,
+            http=http,
+            introspection_url=None,
+            client_id=settings.introspection_client_id,
+            client_secret=settings.introspection_client_secret,
+            cache_ttl=settings.introspection_cache_ttl,
+        )
+    raise ConfigError(f"unknown auth mode {mode!r}")

@@ -11,7 +11,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, unquote_plus
 
 from refserver.errors import OAuthError
-from refserver.oauth.server import ClientCredentials
+from refserver.oauth.clients import ClientCredentials
 
 MAX_FORM_BYTES: Final = 16 * 1024
 """Token, introspection, revocation and consent forms hold a few short fields (largest: a JWT)."""

@@ -10,6 +10,7 @@ import attrs
 
 AUTH_METHODS: Final = ("none", "client_secret_post", "client_secret_basic")
 AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+GRANT_TYPES: Final = ("authorization_code", "refresh_token")
 
 _Record = TypeVar("_Record")
 

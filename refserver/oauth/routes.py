@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from refserver.errors import OAuthError, RateLimited, RefserverError, ServiceUnavailable
 from refserver.oauth import pages
+from refserver.oauth.clients import ClientCredentials
 from refserver.oauth.http import (
     BASIC_REALM,
     FORM_TYPE,
@@ -34,7 +35,8 @@ from refserver.oauth.http import (
     single_values,
 )
 from refserver.oauth.ratelimit import RateLimiter
-from refserver.oauth.server import AuthorizationServer, AuthorizePageError, ClientCredentials, RedirectingOAuthError
+from refserver.oauth.redirects import AuthorizePageError, RedirectingOAuthError
+from refserver.oauth.server import AuthorizationServer
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +188,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
         await limiter.check("register", client_ip())
         require_media_type(request.headers.get("Content-Type"), JSON_TYPE)
         document = parse_json_object(body)
-        client = await server.register(document)
+        client = await server.clients.register(document)
         return _json(client, status=201, headers=NO_STORE)
 
     # --- the browser flow ----------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
     async def authorize() -> Response:
         await limiter.check("authorize", client_ip())
         params = _query()
-        pending = await server.begin_authorization(params)
+        pending = await server.authorization.begin(params)
         client = await server.store.client(pending.client_id)
         if client is None:  # deleted between the two reads
             raise AuthorizePageError("Unknown client: register it first (RFC 7591).")
@@ -217,7 +219,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
         decision = form.get("decision")
         if not request_id or decision not in ("approve", "deny"):
             raise AuthorizePageError("The consent form needs a request_id and a decision (approve or deny).")
-        denied_url = await server.record_consent(request_id, decision == "approve")
+        denied_url = await server.authorization.record_consent(request_id, decision == "approve")
         if denied_url is not None:
             return _redirect(denied_url)
         return _redirect(f"/mock-upstream-idp/authorize?{urlencode({'state': request_id})}")
@@ -227,7 +229,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
         state = _query().get("state")
         if not state:
             raise AuthorizePageError("The state parameter is missing.")
-        pending, client = await server.pending(state)
+        pending, client = await server.authorization.pending(state)
         if not pending.consented:
             raise AuthorizePageError("This authorization request has not been approved yet.")
         page = pages.idp_page(state=state, client_name=client.client_name)
@@ -239,7 +241,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
         state, user_id = params.get("state"), params.get("userId")
         if not state or not user_id:
             raise AuthorizePageError("The state and userId parameters are required.")
-        return _redirect(await server.complete_authorization(state, user_id))
+        return _redirect(await server.authorization.complete(state, user_id))
 
     # --- token, introspection, revocation ------------------------------------------------------------
 
@@ -249,13 +251,13 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
             return _preflight("POST")
         form = await _read_form()
         await limiter.check("token", client_ip())
-        result = await server.token(form, _credentials(form))
+        result = await server.tokens.token(form, _credentials(form))
         return _json(result, headers=NO_STORE)
 
     @blueprint.post("/introspect")
     async def introspect() -> Response:
         form = await _read_form()
-        result = await server.introspect(form, _credentials(form))
+        result = await server.introspection.introspect(form, _credentials(form))
         return _json(result, headers=NO_STORE)
 
     @blueprint.route("/revoke", methods=["POST", "OPTIONS"])
@@ -264,7 +266,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
             return _preflight("POST")
         form = await _read_form()
         await limiter.check("revoke", client_ip())
-        await server.revoke(form, _credentials(form))
+        await server.revoker.revoke(form, _credentials(form))
         return Response("", status=200, headers={**_cors_headers(), **NO_STORE})
 
     # --- errors: the one place they become responses -------------------------------------------------

@@ -69,16 +69,19 @@ KNOWN_EVENTS: Final[Mapping[tuple[str, str], tuple[str, tuple[str, ...]]]] = {
         "stream.abandoned",
         ("stream_id", "session_id", "instance_id"),
     ),
-    ("refserver.oauth.verifier", "authorization server %s is %s: %s"): (
+    ("refserver.oauth.remote_verifier", "authorization server %s is %s: %s"): (
         "auth_server.state",
         ("issuer", "state", "why"),
     ),
-    ("refserver.oauth.server", "registered client %s (%s)"): ("oauth.client_registered", ("client", "auth_method")),
-    ("refserver.oauth.server", "authorization code replayed: grant %s revoked"): ("oauth.code_replayed", ("grant",)),
-    ("refserver.oauth.server", "refresh token reused: grant %s revoked"): ("oauth.refresh_reused", ("grant",)),
+    ("refserver.oauth.clients", "registered client %s (%s)"): ("oauth.client_registered", ("client", "auth_method")),
+    ("refserver.oauth.token_endpoint", "authorization code replayed: grant %s revoked"): (
+        "oauth.code_replayed",
+        ("grant",),
+    ),
+    ("refserver.oauth.token_endpoint", "refresh token reused: grant %s revoked"): ("oauth.refresh_reused", ("grant",)),
     ("refserver.session", "request %s (%s) failed"): ("mcp.request_failed", ("rpc_id", "method")),
     ("refserver.dispatch", "tool %s failed"): ("tool.failed", ("tool",)),
-    ("refserver.transport.errors", "unhandled error"): ("error.unhandled", ()),
+    ("refserver.web.errors", "unhandled error"): ("error.unhandled", ()),
 }
 """Existing log calls (in modules that predate structured logging) get an event name and their arguments as fields."""
 

@@ -1,87 +1,19 @@
-"""Checks every MCP request passes before its body is even read: Host/Origin, media types, size."""
+"""Checks every MCP request passes before its body is even read: media types and size.
+
+Host and Origin are checked by `web/origins.py`.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterable, Iterable
-from typing import Final
-from urllib.parse import urlsplit
 
-import attrs
 from quart import Request
 
-from refserver.config import Settings
 from refserver.errors import (
-    ForbiddenOrigin,
-    MisdirectedHost,
     NotAcceptable,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-
-LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
-
-_REG_NAME: Final = re.compile(r"[a-z0-9._~-]+")
-_IPV6: Final = re.compile(r"[0-9a-f:.]+")
-_PORT: Final = re.compile(r"(?::[0-9]*)?")
-
-
-def _hostname(authority: str) -> str | None:
-    """The lowercase host of `host[:port]` (RFC 9110 Host), brackets stripped; None if malformed.
-
-    "[::1]:3232" -> "::1", "Example.COM:80" -> "example.com". Strict on purpose: a lenient URL
-    parser would read "evil.example@127.0.0.1" (userinfo) or "127.0.0.1/x" as 127.0.0.1.
-    """
-    value = authority.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        host, rest = (value[1:end], value[end + 1 :]) if end > 0 else ("", "")
-        if not _IPV6.fullmatch(host):
-            return None
-    else:
-        host, sep, port = value.partition(":")
-        rest = sep + port
-        if not _REG_NAME.fullmatch(host):
-            return None
-    return host if _PORT.fullmatch(rest) else None
-
-
-def _configured_host(entry: str) -> str | None:
-    """An ALLOWED_HOSTS entry: "name", "name:port", "[v6]", "[v6]:port" or a bare IPv6 address."""
-    entry = entry.strip().lower()
-    if entry.count(":") > 1 and not entry.startswith("["):
-        return entry if _IPV6.fullmatch(entry) else None
-    return _hostname(entry)
-
-
-@attrs.frozen
-class OriginPolicy:
-    """DNS-rebinding protection (transport spec, "Security Warning"): check Host and Origin first."""
-
-    allowed_hosts: frozenset[str]
-    allowed_origins: frozenset[str]
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> OriginPolicy:
-        hosts = {(urlsplit(settings.base_url).hostname or "").lower(), *LOOPBACK_HOSTS}
-        hosts.update(h for h in map(_configured_host, settings.allowed_hosts) if h)
-        origins = {settings.base_origin.lower(), *(o.rstrip("/").lower() for o in settings.allowed_origins)}
-        return cls(frozenset(h for h in hosts if h), frozenset(origins))
-
-    def check(self, host: str | None, origin: str | None) -> None:
-        if host is None or _hostname(host) not in self.allowed_hosts:
-            raise MisdirectedHost(f"Host {host!r} is not served here")
-        if origin is not None and not self.allows_origin(origin):
-            raise ForbiddenOrigin(f"Origin {origin!r} is not allowed")
-        # No Origin: not a browser (or a same-origin GET); Host already matched.
-
-    def allows_origin(self, origin: str) -> bool:
-        normalized = origin.rstrip("/").lower()
-        if normalized in self.allowed_origins:
-            return True
-        scheme, sep, authority = normalized.partition("://")
-        # A local tool (the MCP Inspector) on any loopback port.
-        return bool(sep and scheme in ("http", "https") and _hostname(authority) in LOOPBACK_HOSTS)
 
 
 def _media_types(header: str | None) -> list[str]:

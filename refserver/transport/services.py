@@ -8,7 +8,7 @@ from refserver.config import Settings
 from refserver.dispatch import RequestCore
 from refserver.oauth.resource import ResourceGuard
 from refserver.registry import SessionRegistry
-from refserver.transport.guards import OriginPolicy
+from refserver.web.origins import OriginPolicy
 
 
 @attrs.frozen

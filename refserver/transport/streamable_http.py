@@ -35,7 +35,6 @@ from refserver.protocol.jsonrpc import (
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
 from refserver.session import Session
-from refserver.transport import security
 from refserver.transport.admission import admit_headers
 from refserver.transport.asgi import (
     EVENT_STREAM,
@@ -48,12 +47,14 @@ from refserver.transport.asgi import (
     encode_headers,
     send_response,
 )
-from refserver.transport.errors import RefusalPolicy, error_parts, unexpected_exception_body
 from refserver.transport.guards import check_json_content_type, check_post_accept, check_sse_accept
+from refserver.transport.refusals import RefusalPolicy
 from refserver.transport.routing import submit_body
 from refserver.transport.services import Services
 from refserver.transport.sse_stream import SSE_HEADERS, follow_stream
 from refserver.transport.stream_reader import StreamReader
+from refserver.web import response_headers
+from refserver.web.errors import error_parts, unexpected_exception_body
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +105,8 @@ class StreamableHttpEndpoint:
         headers = encode_headers(
             response,
             [
-                *security.security_headers(self._settings, response.content_type),
-                *security.mcp_cors_headers(origin, self._services.origin_policy),
+                *response_headers.security_headers(self._settings, response.content_type),
+                *response_headers.mcp_cors_headers(origin, self._services.origin_policy),
                 *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
             ],
         )

@@ -1,6 +1,6 @@
 """Response headers every answer carries, and CORS for browser-based MCP clients.
 
-CORS on the MCP endpoints follows the Origin policy of `guards.py` (the same origins that pass the
+CORS on the MCP endpoints follows the Origin policy of `origins.py` (the same origins that pass the
 DNS-rebinding check), and exposes `Mcp-Session-Id`: without that a browser client cannot read its session
 id (the seed forgets it). Public OAuth documents are readable from any origin.
 """
@@ -12,7 +12,7 @@ from typing import Final
 from quart import Blueprint, Response, request
 
 from refserver.config import Settings
-from refserver.transport.guards import OriginPolicy
+from refserver.web.origins import OriginPolicy
 
 MCP_PATHS: Final = frozenset({"/mcp", "/sse", "/message"})
 PUBLIC_CORS_PREFIXES: Final = ("/.well-known/", "/register", "/token", "/introspect", "/revoke")

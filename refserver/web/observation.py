@@ -11,7 +11,7 @@ from refserver.config import Settings
 from refserver.errors import ConfigError
 from refserver.observability.http import ObservedApp, note_route, serve_metrics
 from refserver.observability.metrics import CONTENT_TYPE, Metrics
-from refserver.transport.guards import OriginPolicy
+from refserver.web.origins import OriginPolicy
 
 logger = logging.getLogger("refserver.observability")
 

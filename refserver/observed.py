@@ -2,7 +2,7 @@
 
 Subclasses and a watcher instead of edits: the registry logs session creation (its closing is already logged
 where it happens), the guard logs accepted tokens at DEBUG, refusals are counted and logged by
-`transport.errors.RefusalPolicy` through `record_auth_failure`, and `watch_redis` turns the backend's counters
+`transport.refusals.RefusalPolicy` through `record_auth_failure`, and `watch_redis` turns the backend's counters
 into state-change lines.
 """
 

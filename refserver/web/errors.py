@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from refserver.config import Settings
-from refserver.errors import AuthServerUnavailable, InsufficientScope, RefserverError, Unauthorized
-from refserver.oauth.resource import challenge_for
-from refserver.observability.hooks import record_auth_failure
-from refserver.observability.metrics import Metrics
+from refserver.errors import RefserverError
 from refserver.protocol.jsonrpc import RequestId, encode_json
 
 logger = logging.getLogger(__name__)
 
 ALLOWED_MCP_METHODS: Final = "GET, POST, DELETE"
-AUTH_RETRY_AFTER_SECONDS: Final = 5
-"""Roughly the verifier's probe interval: by then a recovered authorization server is noticed."""
 INTERNAL_ERROR_MESSAGE: Final = "Internal server error"
 
 
@@ -90,28 +84,13 @@ def unexpected_exception_response(exc: BaseException) -> Response:
     return Response(unexpected_exception_body(exc), status=500, content_type="application/json")
 
 
-class RefusalPolicy:
-    """What a refused MCP request carries besides its JSON-RPC error, and the record auth refusals leave.
+class Refusals(Protocol):
+    """The headers a refused request carries besides its JSON-RPC error (the MCP endpoints' challenges)."""
 
-    401 and 403 carry the `WWW-Authenticate` challenge (RFC 6750, RFC 9728); a 503 because the authorization
-    server cannot be asked carries `Retry-After`. Every auth refusal is counted and logged.
-    """
-
-    def __init__(self, settings: Settings, metrics: Metrics | None) -> None:
-        self._settings = settings
-        self._metrics = metrics
-
-    def headers_for(self, exc: RefserverError) -> dict[str, str]:
-        if isinstance(exc, (Unauthorized, InsufficientScope)):
-            record_auth_failure(self._metrics, exc)
-            return {"WWW-Authenticate": challenge_for(self._settings, exc)}
-        if isinstance(exc, AuthServerUnavailable):
-            record_auth_failure(self._metrics, exc)
-            return {"Retry-After": str(AUTH_RETRY_AFTER_SECONDS)}
-        return {}
+    def headers_for(self, exc: RefserverError) -> dict[str, str]: ...
 
 
-def register_error_handlers(app: QuartTrio, refusals: RefusalPolicy | None = None) -> None:
+def register_error_handlers(app: QuartTrio, refusals: Refusals | None = None) -> None:
     """Every failure of `app` becomes a JSON-RPC error body; `refusals` adds the MCP endpoints' own headers."""
     if refusals is not None:
         policy = refusals
