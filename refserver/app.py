@@ -206,7 +206,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     # covers `/mcp` too: without it, calls arriving on kept-alive connections as shutdown began went unanswered.
     mcp_endpoint = streamable_http.StreamableHttpEndpoint(app.asgi_app, services, refusals)
     app.asgi_app = ShieldFinalSend(mcp_endpoint)  # type: ignore[method-assign]
-    app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413)
+    app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413, 408)
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)
     app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
@@ -214,7 +214,9 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     app.register_blueprint(legacy_sse.create_blueprint(services))
     if auth_server is not None:
         limiter = RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
-        app.register_blueprint(routes.create_blueprint(auth_server, limiter))
+        app.register_blueprint(
+            routes.create_blueprint(auth_server, limiter, body_read_timeout=settings.body_read_timeout)
+        )
 
     @app.before_serving
     async def start_background_work() -> None:

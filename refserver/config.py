@@ -22,6 +22,10 @@ MAX_EVENTS_PER_STREAM: Final = 1000
 """Default bound of one stream's log (REFSERVER_EVENT_LOG_MAX_EVENTS): far more than a request's progress and
 logs, and about 1 MB at most per stream with events of 1 KB; older events are dropped."""
 
+BODY_READ_TIMEOUT: Final = 30.0
+"""Default seconds a client gets to send a whole request body (REFSERVER_BODY_READ_TIMEOUT): a body of the default
+REFSERVER_MAX_BODY_BYTES needs only ~140 kB/s; a client that sends its head and stalls (slow loris) gets 408 instead
+of holding a task and a partial body."""
 ENV_PREFIX: Final = "REFSERVER_"
 
 AUTH_MODES: Final = ("embedded", "jwt", "introspection", "none")
@@ -245,6 +249,13 @@ class Settings:
     )
     max_body_bytes: int = _setting(
         "MAX_BODY_BYTES", _positive_int, "Largest accepted POST body in bytes (413 beyond).", 4 * 1024 * 1024
+    )
+    body_read_timeout: float = _setting(
+        "BODY_READ_TIMEOUT",
+        _positive_float,
+        "Seconds a client gets to send a whole request body (MCP and OAuth endpoints); 408 and the connection "
+        "closed beyond.",
+        BODY_READ_TIMEOUT,
     )
     max_sessions: int = _setting(
         "MAX_SESSIONS", _positive_int, "Live sessions per instance before new ones get 503.", 100_000

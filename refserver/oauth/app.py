@@ -50,7 +50,9 @@ def create_auth_app(settings: Settings | None = None) -> QuartTrio:
     observe_http(app, settings, metrics)
     app.register_blueprint(
         routes.create_blueprint(
-            server, RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
+            server,
+            RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies),
+            body_read_timeout=settings.body_read_timeout,
         )
     )
 

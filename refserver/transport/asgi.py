@@ -15,7 +15,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from refserver.transport.guards import collect_body
+from refserver.request_body import read_bounded_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,10 +60,13 @@ class HttpRequest:
         length = self.headers.get("content-length", "").strip()
         return "transfer-encoding" in self.headers or length not in ("", "0")
 
-    async def read_body(self, limit: int) -> bytes:
-        """The whole body, refused (413) as soon as it is known to exceed `limit` bytes."""
+    async def read_body(self, limit: int, time_limit: float) -> bytes:
+        """The whole body, refused (413) as soon as it is known to exceed `limit` bytes, or (408) if it has not
+        arrived within `time_limit` seconds."""
         async with aclosing(self._body_chunks()) as chunks:
-            body = await collect_body(chunks, self.headers.get("content-length"), limit)
+            body = await read_bounded_body(
+                chunks, self.headers.get("content-length"), limit=limit, time_limit=time_limit
+            )
         self.body_complete = True
         return body
 

@@ -154,7 +154,7 @@ class StreamableHttpEndpoint:
         owner = await self._admit(request)
         check_post_accept(request.header("accept"))
         check_json_content_type(request.header("content-type"))
-        parsed = parse_body(await request.read_body(self._settings.max_body_bytes))
+        parsed = parse_body(await request.read_body(self._settings.max_body_bytes, self._settings.body_read_timeout))
         if not request.header("mcp-session-id"):
             return await self._initialize(parsed, owner)
         session = await self._session(request, owner)
