@@ -37,6 +37,7 @@ from refserver.transport.errors import RefusalPolicy, register_error_handlers
 from refserver.transport.guards import OriginPolicy
 from refserver.transport.observability import observe_http
 from refserver.transport.services import Services
+from refserver.transport.write_stall import guard_writes
 
 logger = logging.getLogger("refserver")
 
@@ -202,13 +203,15 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     refusals = RefusalPolicy(settings, metrics)
     app = QuartTrio("refserver")
-    # Outermost first: observability (below), the final-send shield, `/mcp` in plain ASGI, then Quart. The shield
-    # covers `/mcp` too: without it, calls arriving on kept-alive connections as shutdown began went unanswered.
+    # Outermost first: the write stall guard and observability (below), the final-send shield, `/mcp` in plain ASGI,
+    # then Quart. The guard must see Hypercorn's own `send` to end a stalled connection. The shield covers `/mcp`
+    # too: without it, calls arriving on kept-alive connections as shutdown began went unanswered.
     mcp_endpoint = streamable_http.StreamableHttpEndpoint(app.asgi_app, services, refusals)
     app.asgi_app = ShieldFinalSend(mcp_endpoint)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413, 408)
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)
+    guard_writes(app, settings.write_stall_limit, metrics)
     app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
     app.register_blueprint(security.create_blueprint(origin_policy))
     app.register_blueprint(legacy_sse.create_blueprint(services))

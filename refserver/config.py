@@ -26,6 +26,12 @@ BODY_READ_TIMEOUT: Final = 30.0
 """Default seconds a client gets to send a whole request body (REFSERVER_BODY_READ_TIMEOUT): a body of the default
 REFSERVER_MAX_BODY_BYTES needs only ~140 kB/s; a client that sends its head and stalls (slow loris) gets 408 instead
 of holding a task and a partial body."""
+WRITE_STALL_LIMIT: Final = 30.0
+"""Default seconds one response write may wait for a client that does not read (REFSERVER_WRITE_STALL_LIMIT): two
+heartbeat intervals in which it took in nothing means it stopped reading, and a whole body of the default
+REFSERVER_MAX_BODY_BYTES still reaches a client at ~140 kB/s; a stalled client would otherwise pin a task, its socket
+buffers and, on an SSE stream, its session."""
+
 ENV_PREFIX: Final = "REFSERVER_"
 
 AUTH_MODES: Final = ("embedded", "jwt", "introspection", "none")
@@ -277,6 +283,13 @@ class Settings:
     )
     sse_retry_ms: int = _setting(
         "SSE_RETRY_MS", _positive_int, "The `retry:` reconnection delay sent to SSE clients, in ms.", 1000
+    )
+    write_stall_limit: float = _setting(
+        "WRITE_STALL_LIMIT",
+        _positive_float,
+        "Seconds one write of a response (one SSE event, or a whole non-streamed body) may wait for a client that "
+        "does not read; then its connection is dropped (an SSE stream's session is left to the idle reaper).",
+        WRITE_STALL_LIMIT,
     )
     event_log_max_events: int = _setting(
         "EVENT_LOG_MAX_EVENTS",

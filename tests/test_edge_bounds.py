@@ -9,6 +9,7 @@ session for as long as it likes.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import h11
@@ -16,16 +17,23 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import POST_HEADERS
+from tests.conftest import POST_HEADERS, initialize, session_headers, wait_until
 from tests.test_observability import scrape, value
 
 SHORT_BODY_TIMEOUT = 0.5
 """The body read timeout the tests configure: long enough for any honest body here, short for the test."""
+SHORT_STALL_LIMIT = 0.5
+SHORT_IDLE_TTL = 1.0
 RESPONSE_WAIT = 20.0
 """Seconds a test waits for the server to answer or close (a guard against a hang, not a timing assertion)."""
 QUIET_SETTINGS = {"log_message_interval": 3600, "subscription_update_interval": 3600}
 PARTIAL_BODY = b'{"jsonrpc":"2.0","id":1,'
 DECLARED_LENGTH = 100
+SUBSCRIBED_RESOURCES = 100
+"""Each one is a `notifications/resources/updated` on the GET stream per update round."""
+TINY_RECEIVE_BUFFER = 4096
+TINY_SEGMENT = 536
+"""The client's MSS: the server's send buffer is sized from it, so a few kB fill the whole path."""
 
 
 async def read_response(stream: trio.SocketStream, conn: h11.Connection) -> tuple[h11.Response, bytes]:
@@ -87,3 +95,73 @@ async def test_an_oauth_form_that_stalls_gets_408_from_the_same_reader(make_serv
     response, body = await send_stalled_head(server.port, "/token", headers)
     assert response.status_code == 408, body
     assert json.loads(body)["error"] == "invalid_request"
+
+
+def tiny_window_socket() -> trio.socket.SocketType:
+    """A client socket whose receive window is a few kB: a server writing to it blocks as soon as it is full."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TINY_RECEIVE_BUFFER)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, TINY_SEGMENT)
+    return sock
+
+
+async def test_a_get_stream_that_is_not_read_is_dropped_and_its_session_reaped(
+    make_server: Any, http: httpx.AsyncClient
+) -> None:
+    server = make_server(
+        write_stall_limit=SHORT_STALL_LIMIT,
+        session_idle_ttl=SHORT_IDLE_TTL,
+        subscription_update_interval=0.05,
+        log_message_interval=3600,
+        metrics="on",
+    )
+    metrics_url = f"{server.url}/metrics"
+    session_id = await initialize(http, server.mcp_url)
+    headers = session_headers(session_id)
+    for number in range(1, SUBSCRIBED_RESOURCES + 1):
+        subscribe = {
+            "jsonrpc": "2.0",
+            "id": number,
+            "method": "resources/subscribe",
+            "params": {"uri": f"test://static/resource/{number}"},
+        }
+        assert (await http.post(server.mcp_url, json=subscribe, headers=headers)).status_code == 200
+
+    sock = tiny_window_socket()
+    await sock.connect(("127.0.0.1", server.port))
+    async with trio.SocketStream(sock) as stream:
+        conn = h11.Connection(h11.CLIENT)
+        get_headers = {
+            "Host": f"127.0.0.1:{server.port}",
+            "Accept": "text/event-stream",
+            "Mcp-Session-Id": session_id,
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        get = h11.Request(method="GET", target="/mcp", headers=list(get_headers.items()))
+        await stream.send_all(conn.send(get) + conn.send(h11.EndOfMessage()))
+        # The client never reads while the server streams: its window fills, the server's writes block.
+
+        async def session_reaped() -> bool:
+            samples = await scrape(http, metrics_url)
+            return (
+                value(samples, "refserver_sessions") == 0
+                and value(samples, "refserver_sessions_reaped_idle_total") == 1
+                and value(samples, "refserver_http_open_streams") == 0
+            )
+
+        await wait_until(session_reaped, RESPONSE_WAIT, "the stalled stream dropped and its session reaped")
+
+        # What the server had sent is still in the buffers; after it, the server's side is closed.
+        received = b""
+        with trio.fail_after(RESPONSE_WAIT):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert b"notifications/resources/updated" in received
+    samples = await scrape(http, metrics_url)
+    assert value(samples, "refserver_http_stalled_connections_dropped_total") == 1
+    assert value(samples, "refserver_http_pending_writes") == 0
+    log = server.log()
+    assert '"event": "http.write_stalled"' in log and "Traceback" not in log, log
+    gone = await http.post(server.mcp_url, json={"jsonrpc": "2.0", "id": 0, "method": "ping"}, headers=headers)
+    assert gone.status_code == 404

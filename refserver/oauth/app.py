@@ -30,6 +30,7 @@ from refserver.protocol.jsonrpc import encode_json
 from refserver.transport import security
 from refserver.transport.errors import register_error_handlers
 from refserver.transport.observability import observe_http
+from refserver.transport.write_stall import guard_writes
 
 logger = logging.getLogger("refserver.oauth")
 
@@ -48,6 +49,7 @@ def create_auth_app(settings: Settings | None = None) -> QuartTrio:
     if metrics is not None and backend.redis is not None:
         backend.redis.on_call = metrics.observe_redis_call
     observe_http(app, settings, metrics)
+    guard_writes(app, settings.write_stall_limit, metrics)
     app.register_blueprint(
         routes.create_blueprint(
             server,

@@ -110,7 +110,8 @@ def encode_headers(response: HttpResponse, extra: Iterable[tuple[str, str]]) -> 
 
 
 async def send_response(request: HttpRequest, send: Send, response: HttpResponse, headers: Headers) -> None:
-    """Write `response`; a stream is followed until it ends or the client leaves."""
+    """Write `response`; a stream is followed until it ends or the client leaves (or stops reading: then
+    `transport/write_stall.py` ends the connection, and this sees the client leave)."""
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if response.stream is None:
         await send({"type": "http.response.body", "body": response.body})
