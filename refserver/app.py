@@ -39,6 +39,7 @@ from refserver.web import response_headers
 from refserver.web.errors import register_error_handlers
 from refserver.web.observation import observe_http
 from refserver.web.origins import OriginPolicy
+from refserver.web.write_stall import guard_writes
 
 logger = logging.getLogger("refserver")
 
@@ -204,19 +205,23 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     refusals = RefusalPolicy(settings, metrics)
     app = QuartTrio("refserver")
-    # Outermost first: observability (below), the final-send shield, `/mcp` in plain ASGI, then Quart. The shield
-    # covers `/mcp` too: without it, calls arriving on kept-alive connections as shutdown began went unanswered.
+    # Outermost first: the write stall guard and observability (below), the final-send shield, `/mcp` in plain ASGI,
+    # then Quart. The guard must see Hypercorn's own `send` to end a stalled connection. The shield covers `/mcp`
+    # too: without it, calls arriving on kept-alive connections as shutdown began went unanswered.
     mcp_endpoint = streamable_http.StreamableHttpEndpoint(app.asgi_app, services, refusals)
     app.asgi_app = ShieldFinalSend(mcp_endpoint)  # type: ignore[method-assign]
-    app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413)
+    app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded by our own reader (413, 408)
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)
+    guard_writes(app, settings.write_stall_limit, metrics)
     app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
     app.register_blueprint(response_headers.create_blueprint(origin_policy))
     app.register_blueprint(legacy_sse.create_blueprint(services))
     if auth_server is not None:
         limiter = RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
-        app.register_blueprint(routes.create_blueprint(auth_server, limiter))
+        app.register_blueprint(
+            routes.create_blueprint(auth_server, limiter, body_read_timeout=settings.body_read_timeout)
+        )
 
     @app.before_serving
     async def start_background_work() -> None:

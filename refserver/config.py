@@ -22,6 +22,16 @@ MAX_EVENTS_PER_STREAM: Final = 1000
 """Default bound of one stream's log (REFSERVER_EVENT_LOG_MAX_EVENTS): far more than a request's progress and
 logs, and about 1 MB at most per stream with events of 1 KB; older events are dropped."""
 
+BODY_READ_TIMEOUT: Final = 30.0
+"""Default seconds a client gets to send a whole request body (REFSERVER_BODY_READ_TIMEOUT): a body of the default
+REFSERVER_MAX_BODY_BYTES needs only ~140 kB/s; a client that sends its head and stalls (slow loris) gets 408 instead
+of holding a task and a partial body."""
+WRITE_STALL_LIMIT: Final = 30.0
+"""Default seconds one response write may wait for a client that does not read (REFSERVER_WRITE_STALL_LIMIT): two
+heartbeat intervals in which it took in nothing means it stopped reading, and a whole body of the default
+REFSERVER_MAX_BODY_BYTES still reaches a client at ~140 kB/s; a stalled client would otherwise pin a task, its socket
+buffers and, on an SSE stream, its session."""
+
 ENV_PREFIX: Final = "REFSERVER_"
 
 AUTH_MODES: Final = ("embedded", "jwt", "introspection", "none")
@@ -246,6 +256,13 @@ class Settings:
     max_body_bytes: int = _setting(
         "MAX_BODY_BYTES", _positive_int, "Largest accepted POST body in bytes (413 beyond).", 4 * 1024 * 1024
     )
+    body_read_timeout: float = _setting(
+        "BODY_READ_TIMEOUT",
+        _positive_float,
+        "Seconds a client gets to send a whole request body (MCP and OAuth endpoints); 408 and the connection "
+        "closed beyond.",
+        BODY_READ_TIMEOUT,
+    )
     max_sessions: int = _setting(
         "MAX_SESSIONS", _positive_int, "Live sessions per instance before new ones get 503.", 100_000
     )
@@ -266,6 +283,13 @@ class Settings:
     )
     sse_retry_ms: int = _setting(
         "SSE_RETRY_MS", _positive_int, "The `retry:` reconnection delay sent to SSE clients, in ms.", 1000
+    )
+    write_stall_limit: float = _setting(
+        "WRITE_STALL_LIMIT",
+        _positive_float,
+        "Seconds one write of a response (one SSE event, or a whole non-streamed body) may wait for a client that "
+        "does not read; then its connection is dropped (an SSE stream's session is left to the idle reaper).",
+        WRITE_STALL_LIMIT,
     )
     event_log_max_events: int = _setting(
         "EVENT_LOG_MAX_EVENTS",

@@ -109,6 +109,12 @@ class PayloadTooLarge(TransportError):
     http_status = 413
 
 
+class RequestTimeout(TransportError):
+    """The body did not arrive within REFSERVER_BODY_READ_TIMEOUT; the connection is closed after the answer."""
+
+    http_status = 408
+
+
 class MissingSessionId(TransportError):
     http_status = 400
 

@@ -30,6 +30,7 @@ from refserver.protocol.jsonrpc import encode_json
 from refserver.web import response_headers
 from refserver.web.errors import register_error_handlers
 from refserver.web.observation import observe_http
+from refserver.web.write_stall import guard_writes
 
 logger = logging.getLogger("refserver.oauth")
 
@@ -48,9 +49,12 @@ def create_auth_app(settings: Settings | None = None) -> QuartTrio:
     if metrics is not None and backend.redis is not None:
         backend.redis.on_call = metrics.observe_redis_call
     observe_http(app, settings, metrics)
+    guard_writes(app, settings.write_stall_limit, metrics)
     app.register_blueprint(
         routes.create_blueprint(
-            server, RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies)
+            server,
+            RateLimiter(backend.kv, settings.rate_limit_per_minute, settings.trusted_proxies),
+            body_read_timeout=settings.body_read_timeout,
         )
     )
 

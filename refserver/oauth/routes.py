@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlencode
 
-import trio
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
+from refserver.config import BODY_READ_TIMEOUT
 from refserver.errors import OAuthError, RateLimited, RefserverError, ServiceUnavailable
 from refserver.oauth import pages
 from refserver.oauth.clients import ClientCredentials
@@ -37,11 +37,10 @@ from refserver.oauth.http import (
 from refserver.oauth.ratelimit import RateLimiter
 from refserver.oauth.redirects import AuthorizePageError, RedirectingOAuthError
 from refserver.oauth.server import AuthorizationServer
+from refserver.request_body import read_bounded_body
 
 logger = logging.getLogger(__name__)
 
-BODY_READ_TIMEOUT: Final = 30.0
-"""Seconds a client gets to send a (small) form or registration body; a slow-loris gets 408."""
 METADATA_MAX_AGE: Final = 300
 """Metadata and JWKS may be cached for five minutes: short enough that a key rotation is seen quickly."""
 CORS_MAX_AGE: Final = 86400
@@ -119,31 +118,16 @@ def _error(status: int, error: str, description: str, headers: Mapping[str, str]
             headers={**_cors_headers(), **NO_STORE},
         )
     response.headers.update(headers or {})
-    if status == 413:
+    if status in (408, 413):
         response.headers["Connection"] = "close"  # the rest of the body was never read
     return response
 
 
-async def _read_body(limit: int) -> bytes:
-    declared = request.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise OAuthError("invalid_request", f"the body exceeds {limit} bytes", status=413)
-    chunks: list[bytes] = []
-    size = 0
-    with trio.move_on_after(BODY_READ_TIMEOUT):
-        async for chunk in request.body:
-            size += len(chunk)
-            if size > limit:
-                raise OAuthError("invalid_request", f"the body exceeds {limit} bytes", status=413)
-            chunks.append(chunk)
-        return b"".join(chunks)
-    raise OAuthError("invalid_request", "the request body was not received in time", status=408)
-
-
-async def _read_form() -> dict[str, str]:
-    body = await _read_body(MAX_FORM_BYTES)
-    require_media_type(request.headers.get("Content-Type"), FORM_TYPE)
-    return parse_form(body)
+async def _read_body(limit: int, time_limit: float) -> bytes:
+    """A form or registration body: 413 beyond `limit` bytes, 408 (a slow loris) after `time_limit` seconds."""
+    return await read_bounded_body(
+        request.body, request.headers.get("Content-Length"), limit=limit, time_limit=time_limit
+    )
 
 
 def _query() -> dict[str, str]:
@@ -157,8 +141,15 @@ def _credentials(form: Mapping[str, str]) -> ClientCredentials:
     return client_credentials(authorization[0] if authorization else None, form)
 
 
-def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Blueprint:
+def create_blueprint(
+    server: AuthorizationServer, limiter: RateLimiter, *, body_read_timeout: float = BODY_READ_TIMEOUT
+) -> Blueprint:
     blueprint = Blueprint("oauth", __name__)
+
+    async def read_form() -> dict[str, str]:
+        body = await _read_body(MAX_FORM_BYTES, body_read_timeout)
+        require_media_type(request.headers.get("Content-Type"), FORM_TYPE)
+        return parse_form(body)
 
     def client_ip() -> str:
         forwarded = request.headers.getlist("X-Forwarded-For")
@@ -184,7 +175,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
     async def register() -> Response:
         if request.method == "OPTIONS":
             return _preflight("POST")
-        body = await _read_body(MAX_JSON_BYTES)
+        body = await _read_body(MAX_JSON_BYTES, body_read_timeout)
         await limiter.check("register", client_ip())
         require_media_type(request.headers.get("Content-Type"), JSON_TYPE)
         document = parse_json_object(body)
@@ -214,7 +205,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
     async def consent() -> Response:
         if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
             raise AuthorizePageError("The consent form was submitted from another site.")
-        form = await _read_form()
+        form = await read_form()
         request_id = form.get("request_id")
         decision = form.get("decision")
         if not request_id or decision not in ("approve", "deny"):
@@ -249,14 +240,14 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
     async def token() -> Response:
         if request.method == "OPTIONS":
             return _preflight("POST")
-        form = await _read_form()
+        form = await read_form()
         await limiter.check("token", client_ip())
         result = await server.tokens.token(form, _credentials(form))
         return _json(result, headers=NO_STORE)
 
     @blueprint.post("/introspect")
     async def introspect() -> Response:
-        form = await _read_form()
+        form = await read_form()
         result = await server.introspection.introspect(form, _credentials(form))
         return _json(result, headers=NO_STORE)
 
@@ -264,7 +255,7 @@ def create_blueprint(server: AuthorizationServer, limiter: RateLimiter) -> Bluep
     async def revoke() -> Response:
         if request.method == "OPTIONS":
             return _preflight("POST")
-        form = await _read_form()
+        form = await read_form()
         await limiter.check("revoke", client_ip())
         await server.revoker.revoke(form, _credentials(form))
         return Response("", status=200, headers={**_cors_headers(), **NO_STORE})

@@ -64,6 +64,15 @@ REDIS_STATS: Final = (
     Stat("errors", "refserver_redis_errors", "counter", "Redis calls that failed (timeouts included)."),
     Stat("timeouts", "refserver_redis_timeouts", "counter", "Redis calls that timed out."),
 )
+WRITE_STALL_STATS: Final = (
+    Stat("pending_writes", "refserver_http_pending_writes", "gauge", "Response writes waiting for their client."),
+    Stat(
+        "dropped",
+        "refserver_http_stalled_connections_dropped",
+        "counter",
+        "Connections dropped because a write waited past REFSERVER_WRITE_STALL_LIMIT for a client not reading.",
+    ),
+)
 BUS_STATS: Final = (
     Stat("connected", "refserver_pubsub_connected", "gauge", "1 while the pub/sub subscriber is connected."),
     Stat("channels", "refserver_pubsub_channels", "gauge", "Pub/sub channels subscribed."),

@@ -8,19 +8,16 @@ watched for while an SSE stream is open, the one case where nothing else would n
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import trio
 
-from refserver.transport.guards import collect_body
+from refserver.request_body import read_bounded_body
+from refserver.web.asgi_types import Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 Headers = list[tuple[bytes, bytes]]
@@ -60,10 +57,13 @@ class HttpRequest:
         length = self.headers.get("content-length", "").strip()
         return "transfer-encoding" in self.headers or length not in ("", "0")
 
-    async def read_body(self, limit: int) -> bytes:
-        """The whole body, refused (413) as soon as it is known to exceed `limit` bytes."""
+    async def read_body(self, limit: int, time_limit: float) -> bytes:
+        """The whole body, refused (413) as soon as it is known to exceed `limit` bytes, or (408) if it has not
+        arrived within `time_limit` seconds."""
         async with aclosing(self._body_chunks()) as chunks:
-            body = await collect_body(chunks, self.headers.get("content-length"), limit)
+            body = await read_bounded_body(
+                chunks, self.headers.get("content-length"), limit=limit, time_limit=time_limit
+            )
         self.body_complete = True
         return body
 
@@ -107,7 +107,8 @@ def encode_headers(response: HttpResponse, extra: Iterable[tuple[str, str]]) -> 
 
 
 async def send_response(request: HttpRequest, send: Send, response: HttpResponse, headers: Headers) -> None:
-    """Write `response`; a stream is followed until it ends or the client leaves."""
+    """Write `response`; a stream is followed until it ends or the client leaves (or stops reading: then
+    `web/write_stall.py` ends the connection, and this sees the client leave)."""
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if response.stream is None:
         await send({"type": "http.response.body", "body": response.body})

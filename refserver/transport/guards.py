@@ -1,19 +1,19 @@
-"""Checks every MCP request passes before its body is even read: media types and size.
+"""Checks every MCP request passes before its body is even read: media types; the Quart side of the body reader.
 
 Host and Origin are checked by `web/origins.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import Iterable
 
 from quart import Request
 
 from refserver.errors import (
     NotAcceptable,
-    PayloadTooLarge,
     UnsupportedMediaType,
 )
+from refserver.request_body import read_bounded_body
 
 
 def _media_types(header: str | None) -> list[str]:
@@ -45,20 +45,8 @@ def check_json_content_type(header: str | None) -> None:
         raise UnsupportedMediaType("Unsupported Media Type: Content-Type must be application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing (413) as soon as it is known to exceed `limit` bytes."""
-    return await collect_body(request.body, request.headers.get("Content-Length"), limit)
-
-
-async def collect_body(chunks: AsyncIterable[bytes], declared_length: str | None, limit: int) -> bytes:
-    """The body from its chunks, refused (413) by its declared length or as soon as it grows past `limit`."""
-    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
-        raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
-    received: list[bytes] = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Payload Too Large: body exceeds {limit} bytes")
-        received.append(chunk)
-    return received[0] if len(received) == 1 else b"".join(received)
+async def read_body(request: Request, limit: int, time_limit: float) -> bytes:
+    """Read a Quart request's body, refused with 413 beyond `limit` bytes and 408 after `time_limit` seconds."""
+    return await read_bounded_body(
+        request.body, request.headers.get("Content-Length"), limit=limit, time_limit=time_limit
+    )

@@ -75,7 +75,7 @@ def create_blueprint(services: Services) -> Blueprint:
         session = await registry.get(session_id, owner=owner)
         if session.kind != "legacy":
             raise SessionNotFound("Session not found")
-        parsed = parse_body(await read_body(request, settings.max_body_bytes))
+        parsed = parse_body(await read_body(request, settings.max_body_bytes, settings.body_read_timeout))
         if parsed.is_batch and not batch_allowed(session.state.lifecycle.protocol_version or "2024-11-05"):
             raise InvalidRequest("Invalid Request: batches are not supported in this protocol version")
         await submit_body(session, parsed, initialize_allowed=True)

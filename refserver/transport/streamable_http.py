@@ -41,9 +41,6 @@ from refserver.transport.asgi import (
     ClientDisconnected,
     HttpRequest,
     HttpResponse,
-    Receive,
-    Scope,
-    Send,
     encode_headers,
     send_response,
 )
@@ -54,6 +51,7 @@ from refserver.transport.services import Services
 from refserver.transport.sse_stream import SSE_HEADERS, follow_stream
 from refserver.transport.stream_reader import StreamReader
 from refserver.web import response_headers
+from refserver.web.asgi_types import Receive, Scope, Send
 from refserver.web.errors import error_parts, unexpected_exception_body
 
 logger = logging.getLogger(__name__)
@@ -155,7 +153,7 @@ class StreamableHttpEndpoint:
         owner = await self._admit(request)
         check_post_accept(request.header("accept"))
         check_json_content_type(request.header("content-type"))
-        parsed = parse_body(await request.read_body(self._settings.max_body_bytes))
+        parsed = parse_body(await request.read_body(self._settings.max_body_bytes, self._settings.body_read_timeout))
         if not request.header("mcp-session-id"):
             return await self._initialize(parsed, owner)
         session = await self._session(request, owner)
