@@ -7,7 +7,6 @@ rejected at start-up so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,7 +15,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from refserver import setting_values as values
 from refserver.errors import ConfigError
+from refserver.setting_values import FEATURE_MODULES
 
 MAX_EVENTS_PER_STREAM: Final = 1000
 """Default bound of one stream's log (REFSERVER_EVENT_LOG_MAX_EVENTS): far more than a request's progress and
@@ -34,120 +35,7 @@ buffers and, on an SSE stream, its session."""
 
 ENV_PREFIX: Final = "REFSERVER_"
 
-AUTH_MODES: Final = ("embedded", "jwt", "introspection", "none")
-"""embedded: our own authorization server in this process; jwt / introspection: an external one;
-none: no authentication at all (local development only)."""
-
-MAX_CODE_TTL: Final = 600.0
-"""OAuth 2.1 (and RFC 6749 sec. 4.1.2) want authorization codes to live at most 10 minutes."""
 DEFAULT_EXTERNAL_AUTH_SERVER: Final = "http://localhost:3001"
-
-FEATURE_MODULES: Final = ("reference", "conformance")
-LOG_FORMATS: Final = ("json", "text")
-SWITCH: Final = ("off", "on")
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _csv(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _optional_str(raw: str) -> str | None:
-    return raw or None
-
-
-def _auth_mode(raw: str) -> str:
-    if raw not in AUTH_MODES:
-        raise ValueError(f"must be one of {', '.join(AUTH_MODES)}")
-    return raw
-
-
-def _code_ttl(raw: str) -> float:
-    value = _positive_float(raw)
-    if value > MAX_CODE_TTL:
-        raise ValueError(f"must be at most {MAX_CODE_TTL:g} seconds")
-    return value
-
-
-def _scopes(raw: str) -> tuple[str, ...]:
-    scopes = tuple(raw.replace(",", " ").split())
-    if not scopes or any(not all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in s) for s in scopes):
-        raise ValueError("must be space- or comma-separated scope tokens (RFC 6749 sec. 3.3)")
-    return scopes
-
-
-def _optional_url(raw: str) -> str | None:
-    return _base_url(raw) if raw else None
-
-
-def _feature_modules(raw: str) -> tuple[str, ...]:
-    """Built-in names, or dotted module paths of your own (each module exposes `build_catalog()`)."""
-    modules = _csv(raw)
-    unknown = [m for m in modules if m not in FEATURE_MODULES and "." not in m]
-    if unknown:
-        raise ValueError(
-            f"unknown feature module(s) {unknown}; built in: {', '.join(FEATURE_MODULES)}, "
-            "or a dotted module path such as mycompany.mcp_features"
-        )
-    return modules
-
-
-def _base_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http(s) URL")
-    if parts.query or parts.fragment or "?" in raw or "#" in raw:
-        raise ValueError("must not have a query or fragment (the endpoints are appended to its path)")
-    if parts.username is not None:
-        raise ValueError("must not contain user info")
-    parts.port  # noqa: B018 -- raises ValueError for a non-numeric or out-of-range port
-    return raw.rstrip("/")
-
-
-def _log_level(raw: str) -> str:
-    level = raw.upper()
-    if level not in logging.getLevelNamesMapping():
-        raise ValueError(f"must be one of {', '.join(sorted(logging.getLevelNamesMapping()))}")
-    return level
-
-
-def _log_format(raw: str) -> str:
-    value = raw.lower()
-    if value not in LOG_FORMATS:
-        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
-    return value
-
-
-def _switch(raw: str) -> str:
-    value = raw.lower()
-    if value not in SWITCH:
-        raise ValueError("must be off or on")
-    return value
-
-
-def _metrics(raw: str) -> str:
-    """`off`, `on` (GET /metrics on the main port) or `host:port` (a separate listener; `[::1]:9100` for IPv6)."""
-    if raw.lower() in SWITCH:
-        return raw.lower()
-    host, sep, port = raw.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    name = host[1:-1] if bracketed else host
-    if not sep or not name or (":" in name and not bracketed) or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be off, on, or host:port of a separate listener (e.g. 127.0.0.1:9100)")
-    return raw
 
 
 def _setting(env: str, parse: Callable[[str], Any], doc: str, default: Any) -> Any:
@@ -158,167 +46,172 @@ def _setting(env: str, parse: Callable[[str], Any], doc: str, default: Any) -> A
 class Settings:
     base_url: str = _setting(
         "BASE_URL",
-        _base_url,
+        values.base_url,
         "Public URL of this server (issuer, resource URI, links).",
         "http://localhost:3232",
     )
     redis_url: str | None = _setting(
-        "REDIS_URL", _optional_str, "Redis URL; unset means the in-memory backend (one instance).", None
+        "REDIS_URL", values.optional_str, "Redis URL; unset means the in-memory backend (one instance).", None
     )
     auth_mode: str = _setting(
         "AUTH_MODE",
-        _auth_mode,
+        values.auth_mode,
         "`embedded` (our authorization server), `jwt` or `introspection` (an external one), `none` (local only).",
         "embedded",
     )
     auth_server_url: str | None = _setting(
         "AUTH_SERVER_URL",
-        _optional_url,
+        values.optional_url,
         "Issuer URL of the authorization server. Embedded: the base URL; jwt/introspection and the "
         "standalone authorization server app: `http://localhost:3001`.",
         None,
     )
     resource_url: str | None = _setting(
         "RESOURCE_URL",
-        _optional_url,
+        values.optional_url,
         "Canonical URI of the MCP resource tokens are bound to (RFC 8707); default: base URL + `/mcp`.",
         None,
     )
     auth_resources: tuple[str, ...] = _setting(
         "AUTH_RESOURCES",
-        _csv,
+        values.csv,
         "Resources the authorization server issues tokens for; default: the resource URL alone.",
         (),
     )
     scopes_supported: tuple[str, ...] = _setting(
-        "SCOPES_SUPPORTED", _scopes, "Scopes the authorization server grants.", ("mcp", "offline_access")
+        "SCOPES_SUPPORTED", values.scopes, "Scopes the authorization server grants.", ("mcp", "offline_access")
     )
     required_scope: str = _setting(
         "REQUIRED_SCOPE", str.strip, "Scope a token needs for the MCP endpoints (403 without it).", "mcp"
     )
     access_token_ttl: float = _setting(
-        "ACCESS_TOKEN_TTL", _positive_float, "Lifetime of access tokens (JWT `exp`), seconds.", 3600.0
+        "ACCESS_TOKEN_TTL", values.positive_float, "Lifetime of access tokens (JWT `exp`), seconds.", 3600.0
     )
     refresh_token_ttl: float = _setting(
-        "REFRESH_TOKEN_TTL", _positive_float, "Lifetime of refresh tokens (rotated on every use), seconds.", 2592000.0
+        "REFRESH_TOKEN_TTL",
+        values.positive_float,
+        "Lifetime of refresh tokens (rotated on every use), seconds.",
+        2592000.0,
     )
-    code_ttl: float = _setting("CODE_TTL", _code_ttl, "Lifetime of authorization codes, seconds (at most 600).", 300.0)
+    code_ttl: float = _setting(
+        "CODE_TTL", values.code_ttl, "Lifetime of authorization codes, seconds (at most 600).", 300.0
+    )
     introspection_client_id: str | None = _setting(
         "INTROSPECTION_CLIENT_ID",
-        _optional_str,
+        values.optional_str,
         "Resource-server credentials for RFC 7662 introspection (sent by the MCP server, accepted by the "
         "authorization server).",
         None,
     )
     introspection_client_secret: str | None = _setting(
-        "INTROSPECTION_CLIENT_SECRET", _optional_str, "Secret of the introspection credentials.", None
+        "INTROSPECTION_CLIENT_SECRET", values.optional_str, "Secret of the introspection credentials.", None
     )
     introspection_cache_ttl: float = _setting(
         "INTROSPECTION_CACHE_TTL",
-        _positive_float,
+        values.positive_float,
         "Longest a positive introspection answer is reused (never beyond the token's `exp`), seconds.",
         30.0,
     )
     trusted_proxies: tuple[str, ...] = _setting(
         "TRUSTED_PROXIES",
-        _csv,
+        values.csv,
         "Proxy addresses or CIDRs whose `X-Forwarded-For` is believed (rate limits key on the client IP).",
         (),
     )
     rate_limit_per_minute: int = _setting(
         "RATE_LIMIT_PER_MINUTE",
-        _positive_int,
+        values.positive_int,
         "Requests per minute and client IP to each of /register, /authorize and /token.",
         60,
     )
     session_idle_ttl: float = _setting(
-        "SESSION_IDLE_TTL", _positive_float, "Seconds a session may stay idle before it is reaped.", 300.0
+        "SESSION_IDLE_TTL", values.positive_float, "Seconds a session may stay idle before it is reaped.", 300.0
     )
     subscription_update_interval: float = _setting(
         "SUBSCRIPTION_UPDATE_INTERVAL",
-        _positive_float,
+        values.positive_float,
         "Seconds between `notifications/resources/updated` for each subscribed resource.",
         10.0,
     )
     log_message_interval: float = _setting(
         "LOG_MESSAGE_INTERVAL",
-        _positive_float,
+        values.positive_float,
         "Seconds between the demo log notifications (random level, filtered by `logging/setLevel`).",
         15.0,
     )
     features: tuple[str, ...] = _setting(
         "FEATURES",
-        _feature_modules,
+        values.feature_modules,
         "Comma-separated feature modules to serve: `reference`, `conformance`, or dotted paths of your own "
         "modules exposing `build_catalog()`.",
         FEATURE_MODULES,
     )
     max_body_bytes: int = _setting(
-        "MAX_BODY_BYTES", _positive_int, "Largest accepted POST body in bytes (413 beyond).", 4 * 1024 * 1024
+        "MAX_BODY_BYTES", values.positive_int, "Largest accepted POST body in bytes (413 beyond).", 4 * 1024 * 1024
     )
     body_read_timeout: float = _setting(
         "BODY_READ_TIMEOUT",
-        _positive_float,
+        values.positive_float,
         "Seconds a client gets to send a whole request body (MCP and OAuth endpoints); 408 and the connection "
         "closed beyond.",
         BODY_READ_TIMEOUT,
     )
     max_sessions: int = _setting(
-        "MAX_SESSIONS", _positive_int, "Live sessions per instance before new ones get 503.", 100_000
+        "MAX_SESSIONS", values.positive_int, "Live sessions per instance before new ones get 503.", 100_000
     )
     allowed_hosts: tuple[str, ...] = _setting(
         "ALLOWED_HOSTS",
-        _csv,
+        values.csv,
         "Extra Host header values accepted (the base URL's host and loopback names always are).",
         (),
     )
     allowed_origins: tuple[str, ...] = _setting(
         "ALLOWED_ORIGINS",
-        _csv,
+        values.csv,
         "Extra browser origins accepted (the base URL's origin and loopback origins always are).",
         (),
     )
     heartbeat_interval: float = _setting(
-        "HEARTBEAT_INTERVAL", _positive_float, "Seconds between `: ping` comments on idle SSE streams.", 15.0
+        "HEARTBEAT_INTERVAL", values.positive_float, "Seconds between `: ping` comments on idle SSE streams.", 15.0
     )
     sse_retry_ms: int = _setting(
-        "SSE_RETRY_MS", _positive_int, "The `retry:` reconnection delay sent to SSE clients, in ms.", 1000
+        "SSE_RETRY_MS", values.positive_int, "The `retry:` reconnection delay sent to SSE clients, in ms.", 1000
     )
     write_stall_limit: float = _setting(
         "WRITE_STALL_LIMIT",
-        _positive_float,
+        values.positive_float,
         "Seconds one write of a response (one SSE event, or a whole non-streamed body) may wait for a client that "
         "does not read; then its connection is dropped (an SSE stream's session is left to the idle reaper).",
         WRITE_STALL_LIMIT,
     )
     event_log_max_events: int = _setting(
         "EVENT_LOG_MAX_EVENTS",
-        _positive_int,
+        values.positive_int,
         "Events kept per stream for `Last-Event-ID` replay; older ones are dropped.",
         MAX_EVENTS_PER_STREAM,
     )
     client_request_timeout: float = _setting(
         "CLIENT_REQUEST_TIMEOUT",
-        _positive_float,
+        values.positive_float,
         "Seconds a tool waits for the client to answer sampling or elicitation.",
         120.0,
     )
-    log_level: str = _setting("LOG_LEVEL", _log_level, "Python log level of the server's own log.", "INFO")
+    log_level: str = _setting("LOG_LEVEL", values.log_level, "Python log level of the server's own log.", "INFO")
     log_format: str = _setting(
         "LOG_FORMAT",
-        _log_format,
+        values.log_format,
         "`json`: one JSON object per line (see Logs below); `text`: one human-readable line per record.",
         "json",
     )
     access_log: str = _setting(
         "ACCESS_LOG",
-        _switch,
+        values.switch,
         "`on`: one INFO line per HTTP request; `off`: the same line at DEBUG (5xx answers are always logged).",
         "off",
     )
     metrics: str = _setting(
         "METRICS",
-        _metrics,
+        values.metrics,
         "Prometheus metrics: `off`, `on` (GET /metrics on the main port, unauthenticated) or `host:port` "
         "(a separate listener, e.g. `127.0.0.1:9100`).",
         "off",
