@@ -873,6 +873,13 @@ class LegacyStream:
                     return line[5:].strip()
         raise AssertionError("SSE stream ended")
 
+    async def next_reply(self) -> dict[str, Any]:
+        """The next response on the stream; the demo's periodic log notifications may arrive in between."""
+        while True:
+            message = json.loads(await self.next_data())
+            if "id" in message:
+                return message
+
 
 @asynccontextmanager
 async def open_legacy(http: httpx.AsyncClient, server: Checked) -> AsyncIterator[tuple[str, LegacyStream]]:
@@ -943,7 +950,7 @@ async def test_legacy_message_is_accepted_and_answered_on_the_stream(server: Che
     async with open_legacy(http, server) as (endpoint, events):
         accepted = await http.post(endpoint, json=rpc("initialize", 0, LEGACY_INIT_PARAMS))
         assert accepted.status_code == 202, accepted.text
-        answer = json.loads(await events.next_data())
+        answer = await events.next_reply()
         assert answer["id"] == 0 and answer["result"]["protocolVersion"] == "2024-11-05"
 
         note = await http.post(endpoint, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
@@ -952,7 +959,7 @@ async def test_legacy_message_is_accepted_and_answered_on_the_stream(server: Che
         # Errors of a well-formed request arrive on the stream too, with the request id.
         unknown = await http.post(endpoint, json=rpc("no/such/method", 21))
         assert unknown.status_code == 202, unknown.text
-        error = json.loads(await events.next_data())
+        error = await events.next_reply()
         assert error["id"] == 21 and error["error"]["code"] == -32601
 
         # Malformed bodies are refused on the POST itself.
@@ -965,5 +972,5 @@ async def test_legacy_message_is_accepted_and_answered_on_the_stream(server: Che
 
         ping = await http.post(endpoint, json=rpc("ping", 24))
         assert ping.status_code == 202
-        assert json.loads(await events.next_data()) == {"jsonrpc": "2.0", "id": 24, "result": {}}
+        assert await events.next_reply() == {"jsonrpc": "2.0", "id": 24, "result": {}}
     await server.assert_healthy(http)
