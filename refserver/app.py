@@ -35,6 +35,7 @@ from refserver.registry import SessionRegistry
 from refserver.transport import legacy_sse, pages, streamable_http
 from refserver.transport.refusals import RefusalPolicy
 from refserver.transport.services import Services
+from refserver.transport.stateless import StatelessExchange
 from refserver.web import response_headers
 from refserver.web.errors import register_error_handlers
 from refserver.web.observation import observe_http
@@ -164,7 +165,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         )
     backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
-    core = RequestCore(features)
+    core = RequestCore(features, website_url=f"{settings.base_url.rstrip('/')}/")
     registry: SessionRegistry = observed.ObservedRegistry(
         events=backend.events,
         store=backend.store,
@@ -201,7 +202,13 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             metrics.add_verifier(verifier.statistics)
     connect_revocations(auth_server.revoker if auth_server else None, verifier.cache if verifier else None, backend.bus)
     origin_policy = OriginPolicy.from_settings(settings)
-    services = Services(settings, registry, core, origin_policy, guard)
+    stateless = StatelessExchange(
+        core,
+        state_keys=settings.request_state_keys,
+        state_ttl=settings.request_state_ttl,
+        heartbeat_interval=settings.heartbeat_interval,
+    )
+    services = Services(settings, registry, core, origin_policy, guard, stateless)
 
     refusals = RefusalPolicy(settings, metrics)
     app = QuartTrio("refserver")
@@ -230,6 +237,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             await app.nursery.start(backend.bus.run)
         if auth_server is not None:
             await auth_server.keys.load_or_create()
+        await stateless.load_keys(backend.kv)
         if verifier is not None:
             await app.nursery.start(verifier.run)
         await app.nursery.start(registry.run)

@@ -14,7 +14,6 @@ import mcp_types as types
 
 from refserver.protocol.core import CoreRequest, InputResponses, RequestMeta
 from refserver.protocol.jsonrpc import Notification
-from refserver.protocol.lifecycle import log_level_allows
 
 
 class Emitter(Protocol):
@@ -32,9 +31,9 @@ class Emitter(Protocol):
         """Tell the client that `uri` changed, if it subscribed to it."""
         ...
 
-    @property
-    def log_level(self) -> str | None:
-        """The threshold for the request's log messages (a 2025 session's may change while a call runs)."""
+    def allows_log(self, level: str) -> bool:
+        """Whether a log message at `level` goes to the client (a 2025 session's threshold may change while a
+        call runs; a 2026 request gets log messages only if it asked, at the level it asked)."""
         ...
 
 
@@ -82,7 +81,7 @@ class CallContext:
         await self._emitter.send(Notification("notifications/progress", params))
 
     async def log(self, level: types.LoggingLevel, data: Any, logger: str | None = None) -> None:
-        if not log_level_allows(self._emitter.log_level, level):
+        if not self._emitter.allows_log(level):
             return
         params: dict[str, Any] = {"level": level, "data": data}
         if logger is not None:

@@ -196,6 +196,26 @@ class Settings:
         "Seconds a tool waits for the client to answer sampling or elicitation.",
         120.0,
     )
+    request_state_keys: tuple[str, ...] = _setting(
+        "REQUEST_STATE_KEYS",
+        values.csv,
+        "Secrets sealing a multi round-trip request's `requestState` (2026 era), newest first: the first seals, "
+        "all open (rotation). Unset: one is generated and kept in Redis (shared by every instance), or per "
+        "process on the memory backend.",
+        (),
+    )
+    request_state_ttl: float = _setting(
+        "REQUEST_STATE_TTL",
+        values.positive_float,
+        "Seconds a client has to answer an `InputRequiredResult` and retry before its `requestState` expires.",
+        600.0,
+    )
+    max_listeners: int = _setting(
+        "MAX_LISTENERS",
+        values.positive_int,
+        "Open `subscriptions/listen` streams per instance before new ones get 503.",
+        10_000,
+    )
     log_level: str = _setting("LOG_LEVEL", values.log_level, "Python log level of the server's own log.", "INFO")
     log_format: str = _setting(
         "LOG_FORMAT",

@@ -21,9 +21,11 @@ from mcp_types import methods as wire
 from refserver import __version__
 from refserver.call_context import CallContext, Emitter
 from refserver.errors import (
+    ClientCapabilityMissing,
     InternalError,
     InvalidParams,
     MethodNotFound,
+    MissingRequiredClientCapability,
     RefserverError,
     ResourceNotFound,
 )
@@ -40,6 +42,7 @@ from refserver.protocol.core import (
     Subscribed,
     Unsubscribed,
 )
+from refserver.protocol.envelope import STATELESS_VERSIONS, stateless_result
 from refserver.protocol.lifecycle import LATEST_VERSION, LOG_LEVELS, parse_initialize
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,17 @@ RESOURCES_PAGE_SIZE: Final = 10
 MAX_COMPLETION_VALUES: Final = 100
 """The spec caps `completion/complete` at 100 values per response."""
 SERVER_NAME: Final = "refserver"
+SERVER_DESCRIPTION: Final = (
+    "A production-grade remote MCP server: both protocol eras on one endpoint, OAuth 2.1, any number of instances."
+)
+SERVER_ICON: Final = {
+    # Inline, so that the icon needs no route and no request to another origin.
+    "src": "data:image/svg+xml;base64,"
+    "PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHZpZXdCb3g9IjAgMCAxNiAxNiI+PHJlY3Qgd2lkdGg9IjE2IiBo"
+    "ZWlnaHQ9IjE2IiByeD0iMyIgZmlsbD0iIzI1NjNlYiIvPjwvc3ZnPg==",
+    "mimeType": "image/svg+xml",
+    "sizes": ["any"],
+}
 INSTRUCTIONS: Final = (
     "refserver is an MCP feature reference server: tools (echo, add, longRunningOperation, sampleLLM, "
     "getTinyImage, annotatedMessage, getResourceReference, elicitInputs, getWeather), 100 paginated "
@@ -77,8 +91,17 @@ def _decode_cursor(cursor: str | None) -> int:
 
 
 class RequestCore:
-    def __init__(self, features: FeatureIndex) -> None:
+    def __init__(self, features: FeatureIndex, *, website_url: str | None = None) -> None:
         self.features = features
+        self.server_info: dict[str, Any] = {
+            "name": SERVER_NAME,
+            "title": "refserver MCP reference server",
+            "version": __version__,
+            "description": SERVER_DESCRIPTION,
+            "icons": [SERVER_ICON],
+        }
+        if website_url:
+            self.server_info["websiteUrl"] = website_url
         self._validators = {
             name: jsonschema.Draft202012Validator(tool.definition.input_schema) for name, tool in features.tools.items()
         }
@@ -97,6 +120,7 @@ class RequestCore:
             "prompts/get": self._get_prompt,
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
+            "server/discover": self._discover,
         }
 
     def capabilities(self) -> dict[str, Any]:
@@ -114,6 +138,8 @@ class RequestCore:
         try:
             return await self._handle(request, emitter)
         except RefserverError as exc:
+            if request.meta.protocol_version in STATELESS_VERSIONS:
+                return Failed(_as_stateless_error(exc))
             return Failed(exc)
         except Exception:
             logger.exception("request %s (%s) failed", request.id, request.method)
@@ -124,7 +150,7 @@ class RequestCore:
         if handler is None:
             raise MethodNotFound(f"Method not found: {request.method}")
         version = request.meta.protocol_version
-        if request.method == "initialize":
+        if request.method == "initialize" and version not in STATELESS_VERSIONS:
             version = LATEST_VERSION  # the session's version is what initialize is about to decide
         try:
             typed = wire.parse_client_request(request.method, version, request.params)
@@ -146,6 +172,10 @@ class RequestCore:
             data = result
         else:
             data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        if version in STATELESS_VERSIONS:
+            data = stateless_result(
+                request.method, data, self.server_info, self.features.cache_hint(request.method, request.params)
+            )
         return Complete(wire.serialize_server_result(request.method, version, data), changes)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -155,14 +185,17 @@ class RequestCore:
         result = {
             "protocolVersion": initialized.protocol_version,
             "capabilities": self.capabilities(),
-            "serverInfo": {
-                "name": SERVER_NAME,
-                "title": "refserver MCP reference server",
-                "version": __version__,
-            },
+            "serverInfo": {key: self.server_info[key] for key in ("name", "title", "version")},
             "instructions": INSTRUCTIONS,
         }
         return Complete(result, (initialized,))
+
+    async def _discover(self, params: Any, request: CoreRequest, context: CallContext) -> dict[str, Any]:
+        return {
+            "supportedVersions": list(STATELESS_VERSIONS),
+            "capabilities": self.capabilities(),
+            "instructions": INSTRUCTIONS,
+        }
 
     async def _ping(self, params: Any, request: CoreRequest, context: CallContext) -> dict[str, Any]:
         return {}
@@ -273,10 +306,24 @@ class RequestCore:
         )
 
 
+def _as_stateless_error(error: RefserverError) -> RefserverError:
+    """The 2026 revision's code for an error the 2025 era answers otherwise."""
+    if isinstance(error, ResourceNotFound):
+        return InvalidParams(error.message, data=error.data)  # SEP-2164: an unknown resource is a bad param
+    if isinstance(error, ClientCapabilityMissing):
+        return MissingRequiredClientCapability(error.message, data={"requiredCapabilities": {error.capability: {}}})
+    return error
+
+
 async def _run_tool(tool: Tool, arguments: dict[str, Any], context: CallContext) -> HandlerResult:
-    """Errors inside a tool become an `isError` result the model can read, never a protocol error."""
+    """Errors inside a tool become an `isError` result the model can read, never a protocol error, except that
+    in the 2026 era a missing client capability is the request's error (-32021), as the revision requires."""
     try:
         return await tool.handler(arguments, context)
+    except ClientCapabilityMissing as exc:
+        if context.meta.protocol_version in STATELESS_VERSIONS:
+            raise
+        return _tool_error(exc.message)
     except RefserverError as exc:
         return _tool_error(exc.message)
     except Exception:

@@ -17,6 +17,10 @@ INTERNAL_ERROR = -32603
 # Implementation-defined server errors (-32000..-32019).
 SERVER_ERROR = -32000
 RESOURCE_NOT_FOUND = -32002  # what MCP servers have used for unknown resource URIs since 2024-11-05
+# The 2026-07-28 revision's own codes.
+HEADER_MISMATCH = -32020
+MISSING_REQUIRED_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 
 class RefserverError(Exception):
@@ -72,10 +76,17 @@ class RequestCancelled(RefserverError):
 
 
 class ClientCapabilityMissing(RefserverError):
-    """A feature needs a client capability (sampling, elicitation) that the client did not declare."""
+    """A feature needs a client capability (sampling, elicitation) that the client did not declare.
+
+    A 2025 tool reports it as its own error result; in the 2026 era it becomes `MissingRequiredClientCapability`.
+    """
 
     jsonrpc_code = INVALID_REQUEST
     http_status = 200
+
+    def __init__(self, message: str, *, capability: str) -> None:
+        super().__init__(message)
+        self.capability = capability
 
 
 class ClientRequestFailed(RefserverError):
@@ -126,7 +137,32 @@ class SessionNotFound(TransportError):
     http_status = 404
 
 
-class UnsupportedProtocolVersion(TransportError):
+class BadProtocolVersionHeader(TransportError):
+    """A 2025 session's request names a version in `MCP-Protocol-Version` that the server does not speak."""
+
+    http_status = 400
+
+
+class UnsupportedProtocolVersion(RefserverError):
+    """A 2026 request's `_meta` names a version the server does not serve; `data` lists the ones it does."""
+
+    jsonrpc_code = UNSUPPORTED_PROTOCOL_VERSION
+    http_status = 400
+
+
+class HeaderMismatch(RefserverError):
+    """A 2026 request's routing headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`)
+    disagree with its body, or are missing."""
+
+    jsonrpc_code = HEADER_MISMATCH
+    http_status = 400
+
+
+class MissingRequiredClientCapability(RefserverError):
+    """A 2026 request needs a client capability its `_meta` did not declare; `data.requiredCapabilities`
+    names it as a ClientCapabilities object."""
+
+    jsonrpc_code = MISSING_REQUIRED_CLIENT_CAPABILITY
     http_status = 400
 
 

@@ -30,6 +30,7 @@ from refserver.protocol.core import (
     InputResponse,
 )
 from refserver.protocol.jsonrpc import ErrorResponse, Message, Notification, Request, RequestId, Response
+from refserver.protocol.lifecycle import log_level_allows
 
 if TYPE_CHECKING:
     from refserver.session import Session
@@ -140,9 +141,8 @@ class SessionEmitter(Emitter):
         self._session = session
         self._stream_id = stream_id
 
-    @property
-    def log_level(self) -> str | None:
-        return self._session.state.log_level  # `logging/setLevel` applies to calls already running
+    def allows_log(self, level: str) -> bool:
+        return log_level_allows(self._session.state.log_level, level)  # `logging/setLevel` applies to calls running
 
     async def send(self, notification: Notification) -> None:
         await self._session.append(self._stream_id, notification)

@@ -444,7 +444,8 @@ async def test_post_without_session_id_is_bad_request(
     server: Checked, http: httpx.AsyncClient, message: dict[str, Any]
 ) -> None:
     response = await http.post(server.mcp_url, json=message, headers=POST_HEADERS)
-    assert_rpc_error(response, 400, -32600, mentions=("mcp-session-id",))
+    refused_request = message.get("id") if "method" in message else None
+    assert_rpc_error(response, 400, -32600, request_id=refused_request, mentions=("mcp-session-id",))
     assert "mcp-session-id" not in response.headers
     await server.assert_healthy(http)
 
@@ -461,8 +462,9 @@ async def test_get_and_delete_without_session_id_are_bad_requests(server: Checke
 
 async def assert_session_gone(http: httpx.AsyncClient, server: Checked, session_id: str) -> None:
     headers = session_headers(session_id)
-    post = await http.post(server.mcp_url, json=rpc("ping"), headers=headers)
-    assert_rpc_error(post, 404, -32000, mentions=("session not found",))
+    post = await http.post(server.mcp_url, json=rpc("ping", 41), headers=headers)
+    # The body was read before the session was looked up: the refusal names the request it refuses.
+    assert_rpc_error(post, 404, -32000, request_id=41, mentions=("session not found",))
     note = await http.post(
         server.mcp_url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
     )
@@ -498,11 +500,11 @@ async def test_unsupported_protocol_version_header_is_bad_request(
 ) -> None:
     headers = session_headers(session_id, version="1999-01-01")
     post = await http.post(server.mcp_url, json=rpc("ping"), headers=headers)
-    assert_rpc_error(post, 400, -32600, mentions=("1999-01-01", "MCP-Protocol-Version"))
+    assert_rpc_error(post, 400, -32600, request_id=1, mentions=("1999-01-01", "MCP-Protocol-Version"))
     get = await http.get(server.mcp_url, headers={**headers, "Accept": "text/event-stream"})
     assert_rpc_error(get, 400, -32600, mentions=("1999-01-01",))
     garbage = await http.post(server.mcp_url, json=rpc("ping"), headers=session_headers(session_id, "latest"))
-    assert_rpc_error(garbage, 400, -32600, mentions=("latest",))
+    assert_rpc_error(garbage, 400, -32600, request_id=1, mentions=("latest",))
 
     # A supported version works, and so does no header at all.
     ok = await http.post(server.mcp_url, json=rpc("ping", 17), headers=session_headers(session_id))

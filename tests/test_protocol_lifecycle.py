@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from refserver.errors import INVALID_REQUEST, InvalidRequest, UnsupportedProtocolVersion
+from refserver.errors import INVALID_REQUEST, BadProtocolVersionHeader, InvalidRequest
 from refserver.protocol.lifecycle import (
     DEFAULT_HEADER_VERSION,
     LATEST_VERSION,
@@ -77,7 +77,7 @@ def test_supported_header_wins_over_negotiated(header: str) -> None:
 
 @pytest.mark.parametrize("header", ["2099-01-01", "", "2025-06-18 ", "2025-6-18", "garbage"])
 def test_unsupported_header_is_rejected(header: str) -> None:
-    with pytest.raises(UnsupportedProtocolVersion) as info:
+    with pytest.raises(BadProtocolVersionHeader) as info:
         check_protocol_version_header(header, "2025-06-18")
     assert info.value.http_status == 400
     assert info.value.jsonrpc_code == INVALID_REQUEST

@@ -27,6 +27,7 @@ from refserver.protocol.core import (
     Unsubscribed,
 )
 from refserver.protocol.jsonrpc import Notification
+from refserver.protocol.lifecycle import log_level_allows
 from refserver.protocol.session_state import SessionState
 
 VERSION = "2025-11-25"
@@ -51,6 +52,9 @@ class RecordingEmitter:
 
     async def resource_updated(self, uri: str) -> None:
         self.updated.append(uri)
+
+    def allows_log(self, level: str) -> bool:
+        return log_level_allows(self.log_level, level)
 
 
 @pytest.fixture(scope="module")

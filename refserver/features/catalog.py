@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import mcp_types as types
 
 from refserver.features.context import FeatureContext
-from refserver.protocol.core import InputRequired
+from refserver.protocol.core import CacheHint, InputRequired
 
 ToolOutcome: TypeAlias = types.CallToolResult | InputRequired
 """A tool's answer, or what it needs from the client first (it is called again with the answers)."""
@@ -33,10 +33,18 @@ class Tool:
     handler: ToolHandler
 
 
+NO_CACHE: Final = CacheHint(0, "private")
+"""For what may change at any time or differ per user: read it again every time."""
+LISTING_CACHE: Final = CacheHint(60_000, "public")
+"""The lists are the same for every user and change rarely (and a `list_changed` notification says when)."""
+DISCOVERY_CACHE: Final = CacheHint(300_000, "public")
+
+
 @attrs.frozen
 class Resource:
     definition: types.Resource
     read: ResourceReader
+    cache: CacheHint = NO_CACHE
 
 
 @attrs.frozen
@@ -44,6 +52,7 @@ class ResourceTemplate:
     definition: types.ResourceTemplate
     read: TemplateReader
     completions: Mapping[str, Completer] = attrs.field(factory=dict)
+    cache: CacheHint = NO_CACHE
     _pattern: re.Pattern[str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -77,6 +86,8 @@ class Catalog:
     resources: Sequence[Resource] = ()
     templates: Sequence[ResourceTemplate] = ()
     prompts: Sequence[Prompt] = ()
+    listing_cache: CacheHint = LISTING_CACHE
+    """How long the lists of this catalog may be reused; merged catalogs take the stricter of their hints."""
 
     def merged_with(self, other: Catalog) -> Catalog:
         return Catalog(
@@ -84,6 +95,7 @@ class Catalog:
             resources=(*self.resources, *other.resources),
             templates=(*self.templates, *other.templates),
             prompts=(*self.prompts, *other.prompts),
+            listing_cache=self.listing_cache.combined(other.listing_cache),
         )
 
 
@@ -118,6 +130,21 @@ class FeatureIndex:
             variables = template.match(uri)
             if variables is not None:
                 return template, variables
+        return None
+
+    def cache_hint(self, method: str, params: Mapping[str, Any] | None) -> CacheHint | None:
+        """The caching hint of a cacheable method's result, from the features' own metadata; None otherwise."""
+        if method == "server/discover":
+            return DISCOVERY_CACHE
+        if method in ("tools/list", "prompts/list", "resources/list", "resources/templates/list"):
+            return self.catalog.listing_cache
+        if method == "resources/read":
+            uri = str((params or {}).get("uri", ""))
+            resource = self.resources.get(uri)
+            if resource is not None:
+                return resource.cache
+            found = self.find_template(uri)
+            return found[0].cache if found else NO_CACHE
         return None
 
     def template_by_uri(self, uri_template: str) -> ResourceTemplate | None:

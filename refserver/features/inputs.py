@@ -39,7 +39,9 @@ def ask(ctx: FeatureContext, state: Mapping[str, Any] | None = None, **requests:
     for request in requests.values():
         capability = CAPABILITY_FOR_INPUT[request.method]
         if not ctx.meta.client_supports(capability):
-            raise ClientCapabilityMissing(f"the client did not declare the {capability} capability")
+            raise ClientCapabilityMissing(
+                f"the client did not declare the {capability} capability", capability=capability
+            )
     return InputRequired(requests, dict(state or {}))
 
 

@@ -100,6 +100,19 @@ class CoreRequest:
     """What the handler kept in its previous `InputRequired` (already verified by the adapter)."""
 
 
+@attrs.frozen
+class CacheHint:
+    """How long a client (`private`) or any cache (`public`) may reuse a result (2026: `ttlMs`, `cacheScope`)."""
+
+    ttl_ms: int
+    scope: str = "public"
+
+    def combined(self, other: CacheHint) -> CacheHint:
+        """Both hints at once: the shorter lifetime, and private if either result is private."""
+        scope = "private" if "private" in (self.scope, other.scope) else "public"
+        return CacheHint(min(self.ttl_ms, other.ttl_ms), scope)
+
+
 # --- session state changes --------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import attrs
 
-from refserver.errors import InvalidRequest, UnsupportedProtocolVersion
+from refserver.errors import BadProtocolVersionHeader, InvalidRequest
 from refserver.protocol.core import Initialized
 
 SUPPORTED_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -36,7 +36,7 @@ def check_protocol_version_header(header: str | None, negotiated: str | None) ->
     if header is None:
         return negotiated or DEFAULT_HEADER_VERSION
     if header not in SUPPORTED_VERSIONS:
-        raise UnsupportedProtocolVersion(
+        raise BadProtocolVersionHeader(
             f"Unsupported MCP-Protocol-Version {header!r}; supported: {', '.join(SUPPORTED_VERSIONS)}"
         )
     return header

@@ -33,7 +33,7 @@ class ClientDisconnected(Exception):
 class HttpRequest:
     """One HTTP request: method, path, headers (lowercase names, the first value of each) and its body."""
 
-    __slots__ = ("_receive", "body_complete", "headers", "method", "path", "query_string", "scope")
+    __slots__ = ("_receive", "body_complete", "headers", "method", "path", "query_string", "rpc_id", "scope")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
@@ -47,6 +47,8 @@ class HttpRequest:
             headers.setdefault(bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
         self.headers = headers
         self.body_complete = False
+        self.rpc_id: int | str | None = None
+        """The id of the request in the body, once read: a refusal after that point echoes it."""
 
     def header(self, name: str) -> str | None:
         """A request header by its lowercase name."""

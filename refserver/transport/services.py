@@ -8,6 +8,7 @@ from refserver.config import Settings
 from refserver.dispatch import RequestCore
 from refserver.oauth.resource import ResourceGuard
 from refserver.registry import SessionRegistry
+from refserver.transport.stateless import StatelessExchange
 from refserver.web.origins import OriginPolicy
 
 
@@ -19,3 +20,5 @@ class Services:
     origin_policy: OriginPolicy
     guard: ResourceGuard | None
     """None when REFSERVER_AUTH_MODE=none."""
+    stateless: StatelessExchange
+    """The 2026-era adapter."""

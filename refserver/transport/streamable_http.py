@@ -27,7 +27,9 @@ from refserver.errors import (
     SessionNotFound,
 )
 from refserver.observability.http import note_route
+from refserver.protocol.envelope import Era, body_meta, era_of
 from refserver.protocol.jsonrpc import (
+    Notification,
     ParsedBody,
     Request,
     parse_body,
@@ -91,27 +93,31 @@ class StreamableHttpEndpoint:
             return
         note_route(MCP_PATH)
         request = HttpRequest(scope, receive)
-        try:
-            response = await self._handle(request)
-        except RefserverError as exc:
-            response = self._refusal(request, exc)
-        except ClientDisconnected:
-            return  # the client left while its body was being read: nobody to answer
-        except Exception as exc:
-            response = HttpResponse(500, unexpected_exception_body(exc).encode())
-        origin = request.header("origin")
-        headers = encode_headers(
-            response,
-            [
-                *response_headers.security_headers(self._settings, response.content_type),
-                *response_headers.mcp_cors_headers(origin, self._services.origin_policy),
-                *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
-            ],
-        )
-        await send_response(request, send, response, headers)
+        # A 2026 request's handler runs in here, so that it ends with the answer (a closed stream cancels it).
+        async with trio.open_nursery() as request_work:
+            try:
+                response = await self._handle(request, request_work)
+            except RefserverError as exc:
+                response = self._refusal(request, exc)
+            except ClientDisconnected:
+                request_work.cancel_scope.cancel()
+                return  # the client left while its body was being read: nobody to answer
+            except Exception as exc:
+                response = HttpResponse(500, unexpected_exception_body(exc).encode())
+            origin = request.header("origin")
+            headers = encode_headers(
+                response,
+                [
+                    *response_headers.security_headers(self._settings, response.content_type),
+                    *response_headers.mcp_cors_headers(origin, self._services.origin_policy),
+                    *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
+                ],
+            )
+            await send_response(request, send, response, headers)
+            request_work.cancel_scope.cancel()
 
     def _refusal(self, request: HttpRequest, exc: RefserverError) -> HttpResponse:
-        status, body, headers = error_parts(exc)
+        status, body, headers = error_parts(exc, request.rpc_id)
         headers.update(self._refusals.headers_for(exc))
         if request.has_body and not request.body_complete:
             # Refused before its body was read: a client reusing the connection would send the rest as a new
@@ -119,9 +125,9 @@ class StreamableHttpEndpoint:
             headers["Connection"] = "close"
         return HttpResponse(status, body.encode(), headers=tuple(headers.items()))
 
-    async def _handle(self, request: HttpRequest) -> HttpResponse:
+    async def _handle(self, request: HttpRequest, request_work: trio.Nursery) -> HttpResponse:
         if request.method == "POST":
-            return await self._post(request)
+            return await self._post(request, request_work)
         if request.method == "GET":
             return await self._get(request)
         if request.method == "DELETE":
@@ -149,12 +155,18 @@ class StreamableHttpEndpoint:
 
     # --- POST -------------------------------------------------------------------------------------
 
-    async def _post(self, request: HttpRequest) -> HttpResponse:
+    async def _post(self, request: HttpRequest, request_work: trio.Nursery) -> HttpResponse:
         owner = await self._admit(request)
         check_post_accept(request.header("accept"))
         check_json_content_type(request.header("content-type"))
         parsed = parse_body(await request.read_body(self._settings.max_body_bytes, self._settings.body_read_timeout))
-        if not request.header("mcp-session-id"):
+        first = parsed.messages[0]
+        request.rpc_id = first.id if isinstance(first, Request) and not parsed.is_batch else None
+        params = first.params if isinstance(first, Request | Notification) else None
+        session_id = request.header("mcp-session-id")
+        if era_of(session_id, request.header("mcp-protocol-version"), body_meta(params)) is Era.STATELESS:
+            return await self._services.stateless.answer(request, parsed, owner, request_work)
+        if not session_id:
             return await self._initialize(parsed, owner)
         session = await self._session(request, owner)
         return await self._deliver(session, parsed)

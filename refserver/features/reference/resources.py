@@ -16,10 +16,13 @@ from refserver.errors import ResourceNotFound
 from refserver.features.catalog import Resource, ResourceContents, ResourceReader, ResourceTemplate
 from refserver.features.context import FeatureContext
 from refserver.features.reference.completions import choices_completer
+from refserver.protocol.core import CacheHint
 
 RESOURCE_COUNT: Final = 100
 RESOURCE_URI_PREFIX: Final = "test://static/resource/"
 RESOURCE_URI_TEMPLATE: Final = RESOURCE_URI_PREFIX + "{id}"
+STATIC_CONTENT: Final = CacheHint(60_000, "public")
+"""The static resources read the same for everyone; an update notification tells a subscriber to read again."""
 
 
 def resource_uri(resource_id: int) -> str:
@@ -59,7 +62,7 @@ def static_resources() -> list[Resource]:
     for resource_id in range(1, RESOURCE_COUNT + 1):
         mime_type = "text/plain" if resource_id % 2 == 1 else "application/octet-stream"
         definition = types.Resource(uri=resource_uri(resource_id), name=f"Resource {resource_id}", mime_type=mime_type)
-        resources.append(Resource(definition=definition, read=_static_reader(resource_id)))
+        resources.append(Resource(definition=definition, read=_static_reader(resource_id), cache=STATIC_CONTENT))
     return resources
 
 

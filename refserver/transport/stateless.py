@@ -1,0 +1,250 @@
+"""The 2026-era adapter: one self-contained POST in, one answer out, no session, no shared store on the way.
+
+Each request carries its metadata in `_meta` (checked by `protocol/envelope.py`). Its handler runs as a task of
+the HTTP request's own nursery and hands what it produces to the answer through a bounded channel: if the
+result comes before anything else, the answer is plain JSON with the status the error table gives; the first
+notification (or a handler silent for a heartbeat interval) turns it into an SSE stream that ends with the
+result. Closing that stream is how a 2026 client cancels: the request's nursery ends and the handler with it.
+
+A handler that needs the client answers `InputRequired`: the client gets an `InputRequiredResult` with the input
+requests and a sealed `requestState`, and retries with `inputResponses`, on this instance or any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, Final
+
+import attrs
+import trio
+
+from refserver.backend.kv import KeyValueStore
+from refserver.backend.shared_secret import load_or_create_secret
+from refserver.call_context import Emitter
+from refserver.dispatch import RequestCore
+from refserver.errors import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
+    PARSE_ERROR,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    RefserverError,
+)
+from refserver.protocol.core import Complete, CoreRequest, Failed, InputRequired, RequestMeta
+from refserver.protocol.envelope import input_required_result, read_envelope
+from refserver.protocol.jsonrpc import ErrorResponse, Notification, ParsedBody, Request, Response, encode_message
+from refserver.protocol.lifecycle import log_level_allows
+from refserver.protocol.request_state import RequestStateSeal, derive_key
+from refserver.protocol.sse import HEARTBEAT, encode_event
+from refserver.transport.asgi import EVENT_STREAM, HttpRequest, HttpResponse
+from refserver.transport.sse_stream import SSE_HEADERS
+
+logger = logging.getLogger(__name__)
+
+STATUS_FOR_CODE: Final[Mapping[int, int]] = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    MISSING_REQUIRED_CLIENT_CAPABILITY: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
+"""The HTTP status of a 2026 error answer, by JSON-RPC code (streamable-http.mdx); any other code is 200, where
+the error is the request's answer rather than a refusal of it. An internal error keeps its 500."""
+
+FRAME_BUFFER: Final = 32
+"""Notifications a handler may get ahead of a slow client before its own sends wait (backpressure)."""
+MAX_INPUT_RESPONSES: Final = 32
+MAX_INPUT_RESPONSES_BYTES: Final = 256 * 1024
+"""An `inputResponses` map beyond these is refused: no handler here asks for more than a few answers."""
+REQUEST_STATE_SECRET: Final = "request-state-key"
+INPUT_METHODS: Final = frozenset({"tools/call", "prompts/get", "resources/read"})
+"""The requests that may answer `InputRequiredResult` (mrtr.mdx, "Supported Requests")."""
+
+
+def status_for(error: RefserverError) -> int:
+    if error.jsonrpc_code == INTERNAL_ERROR:
+        return 500
+    return STATUS_FOR_CODE.get(error.jsonrpc_code, 200)
+
+
+def error_answer(request_id: int | str | None, error: RefserverError) -> HttpResponse:
+    body = encode_message(ErrorResponse(request_id, error.jsonrpc_code, error.message, error.data))
+    return HttpResponse(status_for(error), body.encode())
+
+
+@attrs.frozen
+class _Final:
+    """The request's last message: its result or its error."""
+
+    body: str
+    error: RefserverError | None = None
+
+
+class StatelessEmitter(Emitter):
+    """What one 2026 request sends while it runs goes onto its own response, as SSE events."""
+
+    def __init__(self, meta: RequestMeta, frames: trio.MemorySendChannel[str | _Final]) -> None:
+        self._meta = meta
+        self._frames = frames
+
+    async def send(self, notification: Notification) -> None:
+        # The client closed the stream: the request is being cancelled, what it still says goes nowhere.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._frames.send(encode_message(notification))
+
+    async def end_connection(self) -> None:
+        """A 2026 response stream cannot be resumed: ending it would cancel the request, so it stays open."""
+
+    async def resource_updated(self, uri: str) -> None:
+        """Listeners learn of changes through `subscriptions/listen`; a request's own stream does not carry them."""
+
+    def allows_log(self, level: str) -> bool:
+        # No level in `_meta`: the client asked for no log messages at all (the revision has no default).
+        return self._meta.log_level is not None and log_level_allows(self._meta.log_level, level)
+
+
+class StatelessExchange:
+    """Serves one 2026 POST body."""
+
+    def __init__(
+        self, core: RequestCore, *, state_keys: tuple[str, ...], state_ttl: float, heartbeat_interval: float
+    ) -> None:
+        self._core = core
+        self._configured_keys = state_keys
+        self._state_ttl = state_ttl
+        self._heartbeat_interval = heartbeat_interval
+        self._sealer: RequestStateSeal | None = None
+
+    async def load_keys(self, store: KeyValueStore) -> None:
+        """The `requestState` keys: configured, or one shared through the store (see `backend/shared_secret.py`)."""
+        secrets = [derive_key(key) for key in self._configured_keys]
+        if not secrets:
+            secrets = [derive_key(await load_or_create_secret(store, REQUEST_STATE_SECRET))]
+        self._sealer = RequestStateSeal(secrets, self._state_ttl, time.time)
+
+    @property
+    def _seal(self) -> RequestStateSeal:
+        if self._sealer is None:
+            raise InternalError("request state keys are not loaded yet")
+        return self._sealer
+
+    async def answer(
+        self, request: HttpRequest, parsed: ParsedBody, subject: str | None, nursery: trio.Nursery
+    ) -> HttpResponse:
+        if parsed.is_batch:
+            raise InvalidRequest("Invalid Request: JSON-RPC batches are not part of protocol 2026-07-28")
+        message = parsed.messages[0]
+        if isinstance(message, Notification):
+            # The revision defines no client notification that acts on anything here (cancelling is closing
+            # the response stream); it is acknowledged and dropped.
+            return HttpResponse(202, content_type="text/plain")
+        if not isinstance(message, Request):
+            raise InvalidRequest("Invalid Request: a 2026-07-28 client sends requests, not responses")
+        try:
+            meta = read_envelope(message.method, message.params, request.headers, subject)
+            core_request = self._core_request(message, meta)
+        except RefserverError as error:
+            return error_answer(message.id, error)
+        frames_in, frames_out = trio.open_memory_channel[str | _Final](FRAME_BUFFER)
+        nursery.start_soon(self._run, core_request, frames_in)
+        first: str | _Final | None = None
+        with trio.move_on_after(self._heartbeat_interval):
+            try:
+                first = await frames_out.receive()
+            except trio.EndOfChannel:
+                return error_answer(message.id, InternalError("the request ended without an answer"))
+        if isinstance(first, _Final):
+            frames_out.close()
+            if first.error is not None:
+                return HttpResponse(status_for(first.error), first.body.encode())
+            return HttpResponse(200, first.body.encode())
+        return HttpResponse(
+            200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=self._stream(first, frames_out)
+        )
+
+    def _core_request(self, message: Request, meta: RequestMeta) -> CoreRequest:
+        params = message.params or {}
+        responses = params.get("inputResponses")
+        token = params.get("requestState")
+        if message.method not in INPUT_METHODS or (responses is None and token is None):
+            return CoreRequest(message.id, message.method, message.params, meta)
+        if responses is None:
+            responses = {}
+        if not isinstance(responses, dict) or not all(isinstance(r, dict) for r in responses.values()):
+            raise InvalidParams("inputResponses must map each input request key to the client's result object")
+        if len(responses) > MAX_INPUT_RESPONSES or len(json.dumps(responses)) > MAX_INPUT_RESPONSES_BYTES:
+            raise InvalidParams(
+                f"inputResponses is too large (at most {MAX_INPUT_RESPONSES} answers "
+                f"and {MAX_INPUT_RESPONSES_BYTES} bytes)"
+            )
+        state = None
+        if token is not None:
+            state = self._seal.open(token, subject=meta.subject, method=message.method, params=params)
+        return CoreRequest(message.id, message.method, message.params, meta, responses, state)
+
+    async def _run(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
+        async with frames:
+            outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames))
+            if isinstance(outcome, InputRequired) and request.method not in INPUT_METHODS:
+                outcome = Failed(InternalError(f"{request.method} asked the client for input, which it cannot"))
+            if isinstance(outcome, Complete):
+                final = _Final(encode_message(Response(request.id, outcome.result)))
+            elif isinstance(outcome, InputRequired):
+                final = _Final(encode_message(Response(request.id, self._input_required(request, outcome))))
+            else:
+                error = outcome.error
+                final = _Final(
+                    encode_message(ErrorResponse(request.id, error.jsonrpc_code, error.message, error.data)), error
+                )
+            with contextlib.suppress(trio.BrokenResourceError):
+                await frames.send(final)
+
+    def _input_required(self, request: CoreRequest, outcome: InputRequired) -> dict[str, Any]:
+        version = request.meta.protocol_version
+        input_requests = {
+            key: {"method": asked.method, "params": asked.wire_params(version)}
+            for key, asked in outcome.input_requests.items()
+        }
+        token = None
+        if outcome.state:
+            token = self._seal.seal(
+                outcome.state, subject=request.meta.subject, method=request.method, params=request.params
+            )
+        return input_required_result(input_requests, token, self._core.server_info)
+
+    async def _stream(
+        self, first: str | _Final | None, frames: trio.MemoryReceiveChannel[str | _Final]
+    ) -> AsyncGenerator[bytes, None]:
+        with frames:
+            if first is None:
+                yield HEARTBEAT
+            else:
+                yield _event(first)
+            while True:
+                with trio.move_on_after(self._heartbeat_interval) as idle:
+                    try:
+                        frame = await frames.receive()
+                    except trio.EndOfChannel:
+                        return
+                if idle.cancelled_caught:
+                    yield HEARTBEAT
+                    continue
+                yield _event(frame)
+                if isinstance(frame, _Final):
+                    return
+
+
+def _event(frame: str | _Final) -> bytes:
+    return encode_event(frame.body if isinstance(frame, _Final) else frame)
