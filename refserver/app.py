@@ -33,6 +33,7 @@ from refserver.observability import logs
 from refserver.observability.metrics import BUS_STATS, EVENT_LOG_STATS, REDIS_STATS, REGISTRY_STATS, Metrics
 from refserver.registry import SessionRegistry
 from refserver.transport import legacy_sse, pages, streamable_http
+from refserver.transport.listen import ListenHub
 from refserver.transport.refusals import RefusalPolicy
 from refserver.transport.services import Services
 from refserver.transport.stateless import StatelessExchange
@@ -79,7 +80,7 @@ def hypercorn_shutdown_event() -> Any:
     return kwargs.get("shutdown_event")
 
 
-async def watch_for_shutdown(registry: SessionRegistry) -> None:
+async def watch_for_shutdown(registry: SessionRegistry, hub: ListenHub) -> None:
     event = hypercorn_shutdown_event()
     if event is None:
         return
@@ -88,6 +89,7 @@ async def watch_for_shutdown(registry: SessionRegistry) -> None:
     # (see `streamable_http.drain_headers`). Abandoned if the app stops first: it only waits.
     await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
     registry.begin_drain()
+    hub.begin_drain()
     with trio.move_on_after(ACCEPT_LOOP_EXIT_TIMEOUT):
         while accept_loop_running():  # noqa: ASYNC110 - Hypercorn signals nothing when it stops accepting
             await trio.sleep(ACCEPT_LOOP_POLL_INTERVAL)
@@ -202,8 +204,12 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             metrics.add_verifier(verifier.statistics)
     connect_revocations(auth_server.revoker if auth_server else None, verifier.cache if verifier else None, backend.bus)
     origin_policy = OriginPolicy.from_settings(settings)
+    hub = ListenHub(backend.bus, max_listeners=settings.max_listeners)
+    if auth_server is not None:
+        auth_server.revoker.listeners.append(hub.token_revoked)  # on one instance the bus never says
     stateless = StatelessExchange(
         core,
+        hub,
         state_keys=settings.request_state_keys,
         state_ttl=settings.request_state_ttl,
         heartbeat_interval=settings.heartbeat_interval,
@@ -241,7 +247,9 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         if verifier is not None:
             await app.nursery.start(verifier.run)
         await app.nursery.start(registry.run)
-        app.nursery.start_soon(watch_for_shutdown, registry)
+        app.nursery.start_soon(watch_for_shutdown, registry, hub)
+        if "reference" in settings.features:
+            app.nursery.start_soon(hub.announce_periodic_updates, backend.kv, settings.subscription_update_interval)
         if backend.redis is not None:
             await app.nursery.start(observed.watch_redis, backend.redis.statistics, bus_statistics)
         # Everything built so far (modules, schemas, feature catalogs) lives as long as the process: move

@@ -31,6 +31,10 @@ class Emitter(Protocol):
         """Tell the client that `uri` changed, if it subscribed to it."""
         ...
 
+    async def list_changed(self, kind: str) -> None:
+        """Tell whoever listens that the list of `kind` (`tools`, `prompts`, `resources`) changed."""
+        ...
+
     def allows_log(self, level: str) -> bool:
         """Whether a log message at `level` goes to the client (a 2025 session's threshold may change while a
         call runs; a 2026 request gets log messages only if it asked, at the level it asked)."""
@@ -93,3 +97,6 @@ class CallContext:
 
     async def notify_resource_updated(self, uri: str) -> None:
         await self._emitter.resource_updated(uri)
+
+    async def notify_list_changed(self, kind: str) -> None:
+        await self._emitter.list_changed(kind)

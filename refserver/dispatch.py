@@ -125,12 +125,13 @@ class RequestCore:
 
     def capabilities(self) -> dict[str, Any]:
         caps: dict[str, Any] = {"logging": {}, "completions": {}}
+        # The lists only change when a feature says so (the conformance triggers do), and then every listener is told.
         if self.features.tools:
-            caps["tools"] = {"listChanged": False}
+            caps["tools"] = {"listChanged": True}
         if self.features.resources or self.features.catalog.templates:
             caps["resources"] = {"subscribe": True, "listChanged": False}
         if self.features.prompts:
-            caps["prompts"] = {"listChanged": False}
+            caps["prompts"] = {"listChanged": True}
         return caps
 
     async def handle(self, request: CoreRequest, emitter: Emitter) -> Outcome:
@@ -271,7 +272,7 @@ class RequestCore:
     async def _list_prompts(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         return types.ListPromptsResult(prompts=[p.definition for p in self.features.catalog.prompts])
 
-    async def _get_prompt(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
+    async def _get_prompt(self, params: Any, request: CoreRequest, context: CallContext) -> HandlerResult:
         prompt = self.features.prompts.get(params.name)
         if prompt is None:
             raise InvalidParams(f"Unknown prompt: {params.name}")

@@ -154,6 +154,9 @@ class SessionEmitter(Emitter):
         if uri in self._session.state.subscriptions:
             await self._session.send_standalone(Notification("notifications/resources/updated", {"uri": uri}))
 
+    async def list_changed(self, kind: str) -> None:
+        await self._session.send_standalone(Notification(f"notifications/{kind}/list_changed"))
+
 
 async def answer_request(core: RequestCore, session: Session, request: Request, stream_id: str) -> Message:
     """Run `request` through the core to its end; the reply to append to its stream."""

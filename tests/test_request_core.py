@@ -53,6 +53,9 @@ class RecordingEmitter:
     async def resource_updated(self, uri: str) -> None:
         self.updated.append(uri)
 
+    async def list_changed(self, kind: str) -> None:
+        self.updated.append(f"list:{kind}")
+
     def allows_log(self, level: str) -> bool:
         return log_level_allows(self.log_level, level)
 

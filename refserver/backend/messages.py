@@ -60,8 +60,18 @@ class TokenRevoked:
 
 
 @attrs.frozen
+class ListenNotice:
+    """Something `subscriptions/listen` streams may have opted in to (a list changed, a resource was updated),
+    for the listeners on every instance."""
+
+    kind: str
+    """`tools`, `prompts` or `resources` (their lists changed), or `resource` (the one at `uri` was updated)."""
+    uri: str | None = None
+
+
+@attrs.frozen
 class BusResynced:
     """The bus was away (given by the bus itself, never published): what was published meanwhile is lost."""
 
 
-GlobalMessage = TokenRevoked | BusResynced
+GlobalMessage = TokenRevoked | ListenNotice | BusResynced

@@ -111,7 +111,9 @@ class Bus(Protocol):
         """Who receives the session messages published by other instances."""
         ...
 
-    def set_global_handler(self, handler: GlobalHandler) -> None: ...
+    def add_global_handler(self, handler: GlobalHandler) -> None:
+        """One more receiver of the messages published to every instance (each gets every message)."""
+        ...
 
     def set_resync_handler(self, handler: ResyncHandler) -> None:
         """Called after the bus was away with every session held here: what was published meanwhile is lost."""
@@ -178,7 +180,7 @@ class LocalBus:
     def set_handler(self, handler: BusHandler) -> None:
         return None
 
-    def set_global_handler(self, handler: GlobalHandler) -> None:
+    def add_global_handler(self, handler: GlobalHandler) -> None:
         return None
 
     def set_resync_handler(self, handler: ResyncHandler) -> None:

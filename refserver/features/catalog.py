@@ -22,7 +22,7 @@ ToolHandler: TypeAlias = Callable[[dict[str, Any], FeatureContext], Awaitable[To
 ResourceContents: TypeAlias = types.TextResourceContents | types.BlobResourceContents
 ResourceReader: TypeAlias = Callable[[FeatureContext], Awaitable[list[ResourceContents]]]
 TemplateReader: TypeAlias = Callable[[str, dict[str, str], FeatureContext], Awaitable[list[ResourceContents]]]
-PromptRenderer: TypeAlias = Callable[[dict[str, str], FeatureContext], Awaitable[types.GetPromptResult]]
+PromptRenderer: TypeAlias = Callable[[dict[str, str], FeatureContext], Awaitable[types.GetPromptResult | InputRequired]]
 Completer: TypeAlias = Callable[[str, Mapping[str, str]], Awaitable[list[str]]]
 """(partial value, other arguments already chosen) -> candidate values."""
 

@@ -61,3 +61,7 @@ class FeatureContext(Protocol):
     async def notify_resource_updated(self, uri: str) -> None:
         """Tell the client (if subscribed to `uri`) that the resource changed."""
         ...
+
+    async def notify_list_changed(self, kind: str) -> None:
+        """Announce that the list of `kind` (`tools`, `prompts` or `resources`) changed."""
+        ...

@@ -17,6 +17,7 @@ from refserver.features.context import FeatureContext
 from refserver.protocol.core import (
     CAPABILITY_FOR_INPUT,
     ELICITATION,
+    ROOTS,
     SAMPLING,
     InputFailure,
     InputRequest,
@@ -32,6 +33,10 @@ def sampling(params: types.CreateMessageRequestParams) -> InputRequest:
 
 def elicitation(params: types.ElicitRequestFormParams | types.ElicitRequestURLParams) -> InputRequest:
     return InputRequest(ELICITATION, params.model_dump(by_alias=True, exclude_none=True, mode="json"))
+
+
+def roots() -> InputRequest:
+    return InputRequest(ROOTS, {})
 
 
 def ask(ctx: FeatureContext, state: Mapping[str, Any] | None = None, **requests: InputRequest) -> InputRequired:

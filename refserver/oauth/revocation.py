@@ -78,4 +78,4 @@ def connect_revocations(revoker: Revoker | None, cache: TokenCache | None, bus: 
 
     if revoker is not None:
         revoker.listeners.append(revoked_here)
-    bus.set_global_handler(from_the_bus)
+    bus.add_global_handler(from_the_bus)

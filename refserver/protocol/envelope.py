@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -142,6 +143,41 @@ def check_routing_headers(
         named = (params or {}).get(name_param)
         if named is not None and decode_header_value(headers.get(NAME_HEADER)) != named:
             raise HeaderMismatch(f"Mcp-Name header does not match params.{name_param}")
+
+
+def mirrored_params(input_schema: Mapping[str, Any]) -> dict[str, str]:
+    """A tool's parameters that its schema mirrors into headers (`x-mcp-header`, SEP-2243): param -> header name."""
+    properties = input_schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return {}
+    return {
+        name: spec["x-mcp-header"]
+        for name, spec in properties.items()
+        if isinstance(spec, Mapping) and isinstance(spec.get("x-mcp-header"), str)
+    }
+
+
+def check_param_headers(mirrored: Mapping[str, str], arguments: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+    """Each mirrored argument present in the body must be repeated, equal, in its `Mcp-Param-<name>` header."""
+    for param, header in mirrored.items():
+        value = arguments.get(param)
+        if value is None:
+            continue
+        sent = headers.get(f"mcp-param-{header.lower()}")
+        if sent is None:
+            raise HeaderMismatch(f"Mcp-Param-{header} header is required: the body sets arguments.{param}")
+        decoded = decode_header_value(sent)
+        if decoded is None:
+            raise HeaderMismatch(f"Mcp-Param-{header} header is not valid =?base64?...?= (padding or alphabet)")
+        if decoded != _rendered(value):
+            raise HeaderMismatch(f"Mcp-Param-{header} header does not match arguments.{param}")
+
+
+def _rendered(value: Any) -> str:
+    """An argument as a header carries it: strings as they are, other values as their JSON text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _trace_context(meta: Mapping[str, Any]) -> TraceContext | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from quart import request
 
+from refserver.oauth.models import AccessInfo
 from refserver.transport.services import Services
 
 
-async def admit_headers(
+async def admit_access(
     services: Services, host: str | None, origin: str | None, authorization: str | None
-) -> str | None:
-    """Return the subject the request acts for (None when authentication is off).
+) -> AccessInfo | None:
+    """What the request's token says (None when authentication is off).
 
     DNS-rebinding checks come first (a hostile page must learn nothing, not even "401"); then the
     token: 401/403/503 are raised as Unauthorized / InsufficientScope / AuthServerUnavailable.
@@ -18,8 +19,15 @@ async def admit_headers(
     services.origin_policy.check(host, origin)
     if services.guard is None:
         return None
-    access = await services.guard.authenticate(authorization)
-    return access.subject
+    return await services.guard.authenticate(authorization)
+
+
+async def admit_headers(
+    services: Services, host: str | None, origin: str | None, authorization: str | None
+) -> str | None:
+    """The subject the request acts for (None when authentication is off); see `admit_access`."""
+    access = await admit_access(services, host, origin, authorization)
+    return access.subject if access is not None else None
 
 
 async def admit(services: Services) -> str | None:

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from refserver.backend.kv import KeyValueStore
+from refserver.backend.messages import ListenNotice
 from refserver.backend.shared_secret import load_or_create_secret
 from refserver.call_context import Emitter
 from refserver.dispatch import RequestCore
@@ -40,13 +41,15 @@ from refserver.errors import (
     InvalidRequest,
     RefserverError,
 )
+from refserver.oauth.models import AccessInfo
 from refserver.protocol.core import Complete, CoreRequest, Failed, InputRequired, RequestMeta
-from refserver.protocol.envelope import input_required_result, read_envelope
+from refserver.protocol.envelope import check_param_headers, input_required_result, mirrored_params, read_envelope
 from refserver.protocol.jsonrpc import ErrorResponse, Notification, ParsedBody, Request, Response, encode_message
 from refserver.protocol.lifecycle import log_level_allows
 from refserver.protocol.request_state import RequestStateSeal, derive_key
 from refserver.protocol.sse import HEARTBEAT, encode_event
 from refserver.transport.asgi import EVENT_STREAM, HttpRequest, HttpResponse
+from refserver.transport.listen import RESOURCE_UPDATE, Listener, ListenFilter, ListenHub, listen_stream
 from refserver.transport.sse_stream import SSE_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ FRAME_BUFFER: Final = 32
 MAX_INPUT_RESPONSES: Final = 32
 MAX_INPUT_RESPONSES_BYTES: Final = 256 * 1024
 """An `inputResponses` map beyond these is refused: no handler here asks for more than a few answers."""
+LISTEN: Final = "subscriptions/listen"
 REQUEST_STATE_SECRET: Final = "request-state-key"
 INPUT_METHODS: Final = frozenset({"tools/call", "prompts/get", "resources/read"})
 """The requests that may answer `InputRequiredResult` (mrtr.mdx, "Supported Requests")."""
@@ -95,9 +99,10 @@ class _Final:
 class StatelessEmitter(Emitter):
     """What one 2026 request sends while it runs goes onto its own response, as SSE events."""
 
-    def __init__(self, meta: RequestMeta, frames: trio.MemorySendChannel[str | _Final]) -> None:
+    def __init__(self, meta: RequestMeta, frames: trio.MemorySendChannel[str | _Final], hub: ListenHub) -> None:
         self._meta = meta
         self._frames = frames
+        self._hub = hub
 
     async def send(self, notification: Notification) -> None:
         # The client closed the stream: the request is being cancelled, what it still says goes nowhere.
@@ -108,7 +113,11 @@ class StatelessEmitter(Emitter):
         """A 2026 response stream cannot be resumed: ending it would cancel the request, so it stays open."""
 
     async def resource_updated(self, uri: str) -> None:
-        """Listeners learn of changes through `subscriptions/listen`; a request's own stream does not carry them."""
+        # Listeners learn of changes through `subscriptions/listen`, on whichever instance they listen.
+        await self._hub.publish(ListenNotice(RESOURCE_UPDATE, uri))
+
+    async def list_changed(self, kind: str) -> None:
+        await self._hub.publish(ListenNotice(kind))
 
     def allows_log(self, level: str) -> bool:
         # No level in `_meta`: the client asked for no log messages at all (the revision has no default).
@@ -119,13 +128,26 @@ class StatelessExchange:
     """Serves one 2026 POST body."""
 
     def __init__(
-        self, core: RequestCore, *, state_keys: tuple[str, ...], state_ttl: float, heartbeat_interval: float
+        self,
+        core: RequestCore,
+        hub: ListenHub,
+        *,
+        state_keys: tuple[str, ...],
+        state_ttl: float,
+        heartbeat_interval: float,
     ) -> None:
         self._core = core
+        self.hub = hub
         self._configured_keys = state_keys
         self._state_ttl = state_ttl
         self._heartbeat_interval = heartbeat_interval
         self._sealer: RequestStateSeal | None = None
+        self._mirrored = {
+            name: mirrored
+            for name, tool in core.features.tools.items()
+            if (mirrored := mirrored_params(tool.definition.input_schema))
+        }
+        """The tools with parameters mirrored in `Mcp-Param-*` headers, and those parameters."""
 
     async def load_keys(self, store: KeyValueStore) -> None:
         """The `requestState` keys: configured, or one shared through the store (see `backend/shared_secret.py`)."""
@@ -141,8 +163,9 @@ class StatelessExchange:
         return self._sealer
 
     async def answer(
-        self, request: HttpRequest, parsed: ParsedBody, subject: str | None, nursery: trio.Nursery
+        self, request: HttpRequest, parsed: ParsedBody, access: AccessInfo | None, nursery: trio.Nursery
     ) -> HttpResponse:
+        subject = access.subject if access is not None else None
         if parsed.is_batch:
             raise InvalidRequest("Invalid Request: JSON-RPC batches are not part of protocol 2026-07-28")
         message = parsed.messages[0]
@@ -154,7 +177,9 @@ class StatelessExchange:
             raise InvalidRequest("Invalid Request: a 2026-07-28 client sends requests, not responses")
         try:
             meta = read_envelope(message.method, message.params, request.headers, subject)
-            core_request = self._core_request(message, meta)
+            if message.method == LISTEN:
+                return await self._listen(message, access, nursery)
+            core_request = self._core_request(message, meta, request.headers)
         except RefserverError as error:
             return error_answer(message.id, error)
         frames_in, frames_out = trio.open_memory_channel[str | _Final](FRAME_BUFFER)
@@ -174,8 +199,28 @@ class StatelessExchange:
             200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=self._stream(first, frames_out)
         )
 
-    def _core_request(self, message: Request, meta: RequestMeta) -> CoreRequest:
+    async def _listen(self, message: Request, access: AccessInfo | None, nursery: trio.Nursery) -> HttpResponse:
+        wanted = ListenFilter.parse(message.params)
+
+        async def hold_registration(*, task_status: trio.TaskStatus[Listener]) -> None:
+            # The listener is registered for exactly as long as the HTTP request lasts: its nursery ends it.
+            with self.hub.listening(message.id, wanted, access) as listener:
+                task_status.started(listener)
+                await trio.sleep_forever()
+
+        listener = await nursery.start(hold_registration)
+        stream = listen_stream(
+            listener, heartbeat_interval=self._heartbeat_interval, server_info=self._core.server_info
+        )
+        return HttpResponse(200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=stream)
+
+    def _core_request(self, message: Request, meta: RequestMeta, headers: Mapping[str, str]) -> CoreRequest:
         params = message.params or {}
+        if message.method == "tools/call":
+            mirrored = self._mirrored.get(str(params.get("name")))
+            arguments = params.get("arguments")
+            if mirrored and isinstance(arguments, Mapping):
+                check_param_headers(mirrored, arguments, headers)
         responses = params.get("inputResponses")
         token = params.get("requestState")
         if message.method not in INPUT_METHODS or (responses is None and token is None):
@@ -196,7 +241,7 @@ class StatelessExchange:
 
     async def _run(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
         async with frames:
-            outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames))
+            outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames, self.hub))
             if isinstance(outcome, InputRequired) and request.method not in INPUT_METHODS:
                 outcome = Failed(InternalError(f"{request.method} asked the client for input, which it cannot"))
             if isinstance(outcome, Complete):

@@ -37,7 +37,7 @@ from refserver.protocol.jsonrpc import (
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
 from refserver.session import Session
-from refserver.transport.admission import admit_headers
+from refserver.transport.admission import admit_access, admit_headers
 from refserver.transport.asgi import (
     EVENT_STREAM,
     ClientDisconnected,
@@ -156,7 +156,10 @@ class StreamableHttpEndpoint:
     # --- POST -------------------------------------------------------------------------------------
 
     async def _post(self, request: HttpRequest, request_work: trio.Nursery) -> HttpResponse:
-        owner = await self._admit(request)
+        access = await admit_access(
+            self._services, request.header("host"), request.header("origin"), request.header("authorization")
+        )
+        owner = access.subject if access is not None else None
         check_post_accept(request.header("accept"))
         check_json_content_type(request.header("content-type"))
         parsed = parse_body(await request.read_body(self._settings.max_body_bytes, self._settings.body_read_timeout))
@@ -165,7 +168,7 @@ class StreamableHttpEndpoint:
         params = first.params if isinstance(first, Request | Notification) else None
         session_id = request.header("mcp-session-id")
         if era_of(session_id, request.header("mcp-protocol-version"), body_meta(params)) is Era.STATELESS:
-            return await self._services.stateless.answer(request, parsed, owner, request_work)
+            return await self._services.stateless.answer(request, parsed, access, request_work)
         if not session_id:
             return await self._initialize(parsed, owner)
         session = await self._session(request, owner)

@@ -66,7 +66,7 @@ class RedisBus:
         self._inbox = inbox_channel(instance_id)
         self._holder_ttl_ms = milliseconds(holder_ttl)
         self._handler: BusHandler | None = None
-        self._global_handler: GlobalHandler | None = None
+        self._global_handlers: list[GlobalHandler] = []
         self._resync_handler: ResyncHandler | None = None
         self._held: set[str] = set()
         """Sessions this instance is in the holders set of (to rejoin and resync after a reconnect)."""
@@ -79,9 +79,13 @@ class RedisBus:
     def set_handler(self, handler: BusHandler) -> None:
         self._handler = handler
 
-    def set_global_handler(self, handler: GlobalHandler) -> None:
-        """Messages for every instance (revocations); `BusResynced` after a reconnect."""
-        self._global_handler = handler
+    def add_global_handler(self, handler: GlobalHandler) -> None:
+        """Messages for every instance (revocations, listen notices); `BusResynced` after a reconnect."""
+        self._global_handlers.append(handler)
+
+    async def _to_global_handlers(self, message: GlobalMessage) -> None:
+        for handler in self._global_handlers:
+            await handler(message)
 
     def set_resync_handler(self, handler: ResyncHandler) -> None:
         """Called after a reconnect with every session held here: what was published meanwhile is lost."""
@@ -122,8 +126,7 @@ class RedisBus:
                             task_status.started(self)
                         else:
                             # Whatever was published while we were away is in Redis: re-read it.
-                            if self._global_handler is not None:
-                                await self._global_handler(BusResynced())
+                            await self._to_global_handlers(BusResynced())
                             if self._resync_handler is not None:
                                 await self._resync_handler(list(self._held))
                         await self._read(pubsub, watch)
@@ -182,8 +185,8 @@ class RedisBus:
         name = message["channel"].decode() if isinstance(message.get("channel"), bytes) else message.get("channel")
         if name == GLOBAL_CHANNEL:
             decoded = decode_global_message(payload)
-            if self._global_handler is not None and decoded is not None:
-                await self._global_handler(decoded)
+            if decoded is not None:
+                await self._to_global_handlers(decoded)
         elif self._handler is not None:
             addressed = decode_session_message(payload)
             if addressed is not None:

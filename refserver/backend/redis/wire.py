@@ -16,6 +16,7 @@ from refserver.backend.messages import (
     ClientReply,
     EventAppended,
     GlobalMessage,
+    ListenNotice,
     SessionDeleted,
     SessionMessage,
     StateChanged,
@@ -84,6 +85,8 @@ def encode_global_message(message: GlobalMessage) -> str:
     match message:
         case TokenRevoked(jti, grant_id):
             return _dumps({"t": "revoked", "jti": jti, "grant": grant_id})
+        case ListenNotice(kind, uri):
+            return _dumps({"t": "listen", "k": kind, "u": uri})
         case BusResynced():
             return _dumps({"t": "resync"})
 
@@ -93,6 +96,11 @@ def decode_global_message(document: dict[str, Any]) -> GlobalMessage | None:
     if kind == "revoked":
         jti, grant = document.get("jti"), document.get("grant")
         return TokenRevoked(jti if isinstance(jti, str) else None, grant if isinstance(grant, str) else None)
+    if kind == "listen":
+        notice_kind, uri = document.get("k"), document.get("u")
+        if not isinstance(notice_kind, str):
+            return None
+        return ListenNotice(notice_kind, uri if isinstance(uri, str) else None)
     if kind == "resync":
         return BusResynced()
     return None

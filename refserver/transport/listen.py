@@ -1,0 +1,221 @@
+"""`subscriptions/listen` (2026 era): one long-lived POST response per listener, fed from every instance.
+
+A listener opts in to notification types (`toolsListChanged`, `promptsListChanged`, `resourcesListChanged`) and
+to resource URIs (`resourceSubscriptions`). Its stream opens with `notifications/subscriptions/acknowledged`,
+and every notification on it carries `io.modelcontextprotocol/subscriptionId` (the listen request's id).
+
+Changes are published as `ListenNotice`s: over the bus to every instance when there are several (each delivers
+to its own listeners, itself included, since the bus's global channel reaches the publisher too), or straight to
+the local listeners on the memory backend. Each listener has a small queue; a listener too slow to keep up is
+ended (its client listens again) rather than let the queue grow. A listener also ends when its access token
+expires or is revoked, when the server drains (with a `SubscriptionsListenResult`, the graceful end), or when
+its client leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Any, Final
+
+import attrs
+import trio
+
+from refserver.backend.kv import KeyValueStore
+from refserver.backend.messages import BusResynced, GlobalMessage, ListenNotice, TokenRevoked
+from refserver.backend.sessions import Bus
+from refserver.errors import InvalidParams, ServiceUnavailable
+from refserver.oauth.models import AccessInfo
+from refserver.protocol.envelope import SERVER_INFO_KEY, SUBSCRIPTION_ID_KEY
+from refserver.protocol.jsonrpc import Notification, RequestId, Response, encode_message
+from refserver.protocol.sse import HEARTBEAT, encode_event
+
+logger = logging.getLogger(__name__)
+
+LISTENER_QUEUE: Final = 64
+"""Notices one listener may have waiting; one more ends it (a client that cannot keep up re-lists)."""
+UPDATE_LEASE_KEY: Final = "listen:resource-updates"
+"""Held by the one instance that announces the demo's periodic resource updates this round."""
+
+LIST_CHANGED: Final[Mapping[str, tuple[str, str]]] = {
+    "tools": ("toolsListChanged", "notifications/tools/list_changed"),
+    "prompts": ("promptsListChanged", "notifications/prompts/list_changed"),
+    "resources": ("resourcesListChanged", "notifications/resources/list_changed"),
+}
+RESOURCE_UPDATE: Final = "resource"
+
+
+@attrs.frozen
+class ListenFilter:
+    lists: frozenset[str]
+    """Which of `tools`, `prompts`, `resources` the listener wants list-changed notifications for."""
+    resources: frozenset[str]
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any] | None) -> ListenFilter:
+        wanted = (params or {}).get("notifications")
+        if not isinstance(wanted, Mapping):
+            raise InvalidParams("subscriptions/listen needs params.notifications, the notification types to receive")
+        lists = set()
+        for kind, (field, _method) in LIST_CHANGED.items():
+            flag = wanted.get(field)
+            if flag is not None and not isinstance(flag, bool):
+                raise InvalidParams(f"notifications.{field} must be a boolean")
+            if flag:
+                lists.add(kind)
+        uris = wanted.get("resourceSubscriptions")
+        if uris is not None and (not isinstance(uris, list) or not all(isinstance(u, str) for u in uris)):
+            raise InvalidParams("notifications.resourceSubscriptions must be a list of URIs")
+        return cls(frozenset(lists), frozenset(uris or ()))
+
+    def as_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {field: True for kind, (field, _) in LIST_CHANGED.items() if kind in self.lists}
+        if self.resources:
+            wire["resourceSubscriptions"] = sorted(self.resources)
+        return wire
+
+    def notifications_for(self, notice: ListenNotice) -> list[Notification]:
+        if notice.kind in LIST_CHANGED:
+            return [Notification(LIST_CHANGED[notice.kind][1])] if notice.kind in self.lists else []
+        if notice.kind != RESOURCE_UPDATE:
+            return []
+        # No URI: every subscribed resource changed (the demo's periodic update).
+        uris = sorted(self.resources) if notice.uri is None else [notice.uri] if notice.uri in self.resources else []
+        return [Notification("notifications/resources/updated", {"uri": uri}) for uri in uris]
+
+
+@attrs.define(eq=False)
+class Listener:
+    request_id: RequestId
+    filter: ListenFilter
+    access: AccessInfo | None
+    send: trio.MemorySendChannel[Notification]
+    receive: trio.MemoryReceiveChannel[Notification]
+    end_reason: str | None = None
+
+    def end(self, reason: str) -> None:
+        """Stop the stream: what is queued is still sent, then the stream ends (closing wakes its reader)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+            self.send.close()
+
+    def offer(self, notice: ListenNotice) -> None:
+        for notification in self.filter.notifications_for(notice):
+            try:
+                self.send.send_nowait(notification)
+            except trio.WouldBlock:
+                self.end("overflow")
+                return
+            except trio.ClosedResourceError:
+                return  # ended meanwhile
+
+
+class ListenHub:
+    """The listeners of this instance, and the one way to announce a change to every instance's listeners."""
+
+    def __init__(self, bus: Bus, *, max_listeners: int) -> None:
+        self._bus = bus
+        self._max_listeners = max_listeners
+        self._listeners: set[Listener] = set()
+        self._draining = False
+        self.delivered = 0
+        self.overflowed = 0
+        bus.add_global_handler(self.on_global_message)
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+    @contextlib.contextmanager
+    def listening(self, request_id: RequestId, wanted: ListenFilter, access: AccessInfo | None) -> Iterator[Listener]:
+        if self._draining:
+            raise ServiceUnavailable("the server is shutting down: listen on another instance")
+        if len(self._listeners) >= self._max_listeners:
+            raise ServiceUnavailable("too many listeners on this instance; try again later")
+        send, receive = trio.open_memory_channel[Notification](LISTENER_QUEUE)
+        listener = Listener(request_id, wanted, access, send, receive)
+        self._listeners.add(listener)
+        try:
+            yield listener
+        finally:
+            self._listeners.discard(listener)
+            if listener.end_reason == "overflow":
+                self.overflowed += 1
+            send.close()
+            receive.close()
+
+    async def publish(self, notice: ListenNotice) -> None:
+        if self._bus.distributed:
+            await self._bus.publish_global(notice)  # comes back to this instance too
+        else:
+            self.deliver(notice)
+
+    def deliver(self, notice: ListenNotice) -> None:
+        for listener in list(self._listeners):
+            listener.offer(notice)
+            self.delivered += 1
+
+    async def on_global_message(self, message: GlobalMessage) -> None:
+        match message:
+            case ListenNotice():
+                self.deliver(message)
+            case TokenRevoked(jti, grant_id):
+                await self.token_revoked(jti, grant_id)
+            case BusResynced():
+                pass  # a notice published meanwhile is lost; listeners re-list when they next reconnect
+
+    async def token_revoked(self, jti: str | None, grant_id: str | None) -> None:
+        for listener in list(self._listeners):
+            access = listener.access
+            if access is None:
+                continue
+            if (jti is not None and access.token_id == jti) or (grant_id is not None and access.grant_id == grant_id):
+                listener.end("revoked")
+
+    def begin_drain(self) -> None:
+        self._draining = True
+        for listener in list(self._listeners):
+            listener.end("shutdown")
+
+    async def announce_periodic_updates(self, store: KeyValueStore, interval: float) -> None:
+        """The demo's resource updates, every `interval` seconds, announced by one instance per round."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                if await store.set_if_absent(UPDATE_LEASE_KEY, b"1", interval * 0.9):
+                    await self.publish(ListenNotice(RESOURCE_UPDATE))
+            except ServiceUnavailable as exc:
+                logger.warning("periodic resource updates skipped this round: %s", exc)
+
+
+async def listen_stream(
+    listener: Listener, *, heartbeat_interval: float, server_info: Mapping[str, Any]
+) -> AsyncGenerator[bytes, None]:
+    """The SSE body of one listener: the acknowledgement, the notices, heartbeats, and (when the server ends the
+    subscription) the listen request's result."""
+    subscription = {SUBSCRIPTION_ID_KEY: listener.request_id}
+    acknowledged = Notification(
+        "notifications/subscriptions/acknowledged", {"notifications": listener.filter.as_wire(), "_meta": subscription}
+    )
+    yield encode_event(encode_message(acknowledged))
+    expires_at = listener.access.expires_at if listener.access is not None else None
+    deadline = trio.current_time() + (expires_at - time.time()) if expires_at is not None else float("inf")
+    with trio.move_on_at(deadline):
+        while True:
+            notification: Notification | None = None
+            with trio.move_on_after(heartbeat_interval):
+                try:
+                    notification = await listener.receive.receive()
+                except trio.EndOfChannel:
+                    break
+            if notification is None:
+                yield HEARTBEAT
+                continue
+            params = dict(notification.params or {})
+            params["_meta"] = {**params.get("_meta", {}), **subscription}
+            yield encode_event(encode_message(Notification(notification.method, params)))
+    if listener.end_reason in ("shutdown", "overflow"):
+        # A graceful end, told to the client: it may listen again (elsewhere) at once.
+        result = {"resultType": "complete", "_meta": {**subscription, SERVER_INFO_KEY: dict(server_info)}}
+        yield encode_event(encode_message(Response(listener.request_id, result)))
