@@ -29,6 +29,24 @@ INIT_PARAMS = {
     "clientInfo": {"name": "refserver-tests", "version": "0"},
 }
 POST_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+MODERN_VERSION = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientCapabilities": {"sampling": {}, "elicitation": {"form": {}}, "roots": {}},
+    "io.modelcontextprotocol/clientInfo": {"name": "refserver-tests", "version": "0"},
+}
+
+
+def modern_request(
+    method: str, params: dict[str, Any] | None = None, request_id: int | str = 1, **meta: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A 2026-07-28 request (body, headers): the envelope in `_meta` (plus `meta`), and its routing headers."""
+    body_params = {**(params or {}), "_meta": {**MODERN_META, **meta}}
+    headers = {**POST_HEADERS, "MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": method}
+    named = body_params.get("uri" if method == "resources/read" else "name")
+    if method in ("tools/call", "prompts/get", "resources/read") and isinstance(named, str):
+        headers["Mcp-Name"] = named
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": body_params}, headers
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ from refserver.observability import context
 from refserver.observability.context import LogContext
 from refserver.observability.logs import REDACTED, ContextFilter, JsonFormatter, TextFormatter, redact, redact_text
 from refserver.observability.metrics import Metrics, Stat, StatisticsCollector
-from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port
+from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port, modern_request, wait_until
 from tests.redis_server import RedisServer
 
 FLOW_TIMEOUT = 60.0
@@ -309,6 +309,42 @@ async def test_request_ids_are_echoed_and_hostile_ones_replaced(make_server: Any
     access = [d for d in json_lines(server.log()) if d.get("event") == "http.access"]
     assert [d["path"] for d in access if d["request_id"] == "trace-42"] == ["/health"]
     assert access[-1]["route"] is None and access[-1]["status"] == 404
+
+
+async def test_a_2026_request_logs_in_its_callers_trace(make_server: Any, http: httpx.AsyncClient) -> None:
+    server = make_server(access_log="on")
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body, headers = modern_request(
+        "tools/call", {"name": "echo", "arguments": {"message": "x"}}, traceparent=traceparent
+    )
+    answered = await http.post(server.mcp_url, json=body, headers={**headers, "X-Request-ID": "traced-1"})
+    assert answered.status_code == 200, answered.text
+
+    def traced() -> list[dict[str, Any]]:
+        return [d for d in json_lines(server.log()) if d.get("request_id") == "traced-1"]
+
+    await wait_until(traced, 10, "the access line of the traced request")
+    assert traced()[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert traced()[0]["parent_span_id"] == "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [
+        (
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+        ),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", None),
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+        ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", None),
+        ("garbage", None),
+        (None, None),
+    ],
+)
+def test_traceparent_rules(value: str | None, ids: tuple[str, str] | None) -> None:
+    assert context.traceparent_ids(value) == ids
 
 
 async def test_text_format_is_one_line_per_record(make_server: Any, http: httpx.AsyncClient) -> None:

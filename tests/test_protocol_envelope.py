@@ -18,6 +18,8 @@ from refserver.protocol.envelope import (
     LOG_LEVEL_KEY,
     PROTOCOL_VERSION_KEY,
     Era,
+    check_mirrored_schema,
+    check_param_headers,
     decode_header_value,
     era_of,
     read_envelope,
@@ -155,3 +157,57 @@ def test_a_rotated_key_still_opens_what_it_sealed_and_a_foreign_key_does_not() -
     foreign = RequestStateSeal([derive_key("new")], ttl=60, clock=clock)
     with pytest.raises(InvalidRequestState, match="verification"):
         foreign.open(token, subject=None, method="tools/call", params={})
+
+
+MIRRORED = {"region": "Region", "count": "Count", "dry": "Dry"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "headers"),
+    [
+        ({"region": "us-west1"}, {"mcp-param-region": "us-west1"}),
+        ({"region": "Hello, 世界"}, {"mcp-param-region": "=?base64?SGVsbG8sIOS4lueVjA==?="}),
+        ({"region": "=?base64?SGVsbG8"}, {"mcp-param-region": "=?base64?SGVsbG8"}),  # no suffix: a literal
+        ({"count": 42}, {"mcp-param-count": "42"}),
+        ({"count": 42}, {"mcp-param-count": "42.0"}),  # integers compare numerically
+        ({"dry": False}, {"mcp-param-dry": "false"}),
+        ({"region": None}, {}),  # null: no header expected
+        ({}, {"mcp-param-region": "anything"}),  # not in the body: nothing to compare
+    ],
+)
+def test_mirrored_parameters_that_match(arguments: dict[str, Any], headers: dict[str, str]) -> None:
+    check_param_headers(MIRRORED, arguments, headers)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "headers"),
+    [
+        ({"region": "us-west1"}, {}),  # the body has it, the header is missing
+        ({"region": "us-west1"}, {"mcp-param-region": "eu-west1"}),
+        ({"region": "Hello"}, {"mcp-param-region": "=?base64?SGVsbG8?="}),  # bad padding
+        ({"region": "Hello"}, {"mcp-param-region": "=?base64?SGVs!!!bG8=?="}),  # not the alphabet
+        ({"region": "a\nb"}, {"mcp-param-region": "a\nb"}),  # a control character
+        ({"count": 42}, {"mcp-param-count": "42.5"}),
+        ({"count": 42}, {"mcp-param-count": "4.2e1"}),
+        ({"dry": True}, {"mcp-param-dry": "True"}),
+    ],
+)
+def test_mirrored_parameters_that_do_not_match(arguments: dict[str, Any], headers: dict[str, str]) -> None:
+    with pytest.raises(RefserverError) as info:
+        check_param_headers(MIRRORED, arguments, headers)
+    assert info.value.jsonrpc_code == HEADER_MISMATCH and info.value.http_status == 400
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"a": {"type": "string", "x-mcp-header": ""}},
+        {"a": {"type": "string", "x-mcp-header": "Bad Name"}},
+        {"a": {"type": "number", "x-mcp-header": "A"}},
+        {"a": {"type": "string", "x-mcp-header": "Same"}, "b": {"type": "string", "x-mcp-header": "same"}},
+    ],
+)
+def test_invalid_header_annotations_are_refused_at_start(properties: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="x-mcp-header"):
+        check_mirrored_schema("tool", {"type": "object", "properties": properties})
+    check_mirrored_schema("tool", {"type": "object", "properties": {"a": {"type": "integer", "x-mcp-header": "A"}}})

@@ -31,6 +31,14 @@ class LogContext:
     session_id: str | None = None
     route: str | None = None
     """The matched URL rule (e.g. `/mcp`), set once routing is done; the metrics label."""
+    trace_id: str | None = None
+    parent_span_id: str | None = None
+    """From the W3C `traceparent` a 2026 request carries in `_meta`: log lines join the caller's trace."""
+
+    def join_trace(self, traceparent: str | None) -> None:
+        ids = traceparent_ids(traceparent)
+        if ids is not None:
+            self.trace_id, self.parent_span_id = ids
 
 
 _CURRENT: ContextVar[LogContext | None] = ContextVar("refserver_log_context", default=None)
@@ -72,3 +80,17 @@ def loggable_session_id(value: str | None) -> str | None:
         return None
     value = value[:MAX_SESSION_ID_LENGTH]
     return value if _VISIBLE_ASCII.fullmatch(value) else None
+
+
+_TRACEPARENT: Final = re.compile(r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}")
+
+
+def traceparent_ids(value: str | None) -> tuple[str, str] | None:
+    """(trace id, parent span id) of a valid W3C `traceparent` (Trace Context, level 1), else None."""
+    found = _TRACEPARENT.fullmatch(value.strip().lower()) if value else None
+    if found is None or found["version"] == "ff":
+        return None
+    trace, span = found["trace"], found["span"]
+    if trace == "0" * 32 or span == "0" * 16:
+        return None  # the all-zero ids are invalid by definition
+    return trace, span

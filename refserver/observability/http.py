@@ -141,6 +141,8 @@ class ObservedApp:
                 "event": "http.access",
                 "request_id": log_context.request_id,
                 "session_id": log_context.session_id,
+                "trace_id": log_context.trace_id,
+                "parent_span_id": log_context.parent_span_id,
                 "method": method,
                 "path": path,
                 "route": log_context.route,

@@ -56,7 +56,7 @@ _STANDARD_ATTRS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None
     "asctime",
     "taskName",
 }
-_CONTEXT_ATTRS: Final = ("event", "request_id", "session_id")
+_CONTEXT_ATTRS: Final = ("event", "request_id", "session_id", "trace_id", "parent_span_id")
 
 KNOWN_EVENTS: Final[Mapping[tuple[str, str], tuple[str, tuple[str, ...]]]] = {
     ("refserver.registry", "session %s closed here (%s)"): ("session.closed", ("session_id", "reason")),
@@ -147,6 +147,9 @@ class ContextFilter(logging.Filter):
             record.request_id = current.request_id if current else None
         if getattr(record, "session_id", None) is None:
             record.session_id = current.session_id if current else None
+        if current is not None and current.trace_id is not None and not hasattr(record, "trace_id"):
+            record.trace_id = current.trace_id
+            record.parent_span_id = current.parent_span_id
         return True
 
 
@@ -167,7 +170,7 @@ class JsonFormatter(logging.Formatter):
         if event is not None:
             document["event"] = str(event)
         document["message"] = redact_text(record.getMessage())
-        for name in ("request_id", "session_id"):
+        for name in ("request_id", "session_id", "trace_id", "parent_span_id"):
             value = getattr(record, name, None)
             if value is not None:
                 document[name] = redact(value)

@@ -46,6 +46,10 @@ REMOVED_METHODS: Final = frozenset(
 )
 """2025 methods the stateless revision dropped: a 2026 request for one is answered as an unknown method."""
 
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""RFC 9110 `1*tchar`."""
+_VISIBLE_ASCII: Final = re.compile(r"[\x20-\x7e\t]*")
+_DECIMAL: Final = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _BASE64_HEADER: Final = re.compile(r"^=\?base64\?(?P<value>.*)\?=$", re.DOTALL)
 
 
@@ -166,18 +170,45 @@ def check_param_headers(mirrored: Mapping[str, str], arguments: Mapping[str, Any
         sent = headers.get(f"mcp-param-{header.lower()}")
         if sent is None:
             raise HeaderMismatch(f"Mcp-Param-{header} header is required: the body sets arguments.{param}")
+        if _VISIBLE_ASCII.fullmatch(sent) is None:
+            raise HeaderMismatch(f"Mcp-Param-{header} header has characters a header value may not carry")
         decoded = decode_header_value(sent)
         if decoded is None:
             raise HeaderMismatch(f"Mcp-Param-{header} header is not valid =?base64?...?= (padding or alphabet)")
-        if decoded != _rendered(value):
+        if not _header_matches(value, decoded):
             raise HeaderMismatch(f"Mcp-Param-{header} header does not match arguments.{param}")
 
 
-def _rendered(value: Any) -> str:
-    """An argument as a header carries it: strings as they are, other values as their JSON text."""
+def _header_matches(value: Any, header: str) -> bool:
+    """Whether a header carries `value` (SEP-2243 value encoding); integers compare numerically (`42` = `42.0`)."""
+    if isinstance(value, bool):
+        return header == ("true" if value else "false")
+    if isinstance(value, int):
+        if _DECIMAL.fullmatch(header) is None:
+            return False
+        whole, _, fraction = header.partition(".")
+        return int(whole) == value and fraction.strip("0") == ""
     if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return header == value
+    return header == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_mirrored_schema(tool_name: str, input_schema: Mapping[str, Any]) -> None:
+    """Refuse to serve a tool whose `x-mcp-header` annotations break the revision's rules (clients drop such
+    tools): a header-name token, unique ignoring case, on a primitive property reachable through `properties`."""
+    seen: set[str] = set()
+    properties = input_schema.get("properties")
+    for name, spec in properties.items() if isinstance(properties, Mapping) else ():
+        header = spec.get("x-mcp-header") if isinstance(spec, Mapping) else None
+        if header is None:
+            continue
+        if not isinstance(header, str) or _TOKEN.fullmatch(header) is None:
+            raise ValueError(f"tool {tool_name}: x-mcp-header of {name!r} must be an HTTP field-name token")
+        if header.lower() in seen:
+            raise ValueError(f"tool {tool_name}: x-mcp-header {header!r} is used twice")
+        seen.add(header.lower())
+        if spec.get("type") not in ("string", "integer", "boolean"):
+            raise ValueError(f"tool {tool_name}: x-mcp-header on {name!r} needs a string, integer or boolean type")
 
 
 def _trace_context(meta: Mapping[str, Any]) -> TraceContext | None:

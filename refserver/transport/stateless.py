@@ -42,8 +42,15 @@ from refserver.errors import (
     RefserverError,
 )
 from refserver.oauth.models import AccessInfo
+from refserver.observability import context
 from refserver.protocol.core import Complete, CoreRequest, Failed, InputRequired, RequestMeta
-from refserver.protocol.envelope import check_param_headers, input_required_result, mirrored_params, read_envelope
+from refserver.protocol.envelope import (
+    check_mirrored_schema,
+    check_param_headers,
+    input_required_result,
+    mirrored_params,
+    read_envelope,
+)
 from refserver.protocol.jsonrpc import ErrorResponse, Notification, ParsedBody, Request, Response, encode_message
 from refserver.protocol.lifecycle import log_level_allows
 from refserver.protocol.request_state import RequestStateSeal, derive_key
@@ -142,6 +149,8 @@ class StatelessExchange:
         self._state_ttl = state_ttl
         self._heartbeat_interval = heartbeat_interval
         self._sealer: RequestStateSeal | None = None
+        for name, tool in core.features.tools.items():
+            check_mirrored_schema(name, tool.definition.input_schema)
         self._mirrored = {
             name: mirrored
             for name, tool in core.features.tools.items()
@@ -177,6 +186,9 @@ class StatelessExchange:
             raise InvalidRequest("Invalid Request: a 2026-07-28 client sends requests, not responses")
         try:
             meta = read_envelope(message.method, message.params, request.headers, subject)
+            log_context = context.current()
+            if log_context is not None and meta.trace is not None:
+                log_context.join_trace(meta.trace.traceparent)
             if message.method == LISTEN:
                 return await self._listen(message, access, nursery)
             core_request = self._core_request(message, meta, request.headers)

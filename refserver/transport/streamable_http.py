@@ -142,6 +142,10 @@ class StreamableHttpEndpoint:
 
     async def _session(self, request: HttpRequest, owner: str | None, *, for_delete: bool = False) -> Session:
         session_id = request.header("mcp-session-id")
+        if not session_id and era_of(None, request.header("mcp-protocol-version"), None) is Era.STATELESS:
+            # The 2026 revision has no GET stream and no session to delete (streamable-http.mdx, backward
+            # compatibility): its clients listen with `subscriptions/listen`.
+            raise MethodNotAllowed(f"Method Not Allowed: {request.method} is not part of protocol 2026-07-28")
         if not session_id:
             raise MissingSessionId("Bad Request: Mcp-Session-Id header is required")
         session = await self._registry.get(session_id, owner=owner)
