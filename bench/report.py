@@ -10,11 +10,12 @@ from typing import Any, Final
 SCENARIO_NAMES: Final = {
     "S0": "S0 bare Quart-Trio JSON endpoint (stack ceiling)",
     "S1": "S1 refserver, tools/call echo, memory backend",
+    "M1": "M1 refserver, tools/call echo in protocol 2026-07-28 (no session), memory backend",
     "S2": "S2 refserver, tools/call echo, Redis backend",
     "P": "P official SDK MCPServer on uvicorn, no auth (SDK default: SSE answers)",
     "PJ": "PJ the same SDK server with json_response=True",
 }
-PLOT_ORDER: Final = ("S0", "S1", "S2", "P", "PJ")
+PLOT_ORDER: Final = ("S0", "S1", "M1", "S2", "P", "PJ")
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

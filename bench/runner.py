@@ -144,7 +144,7 @@ class Runner:
             servers["S0"] = hypercorn_server(
                 "S0-bare", "bench.bare_app:app", ports["S0"], dict(os.environ), cpu, self.log_dir
             )
-        if self.wants("S1", "S5"):
+        if self.wants("S1", "M1", "S5"):
             ports["S1"] = free_port()
             servers["S1"] = hypercorn_server(
                 "S1-memory", "refserver.app:app", ports["S1"], refserver_env(ports["S1"]), cpu, self.log_dir
@@ -187,6 +187,11 @@ class Runner:
                     redis_port=self.redis_port if name == "S2" else None,
                 )
                 self.progress(f"{name}: token by the OAuth flow, session {session[:8]}...")
+        if self.wants("M1") and "S1" in servers:
+            if "S1" not in tokens:
+                tokens["S1"] = trio.run(obtain_token, ports["S1"])
+            # The S1 server, with its token: the two eras measured on one process, the same features and auth.
+            targets["M1"] = Target("M1", ports["S1"], token=tokens["S1"], server_pid=servers["S1"].pid, modern=True)
         for name in ("P", "PJ"):
             if name in servers:
                 session = trio.run(new_session, ports[name], "")

@@ -74,6 +74,18 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
             detail=_list(each),
         )
     )
+    ratio, each = _ratio(data, "M1", "PJ")
+    out.append(
+        _target(
+            "M1/PJ",
+            f"M1 (2026-07-28, no session, auth on) at c={C} >= 1.2 x PJ",
+            ratio,
+            1.2,
+            higher_is_better=True,
+            unit="x",
+            detail=_list(each),
+        )
+    )
     s1 = scenarios.get("S1", {}).get("points", {}).get(C)
     out.append(
         _target(

@@ -57,6 +57,8 @@ class Target:
     """The process whose CPU is reported next to the run (the server's worker)."""
     redis_port: int | None = None
     """The Redis the server uses: its commands per request are counted."""
+    modern: bool = False
+    """Protocol 2026-07-28: no session, every request self-contained."""
 
 
 @attrs.frozen
@@ -92,6 +94,7 @@ def run_wrk(
         BENCH_PATH=target.path,
         BENCH_TOKEN=target.token,
         BENCH_SESSION=target.session,
+        BENCH_MODERN="1" if target.modern else "",
         BENCH_EXPECT="Echo: hi",
         BENCH_ADDRS=",".join(f"127.0.0.1:{p}" for p in (target.port, *target.extra_ports))
         if target.extra_ports

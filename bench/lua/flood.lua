@@ -7,6 +7,7 @@
 --   BENCH_ADDRS    optional "host:port,host:port": wrk threads are spread over these addresses in turn
 --                  (S3: each connection stays on one instance; consecutive threads alternate instances)
 --   BENCH_EXPECT   a string every good response body contains ("Echo: hi")
+--   BENCH_MODERN   "1": protocol 2026-07-28, no session: the envelope in `_meta`, the routing headers
 --
 -- Every request has its own JSON-RPC id (the spec forbids reusing one within a session, and the SDK
 -- server routes answers by id). Every response is checked (status 200 and the expected body); the `done` hook prints one JSON line
@@ -19,8 +20,17 @@ local expect = os.getenv("BENCH_EXPECT") or "Echo: hi"
 
 wrk.method = "POST"
 wrk.path = path
+local modern = os.getenv("BENCH_MODERN") == "1"
 local body_head = '{"jsonrpc":"2.0","id":'
 local body_tail = ',"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}'
+if modern then
+  body_tail = ',"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"},"_meta":{' ..
+    '"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},' ..
+    '"io.modelcontextprotocol/clientInfo":{"name":"wrk","version":"4"}}}}'
+  wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+  wrk.headers["Mcp-Method"] = "tools/call"
+  wrk.headers["Mcp-Name"] = "echo"
+end
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 if token ~= "" then
