@@ -204,7 +204,53 @@ mcp '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"add","argum
   -f -o "$WORK/add.json"
 show "tools/call add with the new token: $(jget '.result.content[0].text' <"$WORK/add.json")"
 
-step "14. DELETE /mcp: end the session"
+# --- protocol 2026-07-28: the same endpoint, the same token, no session -----------------------------------
+MODERN="2026-07-28"
+META="\"_meta\":{\"io.modelcontextprotocol/protocolVersion\":\"$MODERN\",
+  \"io.modelcontextprotocol/clientInfo\":{\"name\":\"curl-example\",\"version\":\"1.0\"},
+  \"io.modelcontextprotocol/clientCapabilities\":{\"sampling\":{}}}"
+modern() {  # modern METHOD [NAME] JSON-BODY [curl options...]: one self-contained 2026 request
+  local method="$1" name="$2" body="$3"
+  shift 3
+  curl -sS -X POST "$MCP_URL" -H "Authorization: Bearer $ACCESS_TOKEN" \
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    -H "MCP-Protocol-Version: $MODERN" -H "Mcp-Method: $method" ${name:+-H "Mcp-Name: $name"} -d "$body" "$@"
+}
+
+step "15. 2026-07-28: server/discover (every request carries its version and capabilities in _meta)"
+modern server/discover "" "{\"jsonrpc\":\"2.0\",\"id\":10,\"method\":\"server/discover\",\"params\":{$META}}" \
+  -f -o "$WORK/discover.json"
+show "supported versions: $(jget .result.supportedVersions <"$WORK/discover.json")   result type: $(jget .result.resultType <"$WORK/discover.json")"
+
+step "16. 2026-07-28: tools/call echo, no initialize, no Mcp-Session-Id"
+modern tools/call echo "{\"jsonrpc\":\"2.0\",\"id\":11,\"method\":\"tools/call\",
+  \"params\":{\"name\":\"echo\",\"arguments\":{\"message\":\"stateless curl\"},$META}}" -f -o "$WORK/echo26.json"
+show "$(jget '.result.content[0].text' <"$WORK/echo26.json")"
+
+step "17. 2026-07-28: a multi round-trip call: sampleLLM answers InputRequiredResult, the retry carries the answer"
+modern tools/call sampleLLM "{\"jsonrpc\":\"2.0\",\"id\":12,\"method\":\"tools/call\",
+  \"params\":{\"name\":\"sampleLLM\",\"arguments\":{\"prompt\":\"Say hi\",\"maxTokens\":20},$META}}" \
+  -f -o "$WORK/round1.json"
+[ "$(jget .result.resultType <"$WORK/round1.json")" = input_required ] || fail "expected an InputRequiredResult"
+KEY="$(jget '.result.inputRequests | keys[0]' <"$WORK/round1.json" 2>/dev/null || echo sample)"
+show "round 1: resultType input_required, asks $(jget ".result.inputRequests.$KEY.method" <"$WORK/round1.json")"
+STATE_FIELD=""
+if STATE="$(jget .result.requestState <"$WORK/round1.json" 2>/dev/null)"; then
+  STATE_FIELD=",\"requestState\":\"$STATE\""
+fi
+modern tools/call sampleLLM "{\"jsonrpc\":\"2.0\",\"id\":13,\"method\":\"tools/call\",
+  \"params\":{\"name\":\"sampleLLM\",\"arguments\":{\"prompt\":\"Say hi\",\"maxTokens\":20},
+  \"inputResponses\":{\"$KEY\":{\"role\":\"assistant\",\"content\":{\"type\":\"text\",\"text\":\"Hi from curl\"},
+  \"model\":\"curl-model\",\"stopReason\":\"endTurn\"}}$STATE_FIELD,$META}}" -f -o "$WORK/round2.json"
+show "round 2: $(jget '.result.content[0].text' <"$WORK/round2.json")"
+
+step "18. 2026-07-28: subscriptions/listen opens a long-lived stream; the first event acknowledges the filter"
+modern subscriptions/listen "" "{\"jsonrpc\":\"2.0\",\"id\":14,\"method\":\"subscriptions/listen\",
+  \"params\":{\"notifications\":{\"toolsListChanged\":true},$META}}" -N --max-time 2 -o "$WORK/listen.txt" || true
+sed 's/^/   | /' "$WORK/listen.txt" | head -n 3
+sse_data "$WORK/listen.txt" | grep -q '"notifications/subscriptions/acknowledged"' || fail "no acknowledgement"
+
+step "19. DELETE /mcp: end the (2025) session"
 status="$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$MCP_URL" \
   -H "Authorization: Bearer $ACCESS_TOKEN" -H "Mcp-Session-Id: $SESSION_ID" \
   -H "MCP-Protocol-Version: $PROTOCOL_VERSION")"
