@@ -312,7 +312,9 @@ def _as_stateless_error(error: RefserverError) -> RefserverError:
     if isinstance(error, ResourceNotFound):
         return InvalidParams(error.message, data=error.data)  # SEP-2164: an unknown resource is a bad param
     if isinstance(error, ClientCapabilityMissing):
-        return MissingRequiredClientCapability(error.message, data={"requiredCapabilities": {error.capability: {}}})
+        return MissingRequiredClientCapability(
+            error.message, data={"requiredCapabilities": error.required_capabilities}
+        )
     return error
 
 

@@ -84,9 +84,15 @@ class ClientCapabilityMissing(RefserverError):
     jsonrpc_code = INVALID_REQUEST
     http_status = 200
 
-    def __init__(self, message: str, *, capability: str) -> None:
+    def __init__(self, message: str, *, capability: str, mode: str | None = None) -> None:
         super().__init__(message)
         self.capability = capability
+        self.mode = mode
+
+    @property
+    def required_capabilities(self) -> dict[str, dict[str, dict[str, object]]]:
+        """As a ClientCapabilities object: `{"sampling": {}}`, or `{"elicitation": {"url": {}}}` for a mode."""
+        return {self.capability: {self.mode: {}} if self.mode else {}}
 
 
 class ClientRequestFailed(RefserverError):

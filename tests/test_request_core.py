@@ -186,3 +186,88 @@ async def test_errors_are_outcomes(core: RequestCore, method: str, params: dict[
     outcome = await core.handle(CoreRequest(4, method, params, BARE_CLIENT), RecordingEmitter())
     assert isinstance(outcome, Failed)
     assert isinstance(outcome.error, error)
+
+
+# --- the 2026-07-28 revision: the same core, results and errors shaped for it ---------------------------------
+
+MODERN = "2026-07-28"
+
+
+def modern(
+    method: str, params: dict[str, Any] | None = None, capabilities: dict[str, Any] | None = None
+) -> CoreRequest:
+    capabilities = {"sampling": {}, "elicitation": {}} if capabilities is None else capabilities
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+    }
+    return CoreRequest(9, method, {**(params or {}), "_meta": envelope}, RequestMeta(MODERN, capabilities))
+
+
+async def test_modern_results_are_typed_identify_the_server_and_carry_cache_hints(core: RequestCore) -> None:
+    discovered = await core.handle(modern("server/discover"), RecordingEmitter())
+    assert isinstance(discovered, Complete)
+    result = discovered.result
+    assert result["supportedVersions"] == [MODERN] and result["resultType"] == "complete"
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "refserver"
+    assert result["ttlMs"] >= 0 and result["cacheScope"] in ("public", "private")
+    listings = [await core.handle(modern("tools/list"), RecordingEmitter()) for _ in range(3)]
+    names = [[t["name"] for t in outcome.result["tools"]] for outcome in listings if isinstance(outcome, Complete)]
+    assert len(names) == 3 and names[0] == names[1] == names[2]  # a deterministic order
+    assert all(isinstance(o, Complete) and o.result["cacheScope"] == "public" for o in listings)
+    called = await core.handle(
+        modern("tools/call", {"name": "echo", "arguments": {"message": "m"}}), RecordingEmitter()
+    )
+    assert isinstance(called, Complete) and called.result["resultType"] == "complete"
+    assert "ttlMs" not in called.result  # a tool call is not cacheable
+
+
+async def test_removed_methods_are_unknown_in_the_modern_era(core: RequestCore) -> None:
+    for method in ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"):
+        outcome = await core.handle(modern(method), RecordingEmitter())
+        assert isinstance(outcome, Failed) and isinstance(outcome.error, MethodNotFound), method
+    legacy = await core.handle(CoreRequest(1, "server/discover", None, SAMPLING_CLIENT), RecordingEmitter())
+    assert isinstance(legacy, Failed) and isinstance(legacy.error, MethodNotFound)
+
+
+async def test_a_missing_capability_is_the_requests_error_in_the_modern_era_only(core: RequestCore) -> None:
+    outcome = await core.handle(
+        modern("tools/call", {"name": "sampleLLM", "arguments": {"prompt": "p"}}, {}), RecordingEmitter()
+    )
+    assert isinstance(outcome, Failed) and outcome.error.jsonrpc_code == -32021
+    assert outcome.error.data == {"requiredCapabilities": {"sampling": {}}}
+    legacy = await core.handle(call("sampleLLM", {"prompt": "p"}, BARE_CLIENT), RecordingEmitter())
+    assert isinstance(legacy, Complete) and legacy.result["isError"] is True
+
+
+async def test_url_mode_elicitation_needs_its_own_capability(core: RequestCore) -> None:
+    arguments = {"url": "https://example.com/connect"}
+    form_only = await core.handle(
+        modern("tools/call", {"name": "elicitInputs", "arguments": arguments}), RecordingEmitter()
+    )
+    assert isinstance(form_only, Failed) and form_only.error.jsonrpc_code == -32021
+    assert form_only.error.data == {"requiredCapabilities": {"elicitation": {"url": {}}}}
+    capable = {"elicitation": {"form": {}, "url": {}}}
+    asked = await core.handle(
+        modern("tools/call", {"name": "elicitInputs", "arguments": arguments}, capable), RecordingEmitter()
+    )
+    assert isinstance(asked, InputRequired)
+    (request,) = asked.input_requests.values()
+    assert request.params["mode"] == "url" and request.params["url"] == arguments["url"]
+    answered = await core.handle(
+        attrs.evolve(
+            modern("tools/call", {"name": "elicitInputs", "arguments": arguments}, capable),
+            input_responses={"visit": {"action": "accept"}},
+        ),
+        RecordingEmitter(),
+    )
+    assert text_of(answered) == "✅ User completed the step at https://example.com/connect"
+
+
+async def test_an_unknown_resource_is_invalid_params_in_the_modern_era(core: RequestCore) -> None:
+    outcome = await core.handle(modern("resources/read", {"uri": "test://nope"}), RecordingEmitter())
+    assert isinstance(outcome, Failed) and outcome.error.jsonrpc_code == -32602
+    legacy = await core.handle(
+        CoreRequest(1, "resources/read", {"uri": "test://nope"}, SAMPLING_CLIENT), RecordingEmitter()
+    )
+    assert isinstance(legacy, Failed) and legacy.error.jsonrpc_code == -32002

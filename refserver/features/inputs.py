@@ -47,6 +47,11 @@ def ask(ctx: FeatureContext, state: Mapping[str, Any] | None = None, **requests:
             raise ClientCapabilityMissing(
                 f"the client did not declare the {capability} capability", capability=capability
             )
+        mode = request.params.get("mode") if request.method == ELICITATION else None
+        if mode == "url" and not ctx.meta.client_supports_elicitation_mode("url"):
+            raise ClientCapabilityMissing(
+                "the client did not declare URL mode elicitation", capability=capability, mode="url"
+            )
     return InputRequired(requests, dict(state or {}))
 
 

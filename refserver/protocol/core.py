@@ -60,6 +60,15 @@ class RequestMeta:
     def client_supports(self, capability: str) -> bool:
         return self.client_capabilities.get(capability) is not None
 
+    def client_supports_elicitation_mode(self, mode: str) -> bool:
+        """An `elicitation` capability without modes means form mode only (the spec's compatibility rule)."""
+        declared = self.client_capabilities.get("elicitation")
+        if not isinstance(declared, Mapping):
+            return False
+        if not declared:
+            return mode == "form"
+        return isinstance(declared.get(mode), Mapping)
+
 
 @attrs.frozen
 class InputRequest:

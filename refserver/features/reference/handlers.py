@@ -194,6 +194,9 @@ ELICITATION_SCHEMA: Final[dict[str, Any]] = {
 
 
 async def elicit_inputs(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
+    url = arguments.get("url")
+    if isinstance(url, str):
+        return _elicit_at_url(url, ctx)
     result = answer(ctx, "inputs", types.ElicitResult)
     if result is None:
         return ask(
@@ -211,6 +214,26 @@ async def elicit_inputs(arguments: dict[str, Any], ctx: FeatureContext) -> ToolO
         return _result(_text(f"✅ User provided the requested information:\n{provided}"))
     if result.action == "decline":
         return _result(_text("❌ User declined to provide the requested information."))
+    return _result(_text("⚠️ User cancelled the elicitation dialog."))
+
+
+def _elicit_at_url(url: str, ctx: FeatureContext) -> ToolOutcome:
+    result = answer(ctx, "visit", types.ElicitResult)
+    if result is None:
+        # The id names this flow to the client (and, in a real server, to the page that completes it).
+        flow = hashlib.sha256(f"{ctx.request_id}|{url}".encode()).hexdigest()[:16]
+        return ask(
+            ctx,
+            visit=elicitation(
+                types.ElicitRequestURLParams(
+                    message="Please complete the requested step at this address.", url=url, elicitation_id=flow
+                )
+            ),
+        )
+    if result.action == "accept":
+        return _result(_text(f"✅ User completed the step at {url}"))
+    if result.action == "decline":
+        return _result(_text("❌ User declined to open the address."))
     return _result(_text("⚠️ User cancelled the elicitation dialog."))
 
 

@@ -174,8 +174,17 @@ def build_tools() -> list[Tool]:
         ),
         _tool(
             "elicitInputs",
-            "Demonstrates elicitation by asking the user for a few inputs of different types",
-            _object_schema({}),
+            "Demonstrates elicitation by asking the user for a few inputs of different types (form mode), or, "
+            "given a url, to complete a flow at that address (URL mode)",
+            _object_schema(
+                {
+                    "url": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "Ask the user to open this address instead of filling in a form (URL mode)",
+                    }
+                }
+            ),
             handlers.elicit_inputs,
             _annotations("Elicit Inputs", read_only=True, idempotent=False),
         ),
