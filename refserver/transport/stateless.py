@@ -235,9 +235,10 @@ class StatelessExchange:
                 check_param_headers(mirrored, arguments, headers)
         responses = params.get("inputResponses")
         token = params.get("requestState")
-        if message.method not in INPUT_METHODS or (responses is None and token is None):
+        given = "inputResponses" in params or "requestState" in params
+        if message.method not in INPUT_METHODS or not given:
             return CoreRequest(message.id, message.method, message.params, meta)
-        if responses is None:
+        if "inputResponses" not in params:
             responses = {}
         if not isinstance(responses, dict) or not all(isinstance(r, dict) for r in responses.values()):
             raise InvalidParams("inputResponses must map each input request key to the client's result object")
