@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from refserver.backend.messages import ListenNotice, TokenRevoked
+from refserver.backend.messages import BusResynced, ListenNotice, TokenRevoked
 from refserver.backend.sessions import LocalBus
 from refserver.errors import InvalidParams, ServiceUnavailable
 from refserver.oauth.models import AccessInfo
@@ -127,3 +127,12 @@ async def test_the_stream_ends_when_its_token_expires(autojump_clock: trio.testi
     assert 88 <= trio.current_time() - started <= 91
     assert sum(chunk.startswith(b":") for chunk in chunks) >= 2  # heartbeats while idle
     assert [m["method"] for m in messages(chunks)] == ["notifications/subscriptions/acknowledged"]
+
+
+async def test_after_the_bus_was_away_every_listener_is_told_to_listen_again() -> None:
+    hub = ListenHub(LocalBus(), max_listeners=10)
+    with hub.listening("L", ListenFilter.parse({"notifications": {"toolsListChanged": True}}), None) as listener:
+        await hub.on_global_message(BusResynced())
+        chunks = [chunk async for chunk in listen_stream(listener, heartbeat_interval=60, server_info=SERVER_INFO)]
+    ack, result = messages(chunks)
+    assert ack["method"] == "notifications/subscriptions/acknowledged" and result["id"] == "L"

@@ -45,6 +45,8 @@ LIST_CHANGED: Final[Mapping[str, tuple[str, str]]] = {
     "resources": ("resourcesListChanged", "notifications/resources/list_changed"),
 }
 RESOURCE_UPDATE: Final = "resource"
+GRACEFUL_ENDS: Final = frozenset({"shutdown", "overflow", "resync"})
+"""Ends the client is told of (with the listen request's result), so that it listens again at once."""
 
 
 @attrs.frozen
@@ -163,7 +165,10 @@ class ListenHub:
             case TokenRevoked(jti, grant_id):
                 await self.token_revoked(jti, grant_id)
             case BusResynced():
-                pass  # a notice published meanwhile is lost; listeners re-list when they next reconnect
+                # A notice published while the bus was away is lost: end every stream gracefully, so that each
+                # client listens again and refetches what it caches, rather than miss a change silently.
+                for listener in list(self._listeners):
+                    listener.end("resync")
 
     async def token_revoked(self, jti: str | None, grant_id: str | None) -> None:
         for listener in list(self._listeners):
@@ -215,7 +220,7 @@ async def listen_stream(
             params = dict(notification.params or {})
             params["_meta"] = {**params.get("_meta", {}), **subscription}
             yield encode_event(encode_message(Notification(notification.method, params)))
-    if listener.end_reason in ("shutdown", "overflow"):
+    if listener.end_reason in GRACEFUL_ENDS:
         # A graceful end, told to the client: it may listen again (elsewhere) at once.
         result = {"resultType": "complete", "_meta": {**subscription, SERVER_INFO_KEY: dict(server_info)}}
         yield encode_event(encode_message(Response(listener.request_id, result)))
