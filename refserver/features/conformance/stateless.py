@@ -12,9 +12,8 @@ from typing import Any, Final
 
 import mcp_types as types
 
-from refserver.features.catalog import Prompt, Tool, ToolHandler, ToolOutcome
-from refserver.features.conformance.content import compact_json, text
-from refserver.features.conformance.schemas import EMPTY_SCHEMA
+from refserver.features.catalog import Prompt, Tool, ToolOutcome
+from refserver.features.conformance.content import compact_json, fixture_tool, text, tool_result
 from refserver.features.context import FeatureContext
 from refserver.features.inputs import answer, ask, elicitation, roots, sampling
 from refserver.protocol.core import CAPABILITY_FOR_INPUT, InputRequest, InputRequired
@@ -27,10 +26,6 @@ CUSTOM_HEADER_SCHEMA: Final[dict[str, Any]] = {
     },
     "required": ["region"],
 }
-
-
-def _result(*content: types.ContentBlock) -> types.CallToolResult:
-    return types.CallToolResult(content=list(content))
 
 
 def _form(message: str, field: str, kind: str = "string") -> InputRequest:
@@ -69,28 +64,28 @@ async def _elicitation(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOu
     content = _accepted(ctx, "user_name")
     if content is None:
         return ask(ctx, user_name=_form("What is your name?", "name"))
-    return _result(text(f"Hello, {content.get('name')}!"))
+    return tool_result(text(f"Hello, {content.get('name')}!"))
 
 
 async def _sampling(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     reply = _sampled_text(ctx, "capital_question")
     if reply is None:
         return ask(ctx, capital_question=_question("What is the capital of France?", 100))
-    return _result(text(f"Sampling response: {reply}"))
+    return tool_result(text(f"Sampling response: {reply}"))
 
 
 async def _list_roots(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     listed = answer(ctx, "client_roots", types.ListRootsResult)
     if listed is None:
         return ask(ctx, client_roots=roots())
-    return _result(text("Client roots: " + ", ".join(str(root.uri) for root in listed.roots)))
+    return tool_result(text("Client roots: " + ", ".join(str(root.uri) for root in listed.roots)))
 
 
 async def _request_state(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     content = _accepted(ctx, "confirm")
     if content is None or ctx.request_state != {"asked": "confirm"}:
         return ask(ctx, {"asked": "confirm"}, confirm=_form("Please confirm", "ok", "boolean"))
-    return _result(text(f"state-ok: confirmed={compact_json(content.get('ok'))}"))
+    return tool_result(text(f"state-ok: confirmed={compact_json(content.get('ok'))}"))
 
 
 async def _multiple_inputs(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
@@ -105,7 +100,7 @@ async def _multiple_inputs(arguments: dict[str, Any], ctx: FeatureContext) -> To
             greeting=_question("Generate a greeting", 50),
             client_roots=roots(),
         )
-    return _result(text(f"{greeting} {name.get('name')} (roots: {len(listed.roots)})"))
+    return tool_result(text(f"{greeting} {name.get('name')} (roots: {len(listed.roots)})"))
 
 
 async def _multi_round(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
@@ -113,7 +108,7 @@ async def _multi_round(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOu
     if state.get("round") == 2:
         color = _accepted(ctx, "step2")
         if color is not None:
-            return _result(text(f"{state.get('name')}'s favorite color is {color.get('color')}"))
+            return tool_result(text(f"{state.get('name')}'s favorite color is {color.get('color')}"))
         return ask(ctx, state, step2=_form("Step 2: What is your favorite color?", "color"))
     name = _accepted(ctx, "step1") if state.get("round") == 1 else None
     if name is None:
@@ -128,7 +123,7 @@ async def _tampered_state(arguments: dict[str, Any], ctx: FeatureContext) -> Too
     content = _accepted(ctx, "confirm")
     if content is None or ctx.request_state != {"asked": "confirm"}:
         return ask(ctx, {"asked": "confirm"}, confirm=_form("Please confirm", "ok", "boolean"))
-    return _result(text("state verified"))
+    return tool_result(text("state verified"))
 
 
 async def _capabilities(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
@@ -143,9 +138,9 @@ async def _capabilities(arguments: dict[str, Any], ctx: FeatureContext) -> ToolO
         if ctx.meta.client_supports(CAPABILITY_FOR_INPUT[request.method])
     }
     if not supported:
-        return _result(text("The client declared none of sampling, elicitation or roots: nothing to ask."))
+        return tool_result(text("The client declared none of sampling, elicitation or roots: nothing to ask."))
     if all(ctx.input_responses.get(key) is not None for key in supported):
-        return _result(text("Received: " + ", ".join(sorted(supported))))
+        return tool_result(text("Received: " + ", ".join(sorted(supported))))
     return ask(ctx, None, **supported)
 
 
@@ -167,7 +162,7 @@ async def _missing_capability(arguments: dict[str, Any], ctx: FeatureContext) ->
     reply = _sampled_text(ctx, "question")
     if reply is None:
         return ask(ctx, question=_question("Say something", 20))
-    return _result(text(f"Sampled: {reply}"))
+    return tool_result(text(f"Sampled: {reply}"))
 
 
 async def _streaming_elicitation(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
@@ -175,65 +170,62 @@ async def _streaming_elicitation(arguments: dict[str, Any], ctx: FeatureContext)
     content = _accepted(ctx, "user_name")
     if content is None:
         return ask(ctx, user_name=_form("What is your name?", "name"))
-    return _result(text(f"Hello, {content.get('name')}!"))
+    return tool_result(text(f"Hello, {content.get('name')}!"))
 
 
 async def _logging_tool(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
     # Sent only when the request asked for a log level (2026) or the session's level lets it through (2025).
     await ctx.log("info", "test_logging_tool ran")
-    return _result(text("Logging tool finished."))
+    return tool_result(text("Logging tool finished."))
 
 
 async def _trigger_tool_change(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
     await ctx.notify_list_changed("tools")
-    return _result(text("Tool list change published."))
+    return tool_result(text("Tool list change published."))
 
 
 async def _trigger_prompt_change(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
     await ctx.notify_list_changed("prompts")
-    return _result(text("Prompt list change published."))
+    return tool_result(text("Prompt list change published."))
 
 
 # --- SEP-2243: a parameter mirrored in a header -------------------------------------------------------------
 
 
 async def _custom_header(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(text(f"Routed to region {arguments.get('region')}"))
-
-
-def _tool(name: str, description: str, handler: ToolHandler, schema: dict[str, Any] | None = None) -> Tool:
-    return Tool(
-        definition=types.Tool(name=name, description=description, input_schema=schema or EMPTY_SCHEMA),
-        handler=handler,
-    )
+    return tool_result(text(f"Routed to region {arguments.get('region')}"))
 
 
 def build_tools() -> list[Tool]:
     return [
-        _tool("test_input_required_result_elicitation", "MRTR: asks for the user's name", _elicitation),
-        _tool("test_input_required_result_sampling", "MRTR: asks the client's model a question", _sampling),
-        _tool("test_input_required_result_list_roots", "MRTR: asks for the client's roots", _list_roots),
-        _tool("test_input_required_result_request_state", "MRTR: keeps sealed state between rounds", _request_state),
-        _tool("test_input_required_result_multiple_inputs", "MRTR: three inputs in one round", _multiple_inputs),
-        _tool("test_input_required_result_multi_round", "MRTR: two rounds, state evolving", _multi_round),
-        _tool("test_input_required_result_tampered_state", "MRTR: refuses altered state", _tampered_state),
-        _tool("test_input_required_result_capabilities", "MRTR: asks only what the client can answer", _capabilities),
-        _tool("test_missing_capability", "Needs the sampling client capability", _missing_capability),
-        _tool(
+        fixture_tool("test_input_required_result_elicitation", "MRTR: asks for the user's name", _elicitation),
+        fixture_tool("test_input_required_result_sampling", "MRTR: asks the client's model a question", _sampling),
+        fixture_tool("test_input_required_result_list_roots", "MRTR: asks for the client's roots", _list_roots),
+        fixture_tool(
+            "test_input_required_result_request_state", "MRTR: keeps sealed state between rounds", _request_state
+        ),
+        fixture_tool("test_input_required_result_multiple_inputs", "MRTR: three inputs in one round", _multiple_inputs),
+        fixture_tool("test_input_required_result_multi_round", "MRTR: two rounds, state evolving", _multi_round),
+        fixture_tool("test_input_required_result_tampered_state", "MRTR: refuses altered state", _tampered_state),
+        fixture_tool(
+            "test_input_required_result_capabilities", "MRTR: asks only what the client can answer", _capabilities
+        ),
+        fixture_tool("test_missing_capability", "Needs the sampling client capability", _missing_capability),
+        fixture_tool(
             "test_streaming_elicitation",
             "Asks for input with an InputRequiredResult, never a request on the stream",
             _streaming_elicitation,
         ),
-        _tool("test_logging_tool", "Logs only when the request asked for a log level", _logging_tool),
-        _tool(
+        fixture_tool("test_logging_tool", "Logs only when the request asked for a log level", _logging_tool),
+        fixture_tool(
             "test_trigger_tool_change", "Publishes notifications/tools/list_changed to listeners", _trigger_tool_change
         ),
-        _tool(
+        fixture_tool(
             "test_trigger_prompt_change",
             "Publishes notifications/prompts/list_changed to listeners",
             _trigger_prompt_change,
         ),
-        _tool(
+        fixture_tool(
             "test_custom_header",
             "A parameter mirrored in the Mcp-Param-Region header",
             _custom_header,

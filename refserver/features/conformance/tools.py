@@ -14,17 +14,18 @@ import pydantic
 import trio
 
 from refserver.errors import ClientCapabilityMissing, ClientRequestFailed, InvalidParams
-from refserver.features.catalog import Tool, ToolHandler, ToolOutcome
+from refserver.features.catalog import Tool, ToolOutcome
 from refserver.features.conformance.content import (
     TEST_AUDIO_BASE64,
     WAV_MIME_TYPE,
     compact_json,
+    fixture_tool,
     image,
     text,
+    tool_result,
 )
 from refserver.features.conformance.schemas import (
     ELICITATION_SCHEMA,
-    EMPTY_SCHEMA,
     JSON_SCHEMA_2020_12,
     SEP1034_MESSAGE,
     SEP1034_SCHEMA,
@@ -44,10 +45,6 @@ RECONNECTION_TEXT: Final = (
     "Reconnection test completed successfully. If you received this, the client properly reconnected "
     "after stream closure."
 )
-
-
-def _result(*content: types.ContentBlock, is_error: bool = False) -> types.CallToolResult:
-    return types.CallToolResult(content=list(content), is_error=is_error)
 
 
 def _string_argument(arguments: Mapping[str, Any], key: str) -> str:
@@ -74,19 +71,19 @@ def _describe_failure(error: Exception) -> str:
 
 
 async def _simple_text(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(text("This is a simple text response for testing."))
+    return tool_result(text("This is a simple text response for testing."))
 
 
 async def _image_content(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(image())
+    return tool_result(image())
 
 
 async def _audio_content(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(types.AudioContent(data=TEST_AUDIO_BASE64, mime_type=WAV_MIME_TYPE))
+    return tool_result(types.AudioContent(data=TEST_AUDIO_BASE64, mime_type=WAV_MIME_TYPE))
 
 
 async def _embedded_resource(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(
+    return tool_result(
         types.EmbeddedResource(
             resource=types.TextResourceContents(
                 uri="test://embedded-resource",
@@ -98,7 +95,7 @@ async def _embedded_resource(arguments: dict[str, Any], ctx: FeatureContext) -> 
 
 
 async def _multiple_content_types(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(
+    return tool_result(
         text("Multiple content types test:"),
         image(),
         types.EmbeddedResource(
@@ -117,7 +114,7 @@ async def _tool_with_logging(arguments: dict[str, Any], ctx: FeatureContext) -> 
     await ctx.log("info", "Tool processing data")
     await trio.sleep(STEP_DELAY)
     await ctx.log("info", "Tool execution completed")
-    return _result(text("Tool with logging executed successfully"))
+    return tool_result(text("Tool with logging executed successfully"))
 
 
 async def _tool_with_progress(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
@@ -128,11 +125,11 @@ async def _tool_with_progress(arguments: dict[str, Any], ctx: FeatureContext) ->
         await ctx.report_progress(step, total, f"Completed step {step} of {total}")
     # String(progressToken) in the reference fixture: "undefined" when the call carried none.
     token = ctx.progress_token
-    return _result(text("undefined" if token is None else str(token)))
+    return tool_result(text("undefined" if token is None else str(token)))
 
 
 async def _error_handling(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(text("This tool intentionally returns an error for testing"), is_error=True)
+    return tool_result(text("This tool intentionally returns an error for testing"), is_error=True)
 
 
 async def _sampling(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
@@ -150,13 +147,13 @@ async def _sampling(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutco
                 ),
             )
     except (ClientCapabilityMissing, ClientRequestFailed, pydantic.ValidationError) as error:
-        return _result(text(f"Sampling not supported or error: {_describe_failure(error)}"))
+        return tool_result(text(f"Sampling not supported or error: {_describe_failure(error)}"))
     content = result.content
     if isinstance(content, types.TextContent):
         reply = content.text
     else:
         reply = f"[{content.type} content ({content.mime_type})]"
-    return _result(text(f"LLM response: {reply}"))
+    return tool_result(text(f"LLM response: {reply}"))
 
 
 async def _elicit(ctx: FeatureContext, message: str, schema: dict[str, Any], label: str) -> ToolOutcome:
@@ -165,8 +162,8 @@ async def _elicit(ctx: FeatureContext, message: str, schema: dict[str, Any], lab
         if result is None:
             return ask(ctx, elicit=elicitation(types.ElicitRequestFormParams(message=message, requested_schema=schema)))
     except (ClientCapabilityMissing, ClientRequestFailed, pydantic.ValidationError) as error:
-        return _result(text(f"Elicitation not supported or error: {_describe_failure(error)}"))
-    return _result(text(f"{label}: action={result.action}, content={compact_json(result.content)}"))
+        return tool_result(text(f"Elicitation not supported or error: {_describe_failure(error)}"))
+    return tool_result(text(f"{label}: action={result.action}, content={compact_json(result.content)}"))
 
 
 async def _elicitation(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
@@ -187,38 +184,33 @@ async def _reconnection(arguments: dict[str, Any], ctx: FeatureContext) -> types
     # reaches the client when it resumes with Last-Event-ID.
     await ctx.close_sse_stream()
     await trio.sleep(RECONNECTION_DELAY)
-    return _result(text(RECONNECTION_TEXT))
+    return tool_result(text(RECONNECTION_TEXT))
 
 
 async def _json_schema_2020_12(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
-    return _result(text(f"JSON Schema 2020-12 tool called with: {compact_json(arguments)}"))
+    return tool_result(text(f"JSON Schema 2020-12 tool called with: {compact_json(arguments)}"))
 
 
 # --- definitions ---------------------------------------------------------------------------------
 
 
-def _tool(name: str, description: str, handler: ToolHandler, schema: dict[str, Any] | None = None) -> Tool:
-    return Tool(
-        definition=types.Tool(name=name, description=description, input_schema=schema or EMPTY_SCHEMA),
-        handler=handler,
-    )
-
-
 def build_tools() -> list[Tool]:
     return [
-        _tool("test_simple_text", "Tests simple text content response", _simple_text),
-        _tool("test_image_content", "Tests image content response", _image_content),
-        _tool("test_audio_content", "Tests audio content response", _audio_content),
-        _tool("test_embedded_resource", "Tests embedded resource content response", _embedded_resource),
-        _tool(
+        fixture_tool("test_simple_text", "Tests simple text content response", _simple_text),
+        fixture_tool("test_image_content", "Tests image content response", _image_content),
+        fixture_tool("test_audio_content", "Tests audio content response", _audio_content),
+        fixture_tool("test_embedded_resource", "Tests embedded resource content response", _embedded_resource),
+        fixture_tool(
             "test_multiple_content_types",
             "Tests response with multiple content types (text, image, resource)",
             _multiple_content_types,
         ),
-        _tool("test_tool_with_logging", "Tests tool that emits log messages during execution", _tool_with_logging),
-        _tool("test_tool_with_progress", "Tests tool that reports progress notifications", _tool_with_progress),
-        _tool("test_error_handling", "Tests error response handling", _error_handling),
-        _tool(
+        fixture_tool(
+            "test_tool_with_logging", "Tests tool that emits log messages during execution", _tool_with_logging
+        ),
+        fixture_tool("test_tool_with_progress", "Tests tool that reports progress notifications", _tool_with_progress),
+        fixture_tool("test_error_handling", "Tests error response handling", _error_handling),
+        fixture_tool(
             "test_sampling",
             "Tests server-initiated sampling (LLM completion request)",
             _sampling,
@@ -228,7 +220,7 @@ def build_tools() -> list[Tool]:
                 "required": ["prompt"],
             },
         ),
-        _tool(
+        fixture_tool(
             "test_elicitation",
             "Tests server-initiated elicitation (user input request)",
             _elicitation,
@@ -238,23 +230,23 @@ def build_tools() -> list[Tool]:
                 "required": ["message"],
             },
         ),
-        _tool(
+        fixture_tool(
             "test_elicitation_sep1034_defaults",
             "Tests elicitation with default values per SEP-1034",
             _elicitation_sep1034_defaults,
         ),
-        _tool(
+        fixture_tool(
             "test_elicitation_sep1330_enums",
             "Tests elicitation with enum schema improvements per SEP-1330",
             _elicitation_sep1330_enums,
         ),
-        _tool(
+        fixture_tool(
             "test_reconnection",
             "Tests SSE stream disconnection and client reconnection (SEP-1699). The server closes the "
             "stream mid-call and the result arrives after the client reconnects.",
             _reconnection,
         ),
-        _tool(
+        fixture_tool(
             "json_schema_2020_12_tool",
             "Tool with JSON Schema 2020-12 features",
             _json_schema_2020_12,
