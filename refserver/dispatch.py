@@ -194,7 +194,8 @@ class RequestCore:
     async def _discover(self, params: Any, request: CoreRequest, context: CallContext) -> dict[str, Any]:
         return {
             "supportedVersions": list(STATELESS_VERSIONS),
-            "capabilities": self.capabilities(),
+            # Extensions are declared here by name (SEP-2133); none is served yet, and the empty map says so.
+            "capabilities": {**self.capabilities(), "extensions": {}},
             "instructions": INSTRUCTIONS,
         }
 
