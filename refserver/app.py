@@ -213,6 +213,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         state_keys=settings.request_state_keys,
         state_ttl=settings.request_state_ttl,
         heartbeat_interval=settings.heartbeat_interval,
+        max_in_flight=settings.max_requests_in_flight,
     )
     services = Services(settings, registry, core, origin_policy, guard, stateless)
 

@@ -210,6 +210,12 @@ class Settings:
         "Seconds a client has to answer an `InputRequiredResult` and retry before its `requestState` expires.",
         600.0,
     )
+    max_requests_in_flight: int = _setting(
+        "MAX_REQUESTS_IN_FLIGHT",
+        values.positive_int,
+        "2026-era requests running at once per instance before new ones get 503 (listeners count apart).",
+        10_000,
+    )
     max_listeners: int = _setting(
         "MAX_LISTENERS",
         values.positive_int,

@@ -11,7 +11,15 @@ import pytest
 import trio
 
 from refserver.protocol.sse import SSEDecoder
-from tests.conftest import MODERN_META, POST_HEADERS, ServerProcess, initialize, modern_request, session_headers
+from tests.conftest import (
+    MODERN_META,
+    POST_HEADERS,
+    ServerProcess,
+    initialize,
+    modern_request,
+    session_headers,
+    wait_until,
+)
 from tests.test_http_errors import Checked
 
 TEST_TIMEOUT = 20.0
@@ -216,3 +224,30 @@ async def test_both_eras_on_one_endpoint_at_once(server: Checked, http: httpx.As
     assert kept.status_code == 200 and "resultType" not in kept.json()["result"]
     assert POST_HEADERS["Accept"]
     await server.assert_healthy(http)
+
+
+async def test_requests_in_flight_are_bounded(make_server: Any, http: httpx.AsyncClient) -> None:
+    server = make_server(max_requests_in_flight=1)
+    long_call, headers = modern_request(
+        "tools/call",
+        {"name": "longRunningOperation", "arguments": {"duration": 3, "steps": 3}, "_meta": {}},
+        request_id=1,
+    )
+    long_call["params"]["_meta"]["progressToken"] = "p"
+    with trio.fail_after(TEST_TIMEOUT):
+        async with http.stream("POST", server.mcp_url, content=json.dumps(long_call).encode(), headers=headers) as busy:
+            decoder = SSEDecoder()
+            chunks = busy.aiter_bytes()
+            while not any(e.data for e in decoder.feed(await chunks.__anext__())):
+                pass  # the first progress notification: the call is running
+            echo, echo_headers = modern_request(
+                "tools/call", {"name": "echo", "arguments": {"message": "x"}}, request_id=2
+            )
+            refused = await http.post(server.mcp_url, json=echo, headers=echo_headers)
+            assert refused.status_code == 503 and refused.json()["id"] == 2
+
+    # The slot is free again once the call has ended (its stream closed: the call was cancelled).
+    async def served() -> bool:
+        return (await http.post(server.mcp_url, json=echo, headers=echo_headers)).status_code == 200
+
+    await wait_until(served, 10, "the slot of the cancelled call to be free again")

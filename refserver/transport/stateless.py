@@ -40,6 +40,7 @@ from refserver.errors import (
     InvalidParams,
     InvalidRequest,
     RefserverError,
+    ServiceUnavailable,
 )
 from refserver.oauth.models import AccessInfo
 from refserver.observability import context
@@ -142,8 +143,11 @@ class StatelessExchange:
         state_keys: tuple[str, ...],
         state_ttl: float,
         heartbeat_interval: float,
+        max_in_flight: int,
     ) -> None:
         self._core = core
+        self._max_in_flight = max_in_flight
+        self.in_flight = 0
         self.hub = hub
         self._configured_keys = state_keys
         self._state_ttl = state_ttl
@@ -194,7 +198,10 @@ class StatelessExchange:
             core_request = self._core_request(message, meta, request.headers)
         except RefserverError as error:
             return error_answer(message.id, error)
+        if self.in_flight >= self._max_in_flight:
+            raise ServiceUnavailable("too many requests in flight on this instance; retry (elsewhere)")
         frames_in, frames_out = trio.open_memory_channel[str | _Final](FRAME_BUFFER)
+        self.in_flight += 1
         nursery.start_soon(self._run, core_request, frames_in)
         first: str | _Final | None = None
         with trio.move_on_after(self._heartbeat_interval):
@@ -253,6 +260,12 @@ class StatelessExchange:
         return CoreRequest(message.id, message.method, message.params, meta, responses, state)
 
     async def _run(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
+        try:
+            await self._answer_into(request, frames)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_into(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
         async with frames:
             outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames, self.hub))
             if isinstance(outcome, InputRequired) and request.method not in INPUT_METHODS:
