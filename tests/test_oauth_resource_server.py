@@ -230,11 +230,14 @@ def metadata_url(server: ServerProcess) -> str:
     return f"{server.url}/.well-known/oauth-protected-resource/mcp"
 
 
-def assert_rpc_error(response: httpx.Response, status: int, *, mentions: str = "") -> Json:
+def assert_rpc_error(
+    response: httpx.Response, status: int, *, mentions: str = "", request_id: int | str | None = None
+) -> Json:
+    """`request_id`: a refusal made once the body was read names the request it refuses (JSON-RPC 2.0, 5)."""
     assert response.status_code == status, text_of(response)
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body: Json = response.json()
-    assert body["jsonrpc"] == "2.0" and body["id"] is None, body
+    assert body["jsonrpc"] == "2.0" and body["id"] == request_id, body
     assert isinstance(body["error"]["code"], int) and isinstance(body["error"]["message"], str), body
     assert mentions.lower() in body["error"]["message"].lower(), body
     return body
@@ -555,7 +558,10 @@ async def test_another_users_token_on_a_session_is_404_and_leaves_it_intact(
     attempts = await as_bob(session_id)
     unknown = await as_bob(secrets.token_urlsafe(32))
     for name in attempts:
-        body = assert_rpc_error(attempts[name], 404, mentions="session not found")
+        # Only the POST has a body, and so a request id to name.
+        body = assert_rpc_error(
+            attempts[name], 404, mentions="session not found", request_id=1 if name == "POST" else None
+        )
         # Exactly what an unknown session gets: the session's existence is not disclosed.
         assert attempts[name].status_code == unknown[name].status_code, name
         assert body == unknown[name].json(), name

@@ -328,7 +328,9 @@ async def test_every_key_has_a_ttl_and_nothing_is_left_after_delete(cluster: Clu
         keys = session_keys(cluster.redis, session_id)
         assert len(keys) >= 3
         client = cluster.redis.client()
-        assert all(client.pttl(key) > 0 for key in redis_keys(cluster.redis))  # nothing lives forever
+        # Nothing lives forever (PTTL -1). A -2 is a key gone between SCAN and PTTL: the listen hub's update lease
+        # lives 0.9 of an update interval, so it often expires in that gap.
+        assert all(client.pttl(key) != -1 for key in redis_keys(cluster.redis))
         deleted = await http.delete(f"{cluster.urls[0]}/mcp", headers={"Mcp-Session-Id": session_id})
         assert deleted.status_code == 204
     assert session_keys(cluster.redis, session_id) == []
