@@ -251,3 +251,16 @@ async def test_requests_in_flight_are_bounded(make_server: Any, http: httpx.Asyn
         return (await http.post(server.mcp_url, json=echo, headers=echo_headers)).status_code == 200
 
     await wait_until(served, 10, "the slot of the cancelled call to be free again")
+
+
+async def test_a_listener_beyond_the_limit_gets_503(make_server: Any, http: httpx.AsyncClient) -> None:
+    server = make_server(max_listeners=1)
+    body, headers = modern_request("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, request_id=1)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with http.stream("POST", server.mcp_url, content=json.dumps(body).encode(), headers=headers) as first:
+            assert first.status_code == 200
+            chunks = first.aiter_bytes()  # held: an iterator dropped would close the stream, ending the listener
+            await chunks.__anext__()  # the acknowledgement: the listener is registered
+            refused = await http.post(server.mcp_url, json={**body, "id": 2}, headers=headers)
+            error_of(refused, 503, -32000, 2)
+            await chunks.aclose()

@@ -29,7 +29,6 @@ from refserver.call_context import Emitter
 from refserver.dispatch import RequestCore
 from refserver.errors import (
     HEADER_MISMATCH,
-    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -72,7 +71,7 @@ STATUS_FOR_CODE: Final[Mapping[int, int]] = {
     METHOD_NOT_FOUND: 404,
 }
 """The HTTP status of a 2026 error answer, by JSON-RPC code (streamable-http.mdx); any other code is 200, where
-the error is the request's answer rather than a refusal of it. An internal error keeps its 500."""
+the error is the request's answer rather than a refusal of it, unless the server failed (5xx)."""
 
 FRAME_BUFFER: Final = 32
 """Notifications a handler may get ahead of a slow client before its own sends wait (backpressure)."""
@@ -86,9 +85,10 @@ INPUT_METHODS: Final = frozenset({"tools/call", "prompts/get", "resources/read"}
 
 
 def status_for(error: RefserverError) -> int:
-    if error.jsonrpc_code == INTERNAL_ERROR:
-        return 500
-    return STATUS_FOR_CODE.get(error.jsonrpc_code, 200)
+    if error.jsonrpc_code in STATUS_FOR_CODE:
+        return STATUS_FOR_CODE[error.jsonrpc_code]
+    # A server-side failure (internal error 500, no room for a listener 503) keeps its status.
+    return error.http_status if error.http_status >= 500 else 200
 
 
 def error_answer(request_id: int | str | None, error: RefserverError) -> HttpResponse:
