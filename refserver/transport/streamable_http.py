@@ -93,28 +93,36 @@ class StreamableHttpEndpoint:
             return
         note_route(MCP_PATH)
         request = HttpRequest(scope, receive)
-        # A 2026 request's handler runs in here, so that it ends with the answer (a closed stream cancels it).
+        if request.header("mcp-session-id"):
+            # A session's request: its work belongs to the session, nothing runs in this request's task (the hot
+            # path of the 2025 era pays for no nursery).
+            await self._serve(request, send, None)
+            return
+        # Perhaps a 2026 request: its handler runs in here, so that it ends with the answer (a closed stream
+        # cancels it).
         async with trio.open_nursery() as request_work:
-            try:
-                response = await self._handle(request, request_work)
-            except RefserverError as exc:
-                response = self._refusal(request, exc)
-            except ClientDisconnected:
-                request_work.cancel_scope.cancel()
-                return  # the client left while its body was being read: nobody to answer
-            except Exception as exc:
-                response = HttpResponse(500, unexpected_exception_body(exc).encode())
-            origin = request.header("origin")
-            headers = encode_headers(
-                response,
-                [
-                    *response_headers.security_headers(self._settings, response.content_type),
-                    *response_headers.mcp_cors_headers(origin, self._services.origin_policy),
-                    *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
-                ],
-            )
-            await send_response(request, send, response, headers)
+            await self._serve(request, send, request_work)
             request_work.cancel_scope.cancel()
+
+    async def _serve(self, request: HttpRequest, send: Send, request_work: trio.Nursery | None) -> None:
+        try:
+            response = await self._handle(request, request_work)
+        except RefserverError as exc:
+            response = self._refusal(request, exc)
+        except ClientDisconnected:
+            return  # the client left while its body was being read: nobody to answer
+        except Exception as exc:
+            response = HttpResponse(500, unexpected_exception_body(exc).encode())
+        origin = request.header("origin")
+        headers = encode_headers(
+            response,
+            [
+                *response_headers.security_headers(self._settings, response.content_type),
+                *response_headers.mcp_cors_headers(origin, self._services.origin_policy),
+                *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
+            ],
+        )
+        await send_response(request, send, response, headers)
 
     def _refusal(self, request: HttpRequest, exc: RefserverError) -> HttpResponse:
         status, body, headers = error_parts(exc, request.rpc_id)
@@ -125,7 +133,7 @@ class StreamableHttpEndpoint:
             headers["Connection"] = "close"
         return HttpResponse(status, body.encode(), headers=tuple(headers.items()))
 
-    async def _handle(self, request: HttpRequest, request_work: trio.Nursery) -> HttpResponse:
+    async def _handle(self, request: HttpRequest, request_work: trio.Nursery | None) -> HttpResponse:
         if request.method == "POST":
             return await self._post(request, request_work)
         if request.method == "GET":
@@ -159,7 +167,7 @@ class StreamableHttpEndpoint:
 
     # --- POST -------------------------------------------------------------------------------------
 
-    async def _post(self, request: HttpRequest, request_work: trio.Nursery) -> HttpResponse:
+    async def _post(self, request: HttpRequest, request_work: trio.Nursery | None) -> HttpResponse:
         access = await admit_access(
             self._services, request.header("host"), request.header("origin"), request.header("authorization")
         )
@@ -172,6 +180,7 @@ class StreamableHttpEndpoint:
         params = first.params if isinstance(first, Request | Notification) else None
         session_id = request.header("mcp-session-id")
         if era_of(session_id, request.header("mcp-protocol-version"), body_meta(params)) is Era.STATELESS:
+            assert request_work is not None  # only a request without a session id is 2026-era
             return await self._services.stateless.answer(request, parsed, access, request_work)
         if not session_id:
             return await self._initialize(parsed, owner)
