@@ -166,11 +166,20 @@ def make_server(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the many tests that only need a fresh session each."""
+    """One server for the many tests that only need a fresh session each.
+
+    With access lines: written when the server is done with a request (even one whose client left), they let a
+    test wait for that instead of guessing how long it takes.
+    """
     port = free_port()
     server = ServerProcess(
         port,
-        server_env(base_url=f"http://127.0.0.1:{port}", subscription_update_interval=0.5, log_message_interval=0.5),
+        server_env(
+            base_url=f"http://127.0.0.1:{port}",
+            subscription_update_interval=0.5,
+            log_message_interval=0.5,
+            access_log="on",
+        ),
         tmp_path_factory.mktemp("shared") / "server.log",
     )
     server.start()
