@@ -270,7 +270,7 @@ async def test_shutdown_fails_queued_callers(redis_server: RedisServer) -> None:
 
                 def one_sent_ten_queued() -> bool:
                     stats = conn.statistics()
-                    return stats.in_flight == 1 and stats.batch_queued == 10
+                    return bool(stats.in_flight == 1 and stats.batch_queued == 10)
 
                 await wait_until(one_sent_ten_queued, 5, "one pipeline in flight and ten calls queued")
                 nursery.cancel_scope.cancel()
