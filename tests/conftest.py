@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HYPERCORN = [sys.executable, "-m", "hypercorn"]
 SERVER_START_TIMEOUT = 20.0
 """Seconds a fresh Hypercorn process gets to answer /health (spawned worker + imports)."""
+POLL_INTERVAL = 0.02
+"""Seconds between two looks at a condition polled across a process boundary (`wait_until`, start-up)."""
 
 INIT_PARAMS = {
     "protocolVersion": "2025-11-25",
@@ -86,16 +88,19 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        # Synchronous, unlike `wait_until`: called from plain fixtures and from inside running Trio tests alike,
+        # where no loop can be entered. It polls the condition itself (/health answers) and watches for an exit.
         deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited at start-up:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code in (200, 503):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        with httpx.Client(timeout=1.0) as probe:  # one client: a new one per attempt costs ~30 ms of CPU (TLS setup)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited at start-up:\n{self.log()}")
+                try:
+                    if probe.get(f"{self.url}/health").status_code in (200, 503):
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(POLL_INTERVAL)
         self.stop()
         raise RuntimeError(f"server did not start in {SERVER_START_TIMEOUT}s:\n{self.log()}")
 
@@ -127,7 +132,7 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], seconds: f
                 outcome = await outcome
             if outcome:
                 return trio.current_time() - started
-            await trio.sleep(0.02)
+            await trio.sleep(POLL_INTERVAL)  # the poll interval of a condition that no event can signal
     raise AssertionError(f"timed out after {seconds}s waiting for {what}")
 
 
@@ -161,11 +166,20 @@ def make_server(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the many tests that only need a fresh session each."""
+    """One server for the many tests that only need a fresh session each.
+
+    With access lines: written when the server is done with a request (even one whose client left), they let a
+    test wait for that instead of guessing how long it takes.
+    """
     port = free_port()
     server = ServerProcess(
         port,
-        server_env(base_url=f"http://127.0.0.1:{port}", subscription_update_interval=0.5, log_message_interval=0.5),
+        server_env(
+            base_url=f"http://127.0.0.1:{port}",
+            subscription_update_interval=0.5,
+            log_message_interval=0.5,
+            access_log="on",
+        ),
         tmp_path_factory.mktemp("shared") / "server.log",
     )
     server.start()

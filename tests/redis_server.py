@@ -60,6 +60,7 @@ class RedisServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # Synchronous like ServerProcess.start (see there): it polls the condition itself, PING answered.
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,9 +24,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+import trio
 
 from tests.auth_servers import auth_server, free_ports, mcp_server, running
-from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port, server_env
+from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port, server_env, wait_until
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -490,13 +490,13 @@ def test_splash_page(browser: WebDriver, embedded: ServerProcess, tmp_path: Path
 
 
 def wait_for_health(server: ServerProcess, auth_state: str) -> None:
-    deadline = time.monotonic() + DEGRADE_TIMEOUT
-    while time.monotonic() < deadline:
-        document = httpx.get(f"{server.url}/health", timeout=5.0).json()
-        if document["auth"]["state"] == auth_state:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{server.url}/health never reported auth state {auth_state!r}")
+    async def reported() -> bool:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            document = (await http.get(f"{server.url}/health")).json()
+        return bool(document["auth"]["state"] == auth_state)
+
+    # These tests are synchronous (Selenium): the one waiter of the tests runs in a Trio loop of its own.
+    trio.run(wait_until, reported, DEGRADE_TIMEOUT, f"{server.url}/health to report auth state {auth_state!r}")
 
 
 def test_splash_page_degraded_banner_comes_and_goes_with_the_authorization_server(

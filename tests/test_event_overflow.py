@@ -29,7 +29,7 @@ from refserver.protocol.jsonrpc import Notification, Request
 from refserver.protocol.sse import SSEDecoder
 from refserver.registry import SessionRegistry
 from refserver.session import Session
-from tests.conftest import initialize, session_headers
+from tests.conftest import initialize, session_headers, wait_until
 from tests.redis_server import RedisServer
 
 BOUND = 10
@@ -76,12 +76,14 @@ async def registry(request: pytest.FixtureRequest, shared_redis_server: RedisSer
 
 
 async def read_closed(events: EventLog, session: Session, stream_id: str, after_seq: int) -> StreamRead:
-    with trio.fail_after(WAIT):
-        while True:
-            read = await events.read_after(session.id, stream_id, after_seq)
-            if read.closed:
-                return read
-            await trio.sleep(0.01)
+    reads: list[StreamRead] = []
+
+    async def closed() -> bool:
+        reads.append(await events.read_after(session.id, stream_id, after_seq))
+        return reads[-1].closed
+
+    await wait_until(closed, WAIT, f"stream {stream_id} to close")
+    return reads[-1]
 
 
 @pytest.mark.parametrize("served", [False, True], ids=["kept-here", "served-as-sse"])

@@ -8,6 +8,7 @@ body (code, id, a message that says what was wrong) and, afterwards, that the se
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, initialize, session_headers
+from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, initialize, session_headers, wait_until
 
 LEGACY_INIT_PARAMS = {**INIT_PARAMS, "protocolVersion": "2024-11-05"}
 SMALL_BODY_LIMIT = 1024
@@ -45,6 +46,18 @@ class Checked:
 
     def new_log(self) -> str:
         return self.process.log()[self.log_start :]
+
+    def new_access_lines(self) -> list[dict[str, Any]]:
+        """The access lines in `new_log()` (the shared server writes them, as JSON)."""
+        found = []
+        for line in self.new_log().splitlines():
+            try:
+                document = json.loads(line)
+            except ValueError:
+                continue  # a line being written as we read
+            if isinstance(document, dict) and document.get("event") == "http.access":
+                found.append(document)
+        return found
 
     async def assert_healthy(self, http: httpx.AsyncClient) -> None:
         health = await http.get(f"{self.url}/health")
@@ -850,14 +863,22 @@ async def test_client_leaving_mid_body_leaves_no_trace(
     headers = {**POST_HEADERS, "Host": f"127.0.0.1:{server.process.port}", "Content-Length": "4000"}
     if with_session:
         headers.update(session_headers(await initialize(http, server.mcp_url)))
-    for _ in range(3):
+    request_ids = [f"left-mid-body-{secrets.token_hex(6)}" for _ in range(3)]
+    for request_id in request_ids:
         stream = await trio.open_tcp_stream("127.0.0.1", server.process.port)
         async with stream:
             conn = h11.Connection(h11.CLIENT)
-            request = h11.Request(method="POST", target="/mcp", headers=list(headers.items()))
+            head = [*headers.items(), ("X-Request-ID", request_id)]
+            request = h11.Request(method="POST", target="/mcp", headers=head)
             await stream.send_all(conn.send(request) + conn.send(h11.Data(data=b'{"jsonrpc":"2.0","id":1,')))
+            # A real sleep: a client that stalls mid-body is the case, so the server is waiting when it leaves.
             await trio.sleep(0.05)
-    await trio.sleep(0.2)
+
+    def finished() -> set[str]:
+        """The requests the server is done with: their access line is its last word on them, with no status."""
+        return {d["request_id"] for d in server.new_access_lines() if d["status"] is None}
+
+    await wait_until(lambda: finished() >= set(request_ids), SSE_WAIT, "the server to be done with the requests")
     await server.assert_healthy(http)
 
 

@@ -212,10 +212,13 @@ async def test_answers_during_the_drain_close_their_connections(make_server: Any
     async def slow_call() -> None:
         answers.append(await http.post(server.mcp_url, json=long_call(2, 1.0, 1, token=None), headers=headers))
 
+    async def call_running() -> bool:
+        return bool((await http.get(f"{server.url}/health")).json()["inFlightRequests"] == 1)
+
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(slow_call)
-            await trio.sleep(0.3)
+            await wait_until(call_running, WAIT, "the slow call to be running")
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
     [during] = answers

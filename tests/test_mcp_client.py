@@ -427,13 +427,18 @@ async def test_sample_llm_and_elicit_without_the_client_capability(url: str) -> 
 
 
 class EchoingSampler(Recorder):
-    """Answers each sampling request with its own prompt, after a delay that lets requests overlap."""
+    """Answers each sampling request with its own prompt, once `together` of them are waiting: they overlap."""
+
+    def __init__(self, together: int) -> None:
+        super().__init__()
+        self.together = together
 
     async def sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult:
         self.sampling_requests.append(params)
-        await trio.sleep(0.1)
+        self._poke()
+        await self.wait_for(lambda: len(self.sampling_requests) >= self.together)
         content = params.messages[0].content
         assert isinstance(content, types.TextContent)
         return types.CreateMessageResult(
@@ -442,7 +447,7 @@ class EchoingSampler(Recorder):
 
 
 async def test_concurrent_sampling_requests_reach_their_own_calls(url: str) -> None:
-    recorder = EchoingSampler()
+    recorder = EchoingSampler(together=8)
     results: dict[int, str] = {}
 
     async def call(client: Client, i: int) -> None:
@@ -472,6 +477,7 @@ async def test_cancelled_tool_call_stops_and_the_session_survives(url: str) -> N
                 )
             assert scope.cancelled_caught
             at_cancel = len(updates)
+            # A real sleep: the server paces the steps by its clock, and only their absence shows the cancellation.
             await trio.sleep(1.0)  # long enough for three more steps had the operation gone on
             echoed = await client.call_tool("echo", {"message": "after cancel"})
     assert 1 <= at_cancel <= 3
@@ -770,8 +776,18 @@ async def test_subscribe_receives_updates_until_unsubscribed(url: str) -> None:
             assert set(recorder.resource_updates()) <= {watched, kept}
 
             await client.unsubscribe_resource(watched)
-            await trio.sleep(0.3)  # a notification already on its way may still land
-            seen = len(recorder.notifications)
+            # An update already on its way may still land. A round's updates are one batch in uri order (watched
+            # before kept) on one stream: what that round and those before it sent comes before its `kept`.
+            unsubscribed = len(recorder.notifications)
+            with trio.fail_after(5):
+                await recorder.wait_for(lambda: kept in recorder.resource_updates(unsubscribed))
+            seen = 1 + next(
+                index
+                for index, n in enumerate(recorder.notifications)
+                if index >= unsubscribed
+                and isinstance(n, types.ResourceUpdatedNotification)
+                and str(n.params.uri) == kept
+            )
             # Keep watching while the other subscription proves updates are still being sent.
             with trio.fail_after(6):
                 await recorder.wait_for(lambda: recorder.resource_updates(seen).count(kept) >= 3)
@@ -951,8 +967,12 @@ async def test_logging_set_level_filters_periodic_messages(url: str) -> None:
                 assert message.data == f"{message.level.capitalize()}-level message"
 
             await client.set_logging_level("error")
-            await trio.sleep(0.2)  # a message emitted just before the change may still be in flight
-            seen = len(recorder.logs)
+            # A message sent just before the change may still be on its way: watch from the first one to arrive
+            # now (the demo sends one every 0.5 s on one stream, so any earlier one comes before it).
+            changed = len(recorder.logs)
+            with trio.fail_after(8):
+                await recorder.wait_for(lambda: len(recorder.logs) > changed)
+            seen = changed + 1
             started = trio.current_time()
             # Watch for at least ~2 s and until a few messages got through, so the filter is exercised.
             with trio.fail_after(15):
@@ -963,8 +983,7 @@ async def test_logging_set_level_filters_periodic_messages(url: str) -> None:
 
             # Lowering the threshold again lets low levels through again.
             await client.set_logging_level("debug")
-            await trio.sleep(0.2)
-            seen = len(recorder.logs)
+            seen = len(recorder.logs)  # nothing below "error" was sent before the change: no message to skip
             with trio.fail_after(8):
                 await recorder.wait_for(lambda: any(below(m.level, "error") for m in recorder.logs[seen:]))
 

@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -283,16 +284,22 @@ async def test_an_echo_call_logs_nothing_with_default_settings(make_server: Any,
     server = make_server(**QUIET_SETTINGS)
     session = await open_session(http, server, None)
     await echo(http, server, None, session, 0)
-    await trio.sleep(0.2)
+
+    def created() -> list[str]:
+        return [d["session_id"] for d in json_lines(server.log()) if d.get("event") == "session.created"]
+
+    await wait_until(lambda: created() == [session], 10, "the session.created line")
     quiet_from = len(server.log())
     for i in range(20):
         await echo(http, server, None, session, i)
     health = await http.get(f"{server.url}/health")
     assert health.status_code == 200
-    await trio.sleep(0.2)
-    assert server.log()[quiet_from:] == ""
-    created = [d for d in json_lines(server.log()) if d.get("event") == "session.created"]
-    assert [d["session_id"] for d in created] == [session]
+    # A marker: the server logs a new session after whatever it did for the calls above, so once the marker's
+    # line is there, anything those calls logged is there too (before it).
+    marker = await open_session(http, server, None)
+    await wait_until(lambda: created() == [session, marker], 10, "the marker session's session.created line")
+    logged = json_lines(server.log()[quiet_from:])
+    assert [(d.get("event"), d.get("session_id")) for d in logged] == [("session.created", marker)], logged
 
 
 async def test_request_ids_are_echoed_and_hostile_ones_replaced(make_server: Any, http: httpx.AsyncClient) -> None:
@@ -305,8 +312,13 @@ async def test_request_ids_are_echoed_and_hostile_ones_replaced(make_server: Any
         assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", generated), generated
     missing = await http.get(f"{server.url}/no-such-page")
     assert missing.status_code == 404 and missing.headers["x-request-id"]
-    await trio.sleep(0.2)
-    access = [d for d in json_lines(server.log()) if d.get("event") == "http.access"]
+
+    def access_lines() -> list[dict[str, Any]]:
+        return [d for d in json_lines(server.log()) if d.get("event") == "http.access"]
+
+    # The 404 was the last request: once its line is written, so are the earlier ones.
+    await wait_until(lambda: any(d["path"] == "/no-such-page" for d in access_lines()), 10, "the 404's access line")
+    access = access_lines()
     assert [d["path"] for d in access if d["request_id"] == "trace-42"] == ["/health"]
     assert access[-1]["route"] is None and access[-1]["status"] == 404
 
@@ -350,8 +362,12 @@ def test_traceparent_rules(value: str | None, ids: tuple[str, str] | None) -> No
 async def test_text_format_is_one_line_per_record(make_server: Any, http: httpx.AsyncClient) -> None:
     server = make_server(log_format="text", access_log="on")
     await http.get(f"{server.url}/health", headers={"X-Request-ID": "text-format-1"})
-    await trio.sleep(0.2)
-    lines = [line for line in server.log().splitlines() if "refserver.access" in line]
+
+    def access_lines() -> list[str]:
+        return [line for line in server.log().splitlines() if "refserver.access" in line]
+
+    await wait_until(lambda: any("text-format-1" in line for line in access_lines()), 10, "the access line")
+    lines = access_lines()
     assert lines and "[event=http.access request_id=text-format-1]" in lines[-1]
     assert '"GET /health HTTP/1.1" 200 ' in lines[-1]
 
@@ -374,9 +390,12 @@ async def test_counters_move_by_exactly_the_calls_made(make_server: Any, http: h
         assert bad.status_code == 401  # POST 401
         deleted = await http.delete(server.mcp_url, headers={**bearer(token), "Mcp-Session-Id": first})
         assert deleted.status_code == 204  # DELETE 204
+
         # The deleted session leaves the registry once its tasks are cancelled: wait for that to be visible.
-        while (await http.get(f"{server.url}/health")).json()["sessions"] != 1:
-            await trio.sleep(0.02)
+        async def one_session_left() -> bool:
+            return bool((await http.get(f"{server.url}/health")).json()["sessions"] == 1)
+
+        await wait_until(one_session_left, 10, "the deleted session to leave the registry")
         after = await scrape(http, metrics_url)
 
     requests = "refserver_http_requests_total"
@@ -420,8 +439,11 @@ async def test_open_sse_streams_are_gauged(make_server: Any, http: httpx.AsyncCl
         async with http.stream("GET", server.mcp_url, headers=headers) as stream:
             assert stream.status_code == 200
             during = await scrape(http, f"{server.url}/metrics")
-        while value(await scrape(http, f"{server.url}/metrics"), "refserver_http_open_streams") != 0:
-            await trio.sleep(0.05)
+
+        async def no_open_stream() -> bool:
+            return value(await scrape(http, f"{server.url}/metrics"), "refserver_http_open_streams") == 0
+
+        await wait_until(no_open_stream, 10, "the closed stream to leave the gauge")
     assert value(during, "refserver_http_open_streams") == 1
     assert value(during, "refserver_http_requests_total", method="GET", route="/mcp", status="200") == 1
 
@@ -464,19 +486,27 @@ async def test_redis_metrics_and_state_changes(
         assert started > 0 and observed + value(samples, "refserver_redis_commands_in_flight") == started
         assert value(samples, "refserver_redis_command_duration_seconds_count", kind="command") > 0
 
+        def pubsub_connected(expected: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return value(await scrape(http, metrics_url), "refserver_pubsub_connected") == expected
+
+            return check
+
         redis_server.kill()
-        while value(await scrape(http, metrics_url), "refserver_pubsub_connected") != 0:
-            await trio.sleep(0.1)
+        await wait_until(pubsub_connected(0), 10, "the pub/sub subscriber to notice Redis is gone")
         down = await scrape(http, metrics_url)
         assert value(down, "refserver_redis_errors_total") > value(samples, "refserver_redis_errors_total")
         redis_server.start()
-        while value(await scrape(http, metrics_url), "refserver_pubsub_connected") != 1:
-            await trio.sleep(0.1)
-        await trio.sleep(2.5)  # the watcher compares the counters every second
+        await wait_until(pubsub_connected(1), 10, "the pub/sub subscriber to reconnect")
         assert value(await scrape(http, metrics_url), "refserver_pubsub_reconnects_total") >= 1
-    events = [d.get("event") for d in json_lines(server.log())]
-    for expected in ("redis.bus.connected", "redis.failing", "redis.bus.lost", "redis.bus.reconnected"):
-        assert expected in events, events
+
+        def logged_events() -> list[Any]:
+            return [d.get("event") for d in json_lines(server.log())]
+
+        # The watcher compares the counters every second: wait for the state changes it logs.
+        changes = ("redis.bus.connected", "redis.failing", "redis.bus.lost", "redis.bus.reconnected", "redis.recovered")
+        await wait_until(lambda: set(changes) <= set(logged_events()), 10, f"the watcher to log {changes}")
+    events = logged_events()
     assert events.index("redis.failing") < events.index("redis.recovered")
 
 

@@ -156,11 +156,14 @@ async def test_a_cancelled_caller_disturbs_no_one(own: Harness) -> None:
         async with trio.open_nursery() as nursery:
             sent_scopes: list[trio.CancelScope] = []
             queued_scopes: list[trio.CancelScope] = []
+            gave_up = 0
 
             async def append_within(scopes: list[trio.CancelScope], data: str) -> None:
+                nonlocal gave_up
                 with trio.CancelScope() as scope:
                     scopes.append(scope)
                     await append(data)
+                gave_up += scope.cancelled_caught
 
             # Wave 1 goes out as one pipeline that hangs; half of its callers give up while it is in flight.
             for n in range(20):
@@ -174,7 +177,7 @@ async def test_a_cancelled_caller_disturbs_no_one(own: Harness) -> None:
             await wait_until(lambda: own.conn.statistics().batch_queued == 40, 5.0, "wave 2 queued")
             for scope in sent_scopes + queued_scopes:
                 scope.cancel()
-            await trio.sleep(0.1)
+            await wait_until(lambda: gave_up == 40, 5.0, "the cancelled callers to give up")
             own.server.resume()
     finally:
         own.server.resume()
@@ -264,7 +267,12 @@ async def test_shutdown_fails_queued_callers(redis_server: RedisServer) -> None:
                 pending = conn.max_batch + 10
                 for _ in range(pending):
                     trio.lowlevel.spawn_system_task(caller, log)
-                await trio.sleep(0.1)
+
+                def one_sent_ten_queued() -> bool:
+                    stats = conn.statistics()
+                    return bool(stats.in_flight == 1 and stats.batch_queued == 10)
+
+                await wait_until(one_sent_ten_queued, 5, "one pipeline in flight and ten calls queued")
                 nursery.cancel_scope.cancel()
             await callers_done.wait()
     finally:
@@ -284,10 +292,13 @@ async def test_listeners_read_this_instances_appends_from_memory_and_others_from
         here = RedisEventLog(here_conn, instance_id="here", max_events=100, ttl=600)
         there = RedisEventLog(there_conn, instance_id="there", max_events=100, ttl=600)
         bus = await nursery.start(RedisBus(here_conn, instance_id="here", holder_ttl=600).run)
+        marker_arrived = trio.Event()
 
         async def on_message(session_id: str, message: SessionMessage) -> None:
             if isinstance(message, EventAppended):
                 here.notice(session_id, message.stream_id, message.seq)
+                if message.stream_id == "marker":
+                    marker_arrived.set()
 
         bus.set_handler(on_message)
         session_id = Harness(shared_redis_server, here_conn, here).new_session()
@@ -314,9 +325,12 @@ async def test_listeners_read_this_instances_appends_from_memory_and_others_from
             await here.close_stream(session_id, STANDALONE_STREAM)
             read = await here.read_after(session_id, STANDALONE_STREAM, 4)
             assert read.closed and not read.events
-        # Only the other instance's append was announced to this one: its own are not echoed back.
-        await trio.sleep(0.2)
-        assert bus.statistics().received == 1
+        # Only the other instance's append was announced to this one: its own are not echoed back. A marker from
+        # the other instance is published after them all, and one subscriber gets messages in publishing order.
+        await there.append(session_id, "marker", "m")
+        with trio.fail_after(5):
+            await marker_arrived.wait()
+        assert bus.statistics().received == 2  # b2 and the marker
         assert here.statistics().reads_answered_here == 3
         nursery.cancel_scope.cancel()
 
@@ -439,11 +453,13 @@ async def test_append_many_cancelled_drops_what_it_has_not_sent(own: Harness) ->
     finally:
         own.server.resume()
     # The pipeline in flight may have run; nothing queued behind it is sent later.
-    with trio.fail_after(own.conn.command_timeout + MARGIN):
-        while own.conn.statistics().batch_queued:
-            await trio.sleep(0.05)
+    await wait_until(lambda: not own.conn.statistics().batch_queued, own.conn.command_timeout + MARGIN, "the queue")
     assert await own.log.append(session_id, STANDALONE_STREAM, "after") <= own.conn.max_batch + 2
     assert len(own.stored(session_id)) <= own.conn.max_batch + 2
+
+
+MARKER = "s-marker"
+"""A session both instances hold, for the messages that show everything published before them has arrived."""
 
 
 async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those(redis_server: RedisServer) -> None:
@@ -462,10 +478,12 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
 
             bus.set_handler(on_message)
         shared, only_b = "s-shared", "s-only-b"
-        for session_id in (shared, only_b):
+        for session_id in (shared, only_b, MARKER):
             redis_server.client().set(session_key(session_id), b"{}", px=600_000)
         await buses["a"].subscribe(shared)
         await buses["b"].subscribe(shared)
+        for bus in buses.values():
+            await bus.subscribe(MARKER)
         await buses["b"].subscribe(only_b)
         many = [f"s-{n}" for n in range(200)]
         for session_id in many:
@@ -474,9 +492,13 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
         assert channels == {"refserver:bus", "refserver:inbox:a", "refserver:inbox:b"}  # not one per session
 
         async def settle(expected: dict[str, list[tuple[str, str]]]) -> None:
-            await wait_until(lambda: all(len(received[n]) >= len(v) for n, v in expected.items()), 5, "messages")
-            await trio.sleep(0.1)  # nothing more arrives
-            assert received == expected
+            # A marker to each instance from the other, published after what is expected: one subscriber gets
+            # messages in publishing order, so once the markers are in, anything else sent before them is too.
+            await buses["a"].publish(MARKER, CancelRequest("to b"))
+            await buses["b"].publish(MARKER, CancelRequest("to a"))
+            await wait_until(lambda: all((MARKER, "CancelRequest") in got for got in received.values()), 5, "markers")
+            assert {name: [m for m in got if m[0] != MARKER] for name, got in received.items()} == expected
+            assert all(got.count((MARKER, "CancelRequest")) == 1 for got in received.values()), received
             for lst in received.values():
                 lst.clear()
 
@@ -503,6 +525,11 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
         received["b"].clear()  # the resyncs of the reconnect
         await wait_until(
             lambda: redis_server.client().sismember(f"refserver:session:{only_b}:holders", "b"), 5, "b rejoined"
+        )
+        await wait_until(
+            lambda: redis_server.client().smembers(f"refserver:session:{MARKER}:holders") == {b"a", b"b"},
+            5,
+            "both rejoined the markers' session",
         )
         await buses["a"].publish(only_b, CancelRequest(2))
         await settle({"a": [], "b": [(only_b, "CancelRequest")]})

@@ -34,7 +34,7 @@ from tests.cluster import (
     session_keys,
     start_cluster,
 )
-from tests.conftest import INIT_PARAMS, POST_HEADERS, free_port
+from tests.conftest import INIT_PARAMS, POST_HEADERS, free_port, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
@@ -144,16 +144,15 @@ async def test_every_feature_through_a_round_robin_client(cluster: Cluster) -> N
             assert {f"test://static/resource/{i}" for i in range(1, 101)} <= set(uris)
             # Log level set on one instance filters logs produced on another.
             await client.set_logging_level("error")
-            # Other instances learn the new level over the bus: allow them its latency.
+            # Other instances learn the new level over the bus. A real sleep: no instance shows when it has
+            # applied a bus message, and the tool call below may land on any of them.
             await trio.sleep(0.3)
             logs_before = len(recorder.logs)
             with_logs = await client.call_tool("test_tool_with_logging", {})
             assert "successfully" in with_logs.content[0].text  # type: ignore[union-attr]
             # Subscriptions are session state: whichever instance holds the GET stream sends updates.
             await client.subscribe_resource("test://static/resource/7")
-            with trio.fail_after(WAIT):
-                while "test://static/resource/7" not in recorder.updates:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: "test://static/resource/7" in recorder.updates, WAIT, "an update of resource 7")
             prompt = await client.get_prompt("complex_prompt", {"temperature": "0.7"})
             assert len(prompt.messages) == 3
             completion = await client.complete(
@@ -189,21 +188,27 @@ async def test_cancel_and_delete_arriving_at_other_instances(cluster: Cluster) -
 
         # DELETE on c ends the work running on a and the GET stream open on b.
         ended: list[str] = []
+        opened = {"work": trio.Event(), "get": trio.Event()}
 
         async def follow(name: str, method: str, url: str, body: dict[str, Any] | None) -> None:
             async with http.stream(method, url, json=body, headers=headers) as response:
                 assert response.status_code == 200
+                # Answered: the instance holds the session and listens on the bus for it.
+                opened[name].set()
                 async for _ in sse_events(response):
                     pass
             ended.append(name)
+
+        async def working_on_a() -> bool:
+            return await in_flight(http, a) == 1
 
         with trio.fail_after(WAIT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(follow, "work", "POST", f"{a}/mcp", long_call(2, 60, 60))
                 nursery.start_soon(follow, "get", "GET", f"{b}/mcp", None)
-                while await in_flight(http, a) != 1:
-                    await trio.sleep(0.05)
-                await trio.sleep(0.3)
+                for stream_open in opened.values():
+                    await stream_open.wait()
+                await wait_until(working_on_a, WAIT, "the work running on a")
                 deleted = await http.delete(f"{c}/mcp", headers={"Mcp-Session-Id": headers["Mcp-Session-Id"]})
                 assert deleted.status_code == 204
         assert sorted(ended) == ["get", "work"]
@@ -265,9 +270,8 @@ async def test_legacy_sse_across_instances(cluster: Cluster) -> None:
                     if index > 0:
                         assert answer["result"]["content"][0]["text"] == f"Echo: via {url}"
         session_id = endpoint.data.split("sessionId=")[1]
-        with trio.fail_after(WAIT):
-            while session_keys(cluster.redis, session_id):
-                await trio.sleep(0.05)  # the legacy session ended with its stream, everywhere
+        # The legacy session ended with its stream, everywhere.
+        await wait_until(lambda: not session_keys(cluster.redis, session_id), WAIT, "the legacy session's keys to go")
 
 
 def connections_by_instance(redis: RedisServer) -> dict[str, int]:
@@ -345,9 +349,7 @@ async def test_expired_sessions_leave_nothing(module_redis: RedisServer, tmp_pat
             call = rpc("tools/call", 1, name="echo", arguments={"message": "x"})
             assert (await http.post(f"{short.urls[0]}/mcp", json=call, headers=headers)).status_code == 200
             assert session_keys(module_redis, session_id)
-            with trio.fail_after(WAIT):
-                while session_keys(module_redis, session_id):
-                    await trio.sleep(0.2)
+            await wait_until(lambda: not session_keys(module_redis, session_id), WAIT, "the idle session's keys to go")
             for _ in short.urls:
                 gone = await http.post(f"{short.urls[0]}/mcp", json=rpc("ping", 2), headers=headers)
                 assert gone.status_code == 404
@@ -384,11 +386,12 @@ async def test_revocation_on_one_instance_reaches_the_token_cache_of_another(
                 f"{a}/revoke", data={"token": tokens["access_token"], "client_id": tokens["client_id"]}
             )
             assert revoked.status_code == 200
-            with trio.fail_after(5):
-                while (
-                    await http.post(f"{b}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=bearer)
-                ).status_code != 401:
-                    await trio.sleep(0.02)  # the bus carries the revocation within milliseconds
+
+            async def refused_at_b() -> bool:
+                refused = await http.post(f"{b}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=bearer)
+                return refused.status_code == 401
+
+            await wait_until(refused_at_b, 5, "b to refuse the revoked token")  # the bus takes milliseconds
             assert (
                 await http.post(f"{a}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=bearer)
             ).status_code == 401

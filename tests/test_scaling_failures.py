@@ -510,6 +510,7 @@ class Attempt:
     error: str = ""
     resumed: bool = False
     """Its POST answer was an SSE stream that ended without the response; the status is the resumption's."""
+    done: bool = False
 
 
 async def test_redis_stop_and_restart_during_a_run(redis_server: RedisServer, cluster: Cluster) -> None:
@@ -579,6 +580,8 @@ async def test_redis_stop_and_restart_during_a_run(redis_server: RedisServer, cl
             attempt.latency = trio.current_time() - attempt.sent
             if bound.cancelled_caught:
                 attempt.error = "no answer in time"
+            attempt.done = True
+            # A real sleep: a client's pause between calls, so three workers are a steady load, not a flood.
             await trio.sleep(0.05)
 
     async def health(http: httpx.AsyncClient, instance: int) -> tuple[int, float, dict[str, Any]]:
@@ -594,6 +597,9 @@ async def test_redis_stop_and_restart_during_a_run(redis_server: RedisServer, cl
                 return False
         return True
 
+    def done_in(phase: str) -> list[Attempt]:
+        return [a for a in attempts if a.phase == phase and a.done]
+
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT, limits=CLIENT_LIMITS) as http:
         with trio.fail_after(75):
             # A GET stream open when Redis goes: it must end properly (with `retry:`), not break off.
@@ -603,12 +609,19 @@ async def test_redis_stop_and_restart_during_a_run(redis_server: RedisServer, cl
                 nursery.start_soon(follow_until_cut, http, urls[0], watch)
                 for _ in range(3):
                     nursery.start_soon(worker, http, 2)
-                await trio.sleep(1.5)
+                # Every worker has its two sessions and has used them (2 x 3 initializations, as many calls).
+                await wait_until(
+                    lambda: watch.updates >= 2 and sum(a.ok for a in done_in("before")) >= 12,
+                    10,
+                    "the stream's updates and the workers' sessions",
+                )
                 assert watch.updates >= 2 and watch.ended_at is None, watch
                 phase = "stopping"
                 stopping_at = trio.current_time()
                 await trio.to_thread.run_sync(redis_server.stop)
                 phase = "outage"
+                # Real sleeps, here and after the probes: the outage's length under load is the case under test
+                # (it spans heartbeats and the bus's reconnection attempts); nothing marks "long enough".
                 await trio.sleep(2.0)
                 for instance in range(len(urls)):
                     status, latency, document = await health(http, instance)
@@ -626,14 +639,12 @@ async def test_redis_stop_and_restart_during_a_run(redis_server: RedisServer, cl
                 restart_begun = trio.current_time()
                 await trio.to_thread.run_sync(redis_server.start)
                 restarted = trio.current_time()
-                with trio.fail_after(15):
-                    while not await all_healthy(http):
-                        await trio.sleep(0.1)
+                await wait_until(lambda: all_healthy(http), 15, "every instance healthy again")
                 recovered_after = trio.current_time() - restarted
                 phase = "recovering"  # old sessions answer 404 and are replaced
-                await trio.sleep(3.0)
+                await wait_until(lambda: reinitialized >= 6, 15, "every worker's two sessions replaced")
                 phase = "after"
-                await trio.sleep(2.0)
+                await wait_until(lambda: len(done_in("after")) >= 30, 15, "30 calls after the recovery")
                 finished.set()
 
     by_phase: dict[str, list[Attempt]] = {}
@@ -884,7 +895,9 @@ async def test_a_stream_outlasts_a_redis_stall_shorter_than_its_patience(
         subscription_update_interval=SUBSCRIPTION_INTERVAL,
         log_message_interval=3600,
     )
-    stall = 3.0  # longer than one read's bound (2 s), shorter than the listener's patience (3 reads)
+    # A real stall: longer than one read's bound (Redis's 2 s, a constant), shorter than the listener's patience
+    # (3 reads).
+    stall = 3.0
     async with httpx.AsyncClient(timeout=30) as http:
         watch = StreamWatch(await watch_session(http, server.url))
         decoder = SSEDecoder()

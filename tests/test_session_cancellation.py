@@ -201,7 +201,8 @@ async def test_cancelling_a_tool_waiting_for_sampling_tells_the_client(
     session = await ready_session(registry)
     call = Request(6, "tools/call", {"name": "sampleLLM", "arguments": {"prompt": "hi"}})
     stream = await session.start_requests([call])
-    await trio.sleep(1)
+    with trio.fail_after(5), session.events.watching(session.id, stream):
+        await session.events.wait_for_events(session.id, stream, 0)  # the sampling request is out
     assert session.statistics()["pending_client_requests"] == 1
     await session.receive_notification(Notification("notifications/cancelled", {"requestId": 6}))
     sent = await wait_closed(session, stream)
