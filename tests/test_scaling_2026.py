@@ -408,7 +408,9 @@ async def test_a_2026_tools_call_issues_no_redis_command(redis_server: RedisServ
             with trio.fail_after(WAIT):
                 for index in range(calls):
                     await echo(100 + index)
-                    await trio.sleep_until(started + window * (index + 1) / calls)
+                    await trio.sleep_until(
+                        started + window * (index + 1) / calls
+                    )  # pacing: the calls spread over the window
             busy = calls_between(before, command_calls(redis_server.port))
             length = trio.current_time() - started
 
