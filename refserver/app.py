@@ -32,6 +32,7 @@ from refserver.oauth.revocation import connect_revocations
 from refserver.observability import logs
 from refserver.observability.metrics import BUS_STATS, EVENT_LOG_STATS, REDIS_STATS, REGISTRY_STATS, Metrics
 from refserver.registry import SessionRegistry
+from refserver.tasks.assembly import TaskSystem
 from refserver.transport import legacy_sse, pages, streamable_http
 from refserver.transport.listen import ListenHub
 from refserver.transport.refusals import RefusalPolicy
@@ -167,7 +168,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         )
     backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
-    core = RequestCore(features, website_url=f"{settings.base_url.rstrip('/')}/")
+    tasks = TaskSystem(settings, backend.tasks, backend.bus, backend.instance_id)
+    core = RequestCore(features, website_url=f"{settings.base_url.rstrip('/')}/", tasks=tasks.service)
     registry: SessionRegistry = observed.ObservedRegistry(
         events=backend.events,
         store=backend.store,
@@ -207,6 +209,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     hub = ListenHub(backend.bus, max_listeners=settings.max_listeners)
     if auth_server is not None:
         auth_server.revoker.listeners.append(hub.token_revoked)  # on one instance the bus never says
+    tasks.attach(core.run_task, hub.publish)
     stateless = StatelessExchange(
         core,
         hub,
@@ -248,6 +251,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         if verifier is not None:
             await app.nursery.start(verifier.run)
         await app.nursery.start(registry.run)
+        await app.nursery.start(tasks.run)
         app.nursery.start_soon(watch_for_shutdown, registry, hub)
         if "reference" in settings.features:
             app.nursery.start_soon(hub.announce_periodic_updates, backend.kv, settings.subscription_update_interval)

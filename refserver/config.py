@@ -222,6 +222,38 @@ class Settings:
         "Open `subscriptions/listen` streams per instance before new ones get 503.",
         10_000,
     )
+    task_ttl: float = _setting(
+        "TASK_TTL",
+        values.positive_float,
+        "Seconds a task is kept from its creation (its `ttlMs`; the most a 2025 client may ask for); work still "
+        "running then is stopped and the task is gone.",
+        3600.0,
+    )
+    task_lease: float = _setting(
+        "TASK_LEASE",
+        values.positive_float,
+        "Seconds an instance holds a task's work without renewing it; a lost instance's tasks move on after this. "
+        "Every instance sharing a Redis must use the same value.",
+        30.0,
+    )
+    task_workers: int = _setting(
+        "TASK_WORKERS", values.positive_int, "Tasks one instance runs at once (more wait in the queue).", 32
+    )
+    tasks_per_subject: int = _setting(
+        "TASKS_PER_SUBJECT", values.positive_int, "Unfinished tasks one user may have before new ones are refused.", 100
+    )
+    task_queue_limit: int = _setting(
+        "TASK_QUEUE_LIMIT",
+        values.positive_int,
+        "Tasks waiting or running across all instances before new ones are refused.",
+        10_000,
+    )
+    task_max_result_bytes: int = _setting(
+        "TASK_MAX_RESULT_BYTES",
+        values.positive_int,
+        "Bytes of a task's result (JSON); a larger one fails the task with a clear error instead of being stored.",
+        1024 * 1024,
+    )
     log_level: str = _setting("LOG_LEVEL", values.log_level, "Python log level of the server's own log.", "INFO")
     log_format: str = _setting(
         "LOG_FORMAT",

@@ -29,7 +29,7 @@ from refserver.errors import (
     RefserverError,
     ResourceNotFound,
 )
-from refserver.features.catalog import FeatureIndex, ResourceContents, Tool
+from refserver.features.catalog import FeatureIndex, ResourceContents
 from refserver.protocol.core import (
     Complete,
     CoreRequest,
@@ -44,6 +44,9 @@ from refserver.protocol.core import (
 )
 from refserver.protocol.envelope import STATELESS_VERSIONS, stateless_result
 from refserver.protocol.lifecycle import LATEST_VERSION, LOG_LEVELS, parse_initialize
+from refserver.protocol.tasks import TASKS_EXTENSION, TaskBook
+from refserver.task_methods import CAPABILITIES_2025, Shaped, TaskMethods, is_task_method
+from refserver.tool_calls import describe_schema_error, run_tool, tool_error, with_task_support
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ INSTRUCTIONS: Final = (
     "resources with a template and subscriptions, prompts, completions and logging."
 )
 
-HandlerResult = types.Result | dict[str, Any] | Complete | InputRequired
+HandlerResult = types.Result | dict[str, Any] | Complete | InputRequired | Shaped
 Handler = Callable[[Any, CoreRequest, CallContext], Awaitable[HandlerResult]]
 
 
@@ -91,8 +94,11 @@ def _decode_cursor(cursor: str | None) -> int:
 
 
 class RequestCore:
-    def __init__(self, features: FeatureIndex, *, website_url: str | None = None) -> None:
+    def __init__(
+        self, features: FeatureIndex, *, website_url: str | None = None, tasks: TaskBook | None = None
+    ) -> None:
         self.features = features
+        self.tasks = TaskMethods(tasks)
         self.server_info: dict[str, Any] = {
             "name": SERVER_NAME,
             "title": "refserver MCP reference server",
@@ -105,7 +111,7 @@ class RequestCore:
         self._validators = {
             name: jsonschema.Draft202012Validator(tool.definition.input_schema) for name, tool in features.tools.items()
         }
-        self._tool_list = [tool.definition for tool in features.catalog.tools]
+        self._tool_list = [with_task_support(tool) for tool in features.catalog.tools]
         self._handlers: dict[str, Handler] = {
             "initialize": self._initialize,
             "ping": self._ping,
@@ -147,10 +153,13 @@ class RequestCore:
             return Failed(InternalError("internal error"))
 
     async def _handle(self, request: CoreRequest, emitter: Emitter) -> Outcome:
+        version = request.meta.protocol_version
+        if is_task_method(request):
+            answer = await self.tasks.handle(request)
+            return answer if isinstance(answer, InputRequired) else self._shaped(request, answer)
         handler = self._handlers.get(request.method)
         if handler is None:
             raise MethodNotFound(f"Method not found: {request.method}")
-        version = request.meta.protocol_version
         if request.method == "initialize" and version not in STATELESS_VERSIONS:
             version = LATEST_VERSION  # the session's version is what initialize is about to decide
         try:
@@ -162,6 +171,8 @@ class RequestCore:
         result = await handler(typed.params, request, CallContext(request, emitter))
         if isinstance(result, InputRequired):
             return result
+        if isinstance(result, Shaped):
+            return self._shaped(request, result)
         changes: tuple[StateChange, ...] = ()
         if isinstance(result, Complete):
             changes = result.changes
@@ -179,13 +190,44 @@ class RequestCore:
             )
         return Complete(wire.serialize_server_result(request.method, version, data), changes)
 
+    def _shaped(self, request: CoreRequest, shaped: Shaped) -> Complete:
+        if request.meta.protocol_version in STATELESS_VERSIONS:
+            return Complete(stateless_result(request.method, shaped.result, self.server_info, None))
+        return Complete(shaped.result)
+
+    async def run_task(self, request: CoreRequest, emitter: Emitter) -> Outcome:
+        """One run of a task's `tools/call` (by the task runner): the tool itself, never another task."""
+        try:
+            params = request.params or {}
+            tool = self.features.tools.get(str(params.get("name")))
+            if tool is None:
+                raise InvalidParams(f"Unknown tool: {params.get('name')}")
+            result = await run_tool(tool, dict(params.get("arguments") or {}), CallContext(request, emitter))
+        except RefserverError as exc:
+            return Failed(exc)
+        except Exception:
+            logger.exception("task %s (%s) failed", request.id, request.method)
+            return Failed(InternalError("internal error"))
+        if isinstance(result, InputRequired):
+            return result
+        if not isinstance(result, types.CallToolResult):
+            return Failed(InternalError(f"tool {tool.definition.name} gave no tool result"))
+        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        version = request.meta.protocol_version
+        if version in STATELESS_VERSIONS:
+            data = stateless_result(request.method, data, self.server_info, None)
+        return Complete(wire.serialize_server_result(request.method, version, data))
+
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def _initialize(self, params: Any, request: CoreRequest, context: CallContext) -> Complete:
         initialized = parse_initialize(request.params)
+        capabilities = self.capabilities()
+        if self.tasks.book is not None:
+            capabilities["tasks"] = CAPABILITIES_2025  # only 2025-11-25 has the field; older versions drop it
         result = {
             "protocolVersion": initialized.protocol_version,
-            "capabilities": self.capabilities(),
+            "capabilities": capabilities,
             "serverInfo": {key: self.server_info[key] for key in ("name", "title", "version")},
             "instructions": INSTRUCTIONS,
         }
@@ -194,10 +236,13 @@ class RequestCore:
     async def _discover(self, params: Any, request: CoreRequest, context: CallContext) -> dict[str, Any]:
         return {
             "supportedVersions": list(STATELESS_VERSIONS),
-            # Extensions are declared here by name (SEP-2133); none is served yet, and the empty map says so.
-            "capabilities": {**self.capabilities(), "extensions": {}},
+            # Extensions are declared here by name (SEP-2133), each with its (empty) settings.
+            "capabilities": {**self.capabilities(), "extensions": self._extensions()},
             "instructions": INSTRUCTIONS,
         }
+
+    def _extensions(self) -> dict[str, Any]:
+        return {TASKS_EXTENSION: {}} if self.tasks.book is not None else {}
 
     async def _ping(self, params: Any, request: CoreRequest, context: CallContext) -> dict[str, Any]:
         return {}
@@ -219,9 +264,15 @@ class RequestCore:
         arguments = params.arguments or {}
         problems = sorted(self._validators[params.name].iter_errors(arguments), key=lambda e: list(e.path))
         if problems:
-            text = "; ".join(_describe_schema_error(e) for e in problems)
-            return _tool_error(f"Invalid arguments for tool {params.name}: {text}")
-        return await _run_tool(tool, arguments, context)
+            text = "; ".join(describe_schema_error(e) for e in problems)
+            return tool_error(f"Invalid arguments for tool {params.name}: {text}")
+        if self.tasks.wants_task(tool, request):
+            if tool.task_prelude is not None:
+                asked = await tool.task_prelude(arguments, context)
+                if asked is not None:
+                    return asked
+            return await self.tasks.start(tool, request)
+        return await run_tool(tool, arguments, context)
 
     # --- resources -----------------------------------------------------------------------------------
 
@@ -317,31 +368,6 @@ def _as_stateless_error(error: RefserverError) -> RefserverError:
             error.message, data={"requiredCapabilities": error.required_capabilities}
         )
     return error
-
-
-async def _run_tool(tool: Tool, arguments: dict[str, Any], context: CallContext) -> HandlerResult:
-    """Errors inside a tool become an `isError` result the model can read, never a protocol error, except that
-    in the 2026 era a missing client capability is the request's error (-32021), as the revision requires."""
-    try:
-        return await tool.handler(arguments, context)
-    except ClientCapabilityMissing as exc:
-        if context.meta.protocol_version in STATELESS_VERSIONS:
-            raise
-        return _tool_error(exc.message)
-    except RefserverError as exc:
-        return _tool_error(exc.message)
-    except Exception:
-        logger.exception("tool %s failed", tool.definition.name)
-        return _tool_error(f"Tool {tool.definition.name} failed with an internal error")
-
-
-def _tool_error(text: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
-
-
-def _describe_schema_error(error: jsonschema.ValidationError) -> str:
-    where = "/".join(str(p) for p in error.path) or "arguments"
-    return f"{where}: {error.message}"
 
 
 def _validation_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:

@@ -68,6 +68,11 @@ class InternalError(RefserverError):
     http_status = 500
 
 
+class ToolCallFailed(RefserverError):
+    """Raised by a tool whose call must end in this JSON-RPC error rather than an `isError` result the model reads
+    (a task ends `failed` with it)."""
+
+
 class RequestCancelled(RefserverError):
     """The request was cancelled (by the client, DELETE, expiry or shutdown); no response is owed."""
 
@@ -238,6 +243,18 @@ class BackendSlow(BackendUnavailable):
 
 class TooManySessions(ServiceUnavailable):
     pass
+
+
+class TaskNotFound(InvalidParams):
+    """No such task for this caller: unknown, expired, or another subject's (the same answer, so ids cannot be
+    probed)."""
+
+
+class TaskLimitReached(RefserverError):
+    """A bound on tasks (per subject, or queued in total) is reached: nothing was created; retry later."""
+
+    jsonrpc_code = SERVER_ERROR
+    http_status = 429
 
 
 class ConfigError(RefserverError):

@@ -45,8 +45,10 @@ def modern_request(
     """A 2026-07-28 request (body, headers): the envelope in `_meta` (plus `meta`), and its routing headers."""
     body_params = {**(params or {}), "_meta": {**MODERN_META, **meta}}
     headers = {**POST_HEADERS, "MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": method}
-    named = body_params.get("uri" if method == "resources/read" else "name")
-    if method in ("tools/call", "prompts/get", "resources/read") and isinstance(named, str):
+    name_param = {"resources/read": "uri", "tools/call": "name", "prompts/get": "name"}.get(method, "taskId")
+    named = body_params.get(name_param)
+    named_methods = ("tools/call", "prompts/get", "resources/read", "tasks/get", "tasks/update", "tasks/cancel")
+    if method in named_methods and isinstance(named, str):
         headers["Mcp-Name"] = named
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": body_params}, headers
 

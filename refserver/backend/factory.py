@@ -14,6 +14,7 @@ from refserver.backend.redis.events import RedisEventLog
 from refserver.backend.redis.kv import RedisKeyValueStore
 from refserver.backend.redis.sessions import RedisSessionStore
 from refserver.backend.sessions import Bus, LocalBus, LocalStore, Store
+from refserver.backend.tasks import MemoryTaskStore, TaskStore
 from refserver.config import Settings
 
 
@@ -23,6 +24,7 @@ class Backend:
     events: EventLog
     store: Store
     bus: Bus
+    tasks: TaskStore
     redis: RedisConnection | None
     """Started by the app (`nursery.start(redis.run)`, then the bus) before anything uses the rest."""
     instance_id: str
@@ -46,6 +48,7 @@ def backend_from_settings(settings: Settings) -> Backend:
             ),
             store=RedisSessionStore(connection),
             bus=RedisBus(connection, instance_id=instance_id, holder_ttl=settings.session_idle_ttl),
+            tasks=MemoryTaskStore(),  # one instance's tasks until RedisTaskStore lands in the next commit
             redis=connection,
             instance_id=instance_id,
         )
@@ -54,6 +57,7 @@ def backend_from_settings(settings: Settings) -> Backend:
         events=MemoryEventLog(settings.event_log_max_events),
         store=LocalStore(),
         bus=LocalBus(),
+        tasks=MemoryTaskStore(),
         redis=None,
         instance_id=instance_id,
     )

@@ -70,8 +70,15 @@ class ListenNotice:
 
 
 @attrs.frozen
+class TaskCancelled:
+    """`tasks/cancel` on some instance: whichever instance runs the task stops its work."""
+
+    task_id: str
+
+
+@attrs.frozen
 class BusResynced:
     """The bus was away (given by the bus itself, never published): what was published meanwhile is lost."""
 
 
-GlobalMessage = TokenRevoked | ListenNotice | BusResynced
+GlobalMessage = TokenRevoked | ListenNotice | TaskCancelled | BusResynced

@@ -15,6 +15,7 @@ import mcp_types as types
 
 from refserver.features.context import FeatureContext
 from refserver.protocol.core import CacheHint, InputRequired
+from refserver.protocol.tasks import FORBIDDEN
 
 ToolOutcome: TypeAlias = types.CallToolResult | InputRequired
 """A tool's answer, or what it needs from the client first (it is called again with the answers)."""
@@ -27,10 +28,19 @@ Completer: TypeAlias = Callable[[str, Mapping[str, str]], Awaitable[list[str]]]
 """(partial value, other arguments already chosen) -> candidate values."""
 
 
+TaskPrelude: TypeAlias = Callable[[dict[str, Any], FeatureContext], Awaitable[InputRequired | None]]
+"""What a task-running tool asks the client before its task is created (None: ready, create the task)."""
+
+
 @attrs.frozen
 class Tool:
     definition: types.Tool
     handler: ToolHandler
+    task_support: str = FORBIDDEN
+    """`forbidden`, `optional` or `required` (protocol/tasks.py): whether a call may, or must, run as a task."""
+    idempotent: bool = False
+    """Safe to run again from the start when the instance running its task is lost (else the task fails)."""
+    task_prelude: TaskPrelude | None = None
 
 
 NO_CACHE: Final = CacheHint(0, "private")

@@ -80,7 +80,7 @@ KNOWN_EVENTS: Final[Mapping[tuple[str, str], tuple[str, tuple[str, ...]]]] = {
     ),
     ("refserver.oauth.token_endpoint", "refresh token reused: grant %s revoked"): ("oauth.refresh_reused", ("grant",)),
     ("refserver.session", "request %s (%s) failed"): ("mcp.request_failed", ("rpc_id", "method")),
-    ("refserver.dispatch", "tool %s failed"): ("tool.failed", ("tool",)),
+    ("refserver.tool_calls", "tool %s failed"): ("tool.failed", ("tool",)),
     ("refserver.web.errors", "unhandled error"): ("error.unhandled", ()),
 }
 """Existing log calls (in modules that predate structured logging) get an event name and their arguments as fields."""

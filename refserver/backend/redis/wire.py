@@ -20,6 +20,7 @@ from refserver.backend.messages import (
     SessionDeleted,
     SessionMessage,
     StateChanged,
+    TaskCancelled,
     TokenRevoked,
 )
 from refserver.backend.sessions import SessionRecord
@@ -87,6 +88,8 @@ def encode_global_message(message: GlobalMessage) -> str:
             return _dumps({"t": "revoked", "jti": jti, "grant": grant_id})
         case ListenNotice(kind, uri):
             return _dumps({"t": "listen", "k": kind, "u": uri})
+        case TaskCancelled(task_id):
+            return _dumps({"t": "task-cancel", "id": task_id})
         case BusResynced():
             return _dumps({"t": "resync"})
 
@@ -101,6 +104,9 @@ def decode_global_message(document: dict[str, Any]) -> GlobalMessage | None:
         if not isinstance(notice_kind, str):
             return None
         return ListenNotice(notice_kind, uri if isinstance(uri, str) else None)
+    if kind == "task-cancel":
+        task_id = document.get("id")
+        return TaskCancelled(task_id) if isinstance(task_id, str) else None
     if kind == "resync":
         return BusResynced()
     return None

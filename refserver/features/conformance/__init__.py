@@ -7,13 +7,14 @@ template, the `test_*` prompts and a completion for `test_prompt_with_arguments`
 
 This package assembles the catalog and re-exports the public names of its modules: `content`
 (shared media and text helpers), `schemas`, `tools`, `resources` and `prompts`; `stateless` holds the fixtures
-of the 2026-07-28 scenarios (multi round-trip requests, the stateless diagnostics, an `x-mcp-header` tool).
+of the 2026-07-28 scenarios (multi round-trip requests, the stateless diagnostics, an `x-mcp-header` tool),
+`tasks` those of the tasks extension's scenarios.
 """
 
 from __future__ import annotations
 
 from refserver.features.catalog import Catalog
-from refserver.features.conformance import stateless
+from refserver.features.conformance import stateless, tasks
 from refserver.features.conformance.content import (
     PNG_MIME_TYPE,
     TEST_AUDIO_BASE64,
@@ -63,7 +64,7 @@ __all__ = [
 
 def build_catalog() -> Catalog:
     return Catalog(
-        tools=[*build_tools(), *stateless.build_tools()],
+        tools=[*build_tools(), *stateless.build_tools(), *tasks.build_tools()],
         resources=build_resources(),
         templates=build_templates(),
         prompts=[*build_prompts(), *stateless.build_prompts()],

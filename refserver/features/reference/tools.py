@@ -22,6 +22,7 @@ from refserver.features.reference.handlers import (
     WEATHER_OUTPUT_SCHEMA,
 )
 from refserver.features.reference.resources import RESOURCE_COUNT
+from refserver.protocol.tasks import FORBIDDEN, OPTIONAL
 
 
 def _object_schema(properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
@@ -50,6 +51,7 @@ def _tool(
     handler: ToolHandler,
     annotations: types.ToolAnnotations,
     output_schema: dict[str, Any] | None = None,
+    task_support: str = FORBIDDEN,
 ) -> Tool:
     definition = types.Tool(
         name=name,
@@ -58,7 +60,13 @@ def _tool(
         output_schema=copy.deepcopy(output_schema),
         annotations=annotations,
     )
-    return Tool(definition=definition, handler=guarded(handler))
+    # A tool its annotations call idempotent may run again from the start if the instance running its task is lost.
+    return Tool(
+        definition=definition,
+        handler=guarded(handler),
+        task_support=task_support,
+        idempotent=bool(annotations.idempotent_hint),
+    )
 
 
 def build_tools() -> list[Tool]:
@@ -106,6 +114,7 @@ def build_tools() -> list[Tool]:
             ),
             handlers.long_running_operation,
             _annotations("Long Running Operation", read_only=True, idempotent=True),
+            task_support=OPTIONAL,
         ),
         _tool(
             "sampleLLM",
