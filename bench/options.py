@@ -8,7 +8,7 @@ from typing import Final
 
 import attrs
 
-ALL_SCENARIOS: Final = ("S0", "S1", "M1", "S2", "S3", "S4", "S5", "P", "PJ")
+ALL_SCENARIOS: Final = ("S0", "S1", "M1", "S2", "S3", "S4", "S5", "P", "PJ", "T1")
 FLOOD_SCENARIOS: Final = ("S0", "S1", "M1", "S2", "P", "PJ")
 """Measured by wrk at every concurrency, interleaved in the same run (the ratios compare them)."""
 RATIO_CONCURRENCY: Final = 32
@@ -36,6 +36,14 @@ class Options:
     holding streams from the cost of the Redis path)."""
     s5_duration: float = 10.0
     s5_workers: int = 16
+    t1_clients: int = 16
+    """T1: concurrent client loops (create a task, poll it to the end, again) in the throughput arm."""
+    t1_duration: float = 8.0
+    """Seconds of each T1 throughput arm per repetition."""
+    t1_latency_duration: float = 3.0
+    """Seconds of each T1 latency arm (one client loop: the queue's delay without load) per repetition."""
+    t1_poll_interval: float = 0.005
+    """Seconds between a T1 client's `tasks/get` answer and its next poll (the first goes out at once)."""
     server_cpu: int | None = 0
     client_cpu: int | None = 1
     nice: int = 0
@@ -63,6 +71,9 @@ class Options:
             "s4_rounds": 1,
             "s5_duration": 1.0,
             "s5_workers": 4,
+            "t1_clients": 2,
+            "t1_duration": 2.0,
+            "t1_latency_duration": 0.5,
             "retries": 0,
             "profile": False,
             "profile_seconds": 1.0,

@@ -180,6 +180,8 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
                 f"| {backend} | {_fmt(med['sessions_per_s'], 0)} | {_fmt(med['p50_ms'], 1)} | "
                 f"{_fmt(med['p99_ms'], 1)} | {_pct(med['generator_cpu'])} | {_fmt(med['errors'], 0)} |"
             )
+    if "load" in s.get("T1", {}):
+        lines += _t1_lines(s["T1"], o)
     if data.get("errors"):
         lines += ["", "## Errors", ""]
         lines += [f"- {e['scenario']}: `{e['error']}` (traceback in the JSON)" for e in data["errors"]]
@@ -211,6 +213,59 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
     if plot_name:
         lines += ["", f"![throughput and p99 latency against concurrency]({plot_name})"]
     return "\n".join(lines) + "\n"
+
+
+def _t1_lines(t1: dict[str, Any], options: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"## T1: durable tasks through {t1['instances']} instances and Redis",
+        "",
+        f"Each client loop: `tools/call` of `slow_compute` (`seconds: 0`) as a task (2026-07-28 tasks extension), "
+        f"then `tasks/get` at once and every {_fmt(t1['poll_interval_ms'], 0)} ms after a non-terminal answer "
+        f"until `completed`; every request to the next instance than the last (no stickiness). "
+        f"All {t1['instances']} instances on CPU {options['server_cpu']} ({t1['task_workers_per_instance']} task "
+        f"workers each), auth {t1['auth']}. Queue = from the task handle's arrival to the answer of the first "
+        f"`tasks/get` showing `completed`, so it includes up to one poll interval and round trip; "
+        f"server clock = the completed task's `lastUpdatedAt` - `createdAt` (no polling in it, 1 ms resolution). "
+        f"Medians of {options['runs']} run(s); errors summed.",
+        "",
+        "| clients | tasks/s | tasks/s per second (min-max) | created p50 / p99 ms | queue p50 / p99 ms | "
+        "queue by server clock p50 / p99 ms | end to end p50 / p99 ms | tasks/get p50 ms | polls/task | "
+        "Redis cmds/task | client CPU | servers CPU | errors |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for arm in ("load", "latency"):
+        med = t1[arm]["median"]
+        clients = t1[arm]["runs"][0]["clients"] if t1[arm]["runs"] else "-"
+        windows = (
+            f"{_fmt(med['tasks_per_s_windows_min'], 0)}-{_fmt(med['tasks_per_s_windows_max'], 0)}"
+            if "tasks_per_s_windows_min" in med
+            else "-"
+        )
+        lines.append(
+            f"| {clients} | {_fmt(med['tasks_per_s'], 0)} | {windows} | {_fmt(med['created_p50_ms'], 2)} / "
+            f"{_fmt(med['created_p99_ms'], 2)} | {_fmt(med['queue_p50_ms'], 2)} / {_fmt(med['queue_p99_ms'], 2)} | "
+            f"{_fmt(med['stored_p50_ms'], 1)} / {_fmt(med['stored_p99_ms'], 1)} | "
+            f"{_fmt(med['end_to_end_p50_ms'], 2)} / {_fmt(med['end_to_end_p99_ms'], 2)} | "
+            f"{_fmt(med['tasks_get_p50_ms'], 2)} | "
+            f"{_fmt(med['polls_per_task'], 1)} | {_fmt(med['redis_calls_per_task'], 1)} | "
+            f"{_pct(med['generator_cpu'])} | {_pct(med['server_cpu'])} | {med['errors']} |"
+        )
+    load_runs = t1["load"]["runs"]
+    if load_runs:
+        commands: dict[str, float] = {}
+        for run in load_runs:
+            for name, value in run.get("redis_commands_per_task", {}).items():
+                commands[name] = commands.get(name, 0.0) + value / len(load_runs)
+        shown = ", ".join(f"{name} {value:.1f}" for name, value in sorted(commands.items(), key=lambda kv: -kv[1])[:6])
+        lines += [
+            "",
+            f"Redis commands per task (INFO commandstats, all {t1['instances']} instances together, under load): "
+            f"{shown}; with no task at all the instances issue {_fmt(t1['redis_idle_calls_per_s'], 0)} commands/s "
+            f"and use {_pct(t1.get('servers_idle_cpu'))} of their core. "
+            "Tasks/s per run: " + ", ".join(_fmt(r["tasks_per_s"], 0) for r in load_runs) + ".",
+        ]
+    return lines
 
 
 def write_plot(data: dict[str, Any], path: Path) -> bool:

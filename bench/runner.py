@@ -23,12 +23,14 @@ import trio
 
 from bench import profiling
 from bench.cross import run_cross_instance
+from bench.durable_tasks import run_tasks
 from bench.machine import code_version, load_average, machine_info
 from bench.mcpclient import new_session, obtain_token
 from bench.options import FLOOD_SCENARIOS, RATIO_CONCURRENCY, Options
 from bench.procs import (
     ROOT,
     Proc,
+    cpu_seconds,
     free_port,
     hypercorn_server,
     raise_priority,
@@ -47,6 +49,13 @@ from bench.wrkrun import Target, WrkResult, describe, ensure_wrk, median_result,
 
 Progress = Callable[[str], None]
 S4_IDLE_TTL = 3600
+T1_INSTANCES = 3
+T1_TASK_WORKERS = 32
+"""REFSERVER_TASK_WORKERS of each T1 instance (refserver's default, set so that the results say it)."""
+T1_TASK_LIMIT = 100_000
+"""REFSERVER_TASKS_PER_SUBJECT and REFSERVER_TASK_QUEUE_LIMIT for T1: every client is the one bench user."""
+T1_IDLE_SECONDS = 1.0
+"""Seconds T1's Redis commands are counted with nothing to do (heartbeats, workers waiting on the queue)."""
 
 
 def make_progress() -> Progress:
@@ -131,7 +140,7 @@ class Runner:
     def phase_one(self) -> None:
         opts = self.options
         cpu = opts.server_cpu
-        redis_needed = self.wants("S2", "S3") or (self.wants("S4") and opts.s4_backend == "redis")
+        redis_needed = self.wants("S2", "S3", "T1") or (self.wants("S4") and opts.s4_backend == "redis")
         self.redis_port = free_port()
         if redis_needed:
             redis = redis_server(self.redis_port, opts.client_cpu, self.log_dir)
@@ -341,6 +350,113 @@ class Runner:
         top = ", ".join(f"{pkg} {share:.0%}" for pkg, share in summary["self_by_package"][:5])
         self.progress(f"profiled {name} ({load_note}): self time by package: {top}")
 
+    # --- T1: durable tasks ------------------------------------------------------------------------------
+
+    def durable_tasks(self) -> None:
+        """Three instances (conformance features, Redis backend, embedded auth) alone on the server core."""
+        if not self.wants("T1"):
+            return
+        opts = self.options
+        ports = [free_port() for _ in range(T1_INSTANCES)]
+        settings: dict[str, Any] = {
+            "redis_url": self._redis_url(),
+            "allowed_hosts": "127.0.0.1",
+            "features": "reference,conformance",
+            "task_workers": T1_TASK_WORKERS,
+            "tasks_per_subject": T1_TASK_LIMIT,
+            "task_queue_limit": T1_TASK_LIMIT,
+        }
+        servers = [
+            hypercorn_server(
+                f"T1-redis-{'ABC'[index]}",
+                "refserver.app:app",
+                port,
+                refserver_env(port, base_port=ports[0], **settings),
+                opts.server_cpu,
+                self.log_dir,
+            )
+            for index, port in enumerate(ports)
+        ]
+        self.progress(f"starting {', '.join(p.name for p in servers)}")
+        self._launch(servers)
+        try:
+            token = trio.run(obtain_token, ports[0])
+            self.progress("T1: token by the OAuth flow (one user for every client)")
+            pids = [server.pid for server in servers]
+
+            def arm(clients: int, duration: float) -> dict[str, Any]:
+                calls_before = command_calls(self.redis_port)
+                result = trio.run(
+                    lambda: run_tasks(
+                        ports=ports,
+                        token=token,
+                        clients=clients,
+                        duration=duration,
+                        poll_interval=opts.t1_poll_interval,
+                        worker_pids=pids,
+                    )
+                )
+                calls = calls_between(calls_before, command_calls(self.redis_port))
+                done = max(1, result["tasks"] + result["tasks_after_window"])
+                result["redis_calls_per_task"] = sum(calls.values()) / done
+                result["redis_commands_per_task"] = {k: v / done for k, v in calls.items()}
+                return result
+
+            if opts.warmup > 0:
+                arm(opts.t1_clients, opts.warmup)
+                self.progress("warmed up T1")
+            calls_before, cpu_before = command_calls(self.redis_port), [cpu_seconds(pid) for pid in pids]
+            time.sleep(T1_IDLE_SECONDS)
+            idle = calls_between(calls_before, command_calls(self.redis_port))
+            idle_per_s = sum(idle.values()) / T1_IDLE_SECONDS
+            idle_cpu = sum(cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True))
+            idle_cpu /= T1_IDLE_SECONDS
+            self.progress(
+                f"T1: with no task, {idle_per_s:.0f} Redis commands/s and servers CPU {idle_cpu:.0%} "
+                f"({T1_INSTANCES} instances)"
+            )
+            load_runs: list[dict[str, Any]] = []
+            latency_runs: list[dict[str, Any]] = []
+            for run in range(opts.runs):
+                label = f"[run {run + 1}/{opts.runs}] T1"
+                for runs, clients, duration in (
+                    (load_runs, opts.t1_clients, opts.t1_duration),
+                    (latency_runs, 1, opts.t1_latency_duration),
+                ):
+                    result = arm(clients, duration)
+                    runs.append(result)
+                    self.progress(
+                        f"{label} c={clients:<3} {result['tasks_per_s']:6.0f} tasks/s  created p50 "
+                        f"{result['created_ms']['p50']:.1f} p99 {result['created_ms']['p99']:.1f} ms  queue p50 "
+                        f"{result['queue_ms']['p50']:.1f} p99 {result['queue_ms']['p99']:.1f} ms  "
+                        f"{result['polls_per_task']:.1f} polls/task  {result['redis_calls_per_task']:.1f} Redis "
+                        f"cmds/task  errors {result['errors']}  client CPU {result['generator_cpu']:.0%}  "
+                        f"servers CPU {result['server_cpu']:.0%}"
+                    )
+            if opts.profile and profiling.py_spy() is not None:
+
+                def load() -> str:
+                    result = arm(opts.t1_clients, opts.profile_seconds)
+                    return (
+                        f"T1 c={opts.t1_clients}: {result['tasks_per_s']:.0f} tasks/s through the 3 instances "
+                        "while instance A was sampled"
+                    )
+
+                self._profile_one("T1", pids[0], load)
+        finally:
+            self._stop(servers)
+        self.data["scenarios"]["T1"] = {
+            "instances": T1_INSTANCES,
+            "auth": "embedded (one bearer token, one user)",
+            "task_workers_per_instance": T1_TASK_WORKERS,
+            "poll_interval_ms": opts.t1_poll_interval * 1000,
+            "redis_idle_calls_per_s": idle_per_s,
+            "redis_idle_commands_per_s": {k: v / T1_IDLE_SECONDS for k, v in idle.items()},
+            "servers_idle_cpu": idle_cpu,
+            "load": {"runs": load_runs, "median": _t1_median(load_runs)},
+            "latency": {"runs": latency_runs, "median": _t1_median(latency_runs)},
+        }
+
     # --- phase 2: S4 ----------------------------------------------------------------------------------
 
     def phase_two(self) -> None:
@@ -411,6 +527,7 @@ class Runner:
         )
         try:
             self.phase_one()
+            self.guarded("T1", self.durable_tasks)
             self.guarded("S4", self.phase_two)
         finally:
             self.stop_everything()
@@ -430,6 +547,22 @@ def _median_of_dicts(runs: list[dict[str, Any]]) -> dict[str, float]:
     medians["interference"] = median(r["interference"] for r in runs)
     if all("redis_calls_per_request" in r for r in runs):
         medians["redis_calls_per_request"] = median(r["redis_calls_per_request"] for r in runs)
+    return medians
+
+
+def _t1_median(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median over runs of each run's figure (tasks/s, every latency percentile); errors are summed."""
+    medians: dict[str, float] = {
+        key: median(r[key] for r in runs)
+        for key in ("tasks_per_s", "polls_per_task", "redis_calls_per_task", "generator_cpu", "server_cpu")
+    }
+    medians["errors"] = sum(r["errors"] for r in runs)
+    figures = ("created_ms", "queue_ms", "queue_lower_ms", "stored_ms", "end_to_end_ms", "tasks_get_ms")
+    for key in (*figures, "tasks_per_s_windows"):
+        for stat in ("min", "p50", "p90", "p99", "max"):
+            values = [r[key][stat] for r in runs if stat in r[key]]
+            if values:
+                medians[f"{key.removesuffix('_ms')}_{stat}" + ("_ms" if key.endswith("_ms") else "")] = median(values)
     return medians
 
 

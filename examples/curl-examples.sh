@@ -250,7 +250,26 @@ modern subscriptions/listen "" "{\"jsonrpc\":\"2.0\",\"id\":14,\"method\":\"subs
 sed 's/^/   | /' "$WORK/listen.txt" | head -n 3
 sse_data "$WORK/listen.txt" | grep -q '"notifications/subscriptions/acknowledged"' || fail "no acknowledgement"
 
-step "19. DELETE /mcp: end the (2025) session"
+step "19. 2026-07-28: longRunningOperation as a task (the tasks extension declared): a handle now, the result later"
+TASKS_META="\"_meta\":{\"io.modelcontextprotocol/protocolVersion\":\"$MODERN\",
+  \"io.modelcontextprotocol/clientInfo\":{\"name\":\"curl-example\",\"version\":\"1.0\"},
+  \"io.modelcontextprotocol/clientCapabilities\":{\"extensions\":{\"io.modelcontextprotocol/tasks\":{}}}}"
+modern tools/call longRunningOperation "{\"jsonrpc\":\"2.0\",\"id\":15,\"method\":\"tools/call\",
+  \"params\":{\"name\":\"longRunningOperation\",\"arguments\":{\"duration\":1,\"steps\":2},$TASKS_META}}" \
+  -f -o "$WORK/task.json"
+[ "$(jget .result.resultType <"$WORK/task.json")" = task ] || fail "expected a task handle"
+TASK_ID="$(jget .result.taskId <"$WORK/task.json")"
+show "task $TASK_ID: $(jget .result.status <"$WORK/task.json"), poll every $(jget .result.pollIntervalMs <"$WORK/task.json") ms"
+for _ in $(seq 1 50); do
+  modern tasks/get "$TASK_ID" "{\"jsonrpc\":\"2.0\",\"id\":16,\"method\":\"tasks/get\",
+    \"params\":{\"taskId\":\"$TASK_ID\",$TASKS_META}}" -f -o "$WORK/task-get.json"
+  [ "$(jget .result.status <"$WORK/task-get.json")" = completed ] && break
+  sleep 0.2
+done
+[ "$(jget .result.status <"$WORK/task-get.json")" = completed ] || fail "the task did not complete"
+show "tasks/get: completed, $(jget '.result.result.content[0].text' <"$WORK/task-get.json")"
+
+step "20. DELETE /mcp: end the (2025) session"
 status="$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$MCP_URL" \
   -H "Authorization: Bearer $ACCESS_TOKEN" -H "Mcp-Session-Id: $SESSION_ID" \
   -H "MCP-Protocol-Version: $PROTOCOL_VERSION")"

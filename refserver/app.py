@@ -30,7 +30,15 @@ from refserver.oauth.assembly import authorization_server, create_verifier, oaut
 from refserver.oauth.ratelimit import RateLimiter
 from refserver.oauth.revocation import connect_revocations
 from refserver.observability import logs
-from refserver.observability.metrics import BUS_STATS, EVENT_LOG_STATS, REDIS_STATS, REGISTRY_STATS, Metrics
+from refserver.observability.metrics import (
+    BUS_STATS,
+    EVENT_LOG_STATS,
+    REDIS_STATS,
+    REGISTRY_STATS,
+    TASK_RUNNER_STATS,
+    TASK_STORE_STATS,
+    Metrics,
+)
 from refserver.registry import SessionRegistry
 from refserver.tasks.assembly import TaskSystem
 from refserver.transport import legacy_sse, pages, streamable_http
@@ -81,7 +89,7 @@ def hypercorn_shutdown_event() -> Any:
     return kwargs.get("shutdown_event")
 
 
-async def watch_for_shutdown(registry: SessionRegistry, hub: ListenHub) -> None:
+async def watch_for_shutdown(registry: SessionRegistry, hub: ListenHub, tasks: TaskSystem) -> None:
     event = hypercorn_shutdown_event()
     if event is None:
         return
@@ -91,6 +99,7 @@ async def watch_for_shutdown(registry: SessionRegistry, hub: ListenHub) -> None:
     await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
     registry.begin_drain()
     hub.begin_drain()
+    tasks.runner.begin_drain()
     with trio.move_on_after(ACCEPT_LOOP_EXIT_TIMEOUT):
         while accept_loop_running():  # noqa: ASYNC110 - Hypercorn signals nothing when it stops accepting
             await trio.sleep(ACCEPT_LOOP_POLL_INTERVAL)
@@ -197,6 +206,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     if metrics is not None:
         metrics.add_statistics(registry.statistics, REGISTRY_STATS)
         metrics.add_statistics(backend.events.statistics, EVENT_LOG_STATS)
+        metrics.add_statistics(lambda: tasks.runner.statistics(), TASK_RUNNER_STATS)
+        metrics.add_statistics(backend.tasks.statistics, TASK_STORE_STATS)
         if backend.redis is not None:
             metrics.add_statistics(backend.redis.statistics, REDIS_STATS)
             backend.redis.on_call = metrics.observe_redis_call
@@ -231,7 +242,11 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     app.extensions["refserver"] = services
     observe_http(app, settings, metrics, origin_policy)
     guard_writes(app, settings.write_stall_limit, metrics)
-    app.register_blueprint(pages.create_blueprint(services, verifier=verifier, backend=backend))
+    app.register_blueprint(
+        pages.create_blueprint(
+            services, verifier=verifier, backend=backend, running_tasks=lambda: len(tasks.runner.running())
+        )
+    )
     app.register_blueprint(response_headers.create_blueprint(origin_policy))
     app.register_blueprint(legacy_sse.create_blueprint(services))
     if auth_server is not None:
@@ -252,7 +267,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             await app.nursery.start(verifier.run)
         await app.nursery.start(registry.run)
         await app.nursery.start(tasks.run)
-        app.nursery.start_soon(watch_for_shutdown, registry, hub)
+        app.nursery.start_soon(watch_for_shutdown, registry, hub, tasks)
         if "reference" in settings.features:
             app.nursery.start_soon(hub.announce_periodic_updates, backend.kv, settings.subscription_update_interval)
         if backend.redis is not None:

@@ -155,7 +155,7 @@ class RequestCore:
     async def _handle(self, request: CoreRequest, emitter: Emitter) -> Outcome:
         version = request.meta.protocol_version
         if is_task_method(request):
-            answer = await self.tasks.handle(request)
+            answer = await self.tasks.handle(request, emitter)
             return answer if isinstance(answer, InputRequired) else self._shaped(request, answer)
         handler = self._handlers.get(request.method)
         if handler is None:

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import attrs
 
+from refserver.call_context import Emitter
 from refserver.errors import (
     InternalError,
     InvalidParams,
@@ -22,8 +23,9 @@ from refserver.errors import (
     TaskNotFound,
 )
 from refserver.features.catalog import Tool
-from refserver.protocol.core import CoreRequest, InputFailure, InputRequest, InputRequired
+from refserver.protocol.core import CoreRequest, InputFailure, InputRequest, InputRequired, RequestMeta
 from refserver.protocol.envelope import STATELESS_VERSIONS
+from refserver.protocol.jsonrpc import Notification
 from refserver.protocol.tasks import (
     CANCELLED,
     COMPLETED,
@@ -115,12 +117,41 @@ class TaskMethods:
             raise InternalError("this server runs no tasks")
         return self.book
 
-    async def handle(self, request: CoreRequest) -> Shaped | InputRequired:
+    async def handle(self, request: CoreRequest, emitter: Emitter) -> Shaped | InputRequired:
         if request.meta.protocol_version in STATELESS_VERSIONS:
             return await self._handle_2026(request)
-        return await self._handle_2025(request)
+        return await self._handle_2025(request, emitter)
 
     # --- 2026-07-28: the extension --------------------------------------------------------------------------
+
+    async def followable(self, task_ids: frozenset[str], meta: RequestMeta) -> frozenset[str]:
+        """Of the tasks a `subscriptions/listen` asks to follow, those that are the caller's (the acknowledgement
+        lists these); -32021 without the extension on the request."""
+        if not client_declares_extension(meta.client_capabilities) or self.book is None:
+            raise MissingRequiredClientCapability(
+                "following tasks needs the tasks extension", data={"requiredCapabilities": extension_required()}
+            )
+        owner = meta.subject or ""
+        owned = set()
+        for task_id in task_ids:
+            try:
+                await self.book.get(task_id, owner)
+            except TaskNotFound:
+                continue
+            owned.add(task_id)
+        return frozenset(owned)
+
+    async def describe(self, task_id: str, owner: str) -> dict[str, Any] | None:
+        """A task as `notifications/tasks` carries it (its `tasks/get` result without `resultType`)."""
+        if self.book is None:
+            return None
+        try:
+            record = await self.book.get(task_id, owner)
+        except TaskNotFound:
+            return None
+        described = detailed_task(record)
+        del described["resultType"]
+        return described
 
     async def _handle_2026(self, request: CoreRequest) -> Shaped:
         if not client_declares_extension(request.meta.client_capabilities) or self.book is None:
@@ -143,7 +174,7 @@ class TaskMethods:
 
     # --- 2025-11-25: experimental tasks ---------------------------------------------------------------------
 
-    async def _handle_2025(self, request: CoreRequest) -> Shaped | InputRequired:
+    async def _handle_2025(self, request: CoreRequest, emitter: Emitter) -> Shaped | InputRequired:
         book = self._book()
         params = request.params or {}
         owner = _owner(request)
@@ -157,11 +188,14 @@ class TaskMethods:
             if record.terminal:
                 raise InvalidParams(f"Task {task_id} is already {record.status}")
             return Shaped(task_2025(await book.cancel(task_id, owner)))
-        return await self._result(book, request, task_id, owner)
+        return await self._result(book, request, task_id, owner, emitter)
 
-    async def _result(self, book: TaskBook, request: CoreRequest, task_id: str, owner: str) -> Shaped | InputRequired:
+    async def _result(
+        self, book: TaskBook, request: CoreRequest, task_id: str, owner: str, emitter: Emitter
+    ) -> Shaped | InputRequired:
         """`tasks/result`: wait for the end; questions the task asks go to the client on this call's stream, as
-        server-to-client requests (the 2025 adapter does that with an `InputRequired`)."""
+        server-to-client requests (the 2025 adapter does that with an `InputRequired`), and so do its status
+        changes (`notifications/tasks/status`)."""
         record = await book.get(task_id, owner)
         answers = {k: v for k, v in request.input_responses.items() if k in record.input_requests}
         failure = next((v for v in answers.values() if isinstance(v, InputFailure)), None)
@@ -175,7 +209,10 @@ class TaskMethods:
                     {key: _related(asked, task_id) for key, asked in record.input_requests.items()},
                     {"taskId": task_id},
                 )
-            record = await book.wait_for_change(record, RESULT_WAIT)
+            changed = await book.wait_for_change(record, RESULT_WAIT)
+            if changed.status != record.status:
+                await emitter.send(Notification("notifications/tasks/status", task_2025(changed)))
+            record = changed
         related = {RELATED_TASK: {"taskId": task_id}}
         if record.status == COMPLETED and record.result is not None:
             result = dict(record.result)

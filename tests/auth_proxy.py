@@ -2,7 +2,9 @@
 
 The official conformance CLIs cannot send a token, so with authentication on they talk to this proxy,
 which forwards everything else untouched (Host and Origin included, so the DNS-rebinding checks still
-reach the server) and streams answers back chunk by chunk (SSE included).
+reach the server) and streams answers back chunk by chunk (SSE included). Given several upstreams it sends
+each request to the next one in turn: a round-robin load balancer without stickiness, for the suites against
+several instances.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class TokenProxy:
-    def __init__(self, upstream: str, token: str) -> None:
-        self.upstream = upstream.rstrip("/")
+    def __init__(self, upstream: str | list[str], token: str | None) -> None:
+        self.upstreams = [url.rstrip("/") for url in ([upstream] if isinstance(upstream, str) else upstream)]
         self.token = token
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None), follow_redirects=False)
         self.forwarded = 0
@@ -40,9 +42,12 @@ class TokenProxy:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP and k.lower() != b"authorization"]
-        headers.append((b"authorization", f"Bearer {self.token}".encode()))
-        url = self.upstream + scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
+        if self.token is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"authorization"]
+            headers.append((b"authorization", f"Bearer {self.token}".encode()))
+        upstream = self.upstreams[self.forwarded % len(self.upstreams)]
+        url = upstream + scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
         self.forwarded += 1
         async with trio.open_nursery() as nursery:
 

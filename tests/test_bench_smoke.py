@@ -59,7 +59,7 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run: tuple[dict, Path]) -
     markdown = json_path.with_suffix(".md").read_text()
     assert json_path.with_suffix(".png").stat().st_size > 10_000
     assert f"![throughput and p99 latency against concurrency]({json_path.stem}.png)" in markdown
-    for heading in ("## Targets", "## Request floods", "## S3", "## S4", "## S5"):
+    for heading in ("## Targets", "## Request floods", "## S3", "## S4", "## S5", "## T1"):
         assert heading in markdown
     assert data["machine"]["cpu_count"] and data["machine"]["wrk"]
     assert data["options"]["quick"] is True
@@ -86,6 +86,10 @@ def test_quick_run_measured_every_scenario(quick_run: tuple[dict, Path]) -> None
     for backend in ("memory", "redis"):
         run = scenarios["S5"][backend]["runs"][0]
         assert run["sessions"] > 0 and run["errors"] == 0
+    for arm in ("load", "latency"):
+        run = scenarios["T1"][arm]["runs"][0]
+        assert run["tasks"] > 0 and run["errors"] == 0, (arm, run["first_errors"])
+        assert all(served > 0 for served in run["requests_by_instance"]), run["requests_by_instance"]
 
 
 def test_quick_run_evaluates_every_target(quick_run: tuple[dict, Path]) -> None:

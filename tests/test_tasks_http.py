@@ -11,8 +11,9 @@ import trio
 
 from refserver.oauth.headless import obtain_tokens
 from refserver.protocol.tasks import RELATED_TASK
-from tests.conftest import ServerProcess, initialize, session_headers
+from tests.conftest import ServerProcess, initialize, modern_request, session_headers
 from tests.tasks_client import TasksClient, sse_messages
+from tests.test_observability import scrape, value
 
 TEST_TIMEOUT = 30.0
 LONG = {"duration": 60, "steps": 60}
@@ -207,9 +208,66 @@ async def test_2025_task_input_arrives_on_the_tasks_result_stream(
             reply = {"jsonrpc": "2.0", "id": asked["id"], "result": _confirm()}
             answered = await http.post(url, content=json.dumps(reply), headers=session_headers(session))
             assert answered.status_code == 202
+            statuses = []
             async for message in messages:
+                if message.get("method") == "notifications/tasks/status":
+                    assert message["params"]["taskId"] == task_id
+                    statuses.append(message["params"]["status"])
                 if message.get("id") == 7:
                     assert message["result"]["content"][0]["text"] == "Deleted a.txt", message
                     break
+            assert statuses and statuses[-1] == "completed", statuses
         got = (await rpc(http, url, session, "tasks/get", {"taskId": task_id}))["result"]
         assert got["status"] == "completed"
+
+
+async def test_listeners_follow_their_own_tasks_status(shared_server: ServerProcess, http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        client = TasksClient(http, [shared_server.url])
+        task_id = await client.start("confirm_delete", {"filename": "followed.txt"})
+        plain = TasksClient(http, [shared_server.url], tasks=False)
+        refused = await plain.error("subscriptions/listen", {"notifications": {"taskIds": [task_id]}})
+        assert refused["code"] == -32021
+        assert refused["data"]["requiredCapabilities"]["extensions"] == {"io.modelcontextprotocol/tasks": {}}
+
+        body, headers = modern_request(
+            "subscriptions/listen",
+            {"notifications": {"taskIds": [task_id, "somebody-elses-or-no-task"]}},
+            99,
+            **{"io.modelcontextprotocol/clientCapabilities": client.capabilities},
+        )
+        async with http.stream("POST", shared_server.mcp_url, json=body, headers=headers) as listening:
+            messages = sse_messages(listening)
+            acknowledged = await anext(messages)
+            assert acknowledged["method"] == "notifications/subscriptions/acknowledged"
+            assert acknowledged["params"]["notifications"] == {"taskIds": [task_id]}  # only what is the caller's
+            parked = await client.wait_for(task_id, {"input_required"}, 10)
+            key = next(iter(parked["inputRequests"]))
+            await client.result("tasks/update", {"taskId": task_id, "inputResponses": {key: _confirm()}})
+            seen = []
+            async for message in messages:
+                if message.get("method") != "notifications/tasks":
+                    continue
+                params = message["params"]
+                assert params["taskId"] == task_id and "resultType" not in params
+                assert params["_meta"]["io.modelcontextprotocol/subscriptionId"] == 99
+                seen.append(params["status"])
+                if params["status"] == "completed":
+                    assert params["result"]["content"][0]["text"] == "Deleted followed.txt"
+                    break
+        assert "working" in seen and seen[-1] == "completed", seen
+
+
+async def test_tasks_are_counted_in_the_metrics(make_server: Any, http: httpx.AsyncClient) -> None:
+    server = make_server(metrics="on", tasks_per_subject=1)
+    with trio.fail_after(TEST_TIMEOUT):
+        client = TasksClient(http, [server.url])
+        task_id = await client.start("longRunningOperation", LONG)
+        await client.error("tools/call", {"name": "longRunningOperation", "arguments": LONG})  # over the bound
+        while value(during := await scrape(http, f"{server.url}/metrics"), "refserver_tasks_running") == 0:
+            await trio.sleep(0.05)  # claimed by this instance's runner within milliseconds
+        await client.result("tasks/cancel", {"taskId": task_id})
+    assert value(during, "refserver_tasks_created_total") == 1
+    assert value(during, "refserver_tasks_refused_total") == 1
+    assert value(during, "refserver_tasks_running") == 1
+    assert value(during, "refserver_task_workers") == 32

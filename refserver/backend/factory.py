@@ -13,6 +13,7 @@ from refserver.backend.redis.connection import RedisConnection
 from refserver.backend.redis.events import RedisEventLog
 from refserver.backend.redis.kv import RedisKeyValueStore
 from refserver.backend.redis.sessions import RedisSessionStore
+from refserver.backend.redis.tasks import RedisTaskStore
 from refserver.backend.sessions import Bus, LocalBus, LocalStore, Store
 from refserver.backend.tasks import MemoryTaskStore, TaskStore
 from refserver.config import Settings
@@ -48,7 +49,7 @@ def backend_from_settings(settings: Settings) -> Backend:
             ),
             store=RedisSessionStore(connection),
             bus=RedisBus(connection, instance_id=instance_id, holder_ttl=settings.session_idle_ttl),
-            tasks=MemoryTaskStore(),  # one instance's tasks until RedisTaskStore lands in the next commit
+            tasks=RedisTaskStore(connection),
             redis=connection,
             instance_id=instance_id,
         )

@@ -6,7 +6,7 @@ every instance. Receivers match on the record type.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -59,14 +59,20 @@ class TokenRevoked:
     grant_id: str | None
 
 
+TASK_STATUS: Final = "task"
+"""The `ListenNotice` kind of a task whose status changed."""
+
+
 @attrs.frozen
 class ListenNotice:
     """Something `subscriptions/listen` streams may have opted in to (a list changed, a resource was updated),
     for the listeners on every instance."""
 
     kind: str
-    """`tools`, `prompts` or `resources` (their lists changed), or `resource` (the one at `uri` was updated)."""
+    """`tools`, `prompts` or `resources` (their lists changed), `resource` (the one at `uri` was updated), or `task`
+    (the status of task `task_id` changed)."""
     uri: str | None = None
+    task_id: str | None = None
 
 
 @attrs.frozen

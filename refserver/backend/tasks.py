@@ -9,6 +9,11 @@ whose lease ran out (its instance died) is claimed again by whoever asks next; a
 
 Bounds: unfinished tasks per owner, and entries in the queue (waiting or running), checked atomically with the
 creation, so a refused creation leaves nothing behind.
+
+Leases are measured by the claimer: on Redis a lease is the idle time after which `claim` takes an entry over, so
+every instance sharing a Redis must use the same lease. `done` is not fenced on the consumer: a run that lost its
+lease must not call it (the runner does not), and an entry whose task is gone (expired) is still `done` by whoever
+claims it, so it stops counting against the queue's bound.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ class TaskStore(Protocol):
         record stops counting against its owner's bound."""
         ...
 
-    async def enqueue(self, task_id: str) -> None:
+    async def enqueue(self, record: TaskRecord) -> None:
         """Queue another run of the task (after its input arrived); not bounded: the task is already counted."""
         ...
 
@@ -157,8 +162,8 @@ class MemoryTaskStore:
             self._unfinished.get(record.owner, set()).discard(record.task_id)
         return True
 
-    async def enqueue(self, task_id: str) -> None:
-        self._queue(task_id)
+    async def enqueue(self, record: TaskRecord) -> None:
+        self._queue(record.task_id)
 
     async def claim(self, consumer: str, count: int, lease: float) -> list[Claim]:
         now = self._clock()

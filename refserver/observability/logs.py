@@ -81,6 +81,16 @@ KNOWN_EVENTS: Final[Mapping[tuple[str, str], tuple[str, tuple[str, ...]]]] = {
     ("refserver.oauth.token_endpoint", "refresh token reused: grant %s revoked"): ("oauth.refresh_reused", ("grant",)),
     ("refserver.session", "request %s (%s) failed"): ("mcp.request_failed", ("rpc_id", "method")),
     ("refserver.tool_calls", "tool %s failed"): ("tool.failed", ("tool",)),
+    ("refserver.tasks.runner", "task %s: its run was lost with its instance; running it again"): (
+        "task.rerun",
+        ("task",),
+    ),
+    ("refserver.tasks.runner", "task %s not run again: %s"): ("task.lost", ("task", "reason")),
+    ("refserver.tasks.runner", "task %s: lease taken over, stopping this run"): ("task.lease_taken", ("task",)),
+    ("refserver.tasks.runner", "task leases not renewable (%s): stopping %d runs"): (
+        "task.leases_unrenewable",
+        ("reason", "runs"),
+    ),
     ("refserver.web.errors", "unhandled error"): ("error.unhandled", ()),
 }
 """Existing log calls (in modules that predate structured logging) get an event name and their arguments as fields."""

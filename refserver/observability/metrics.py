@@ -73,6 +73,17 @@ WRITE_STALL_STATS: Final = (
         "Connections dropped because a write waited past REFSERVER_WRITE_STALL_LIMIT for a client not reading.",
     ),
 )
+TASK_RUNNER_STATS: Final = (
+    Stat("running", "refserver_tasks_running", "gauge", "Task runs in progress on this instance."),
+    Stat("workers", "refserver_task_workers", "gauge", "Task runs this instance takes at once."),
+    Stat("runs_ended", "refserver_task_runs_ended", "counter", "Task runs that ended here with their outcome."),
+    Stat("runs_lost", "refserver_task_runs_lost", "counter", "Claimed task runs whose instance had been lost."),
+)
+TASK_STORE_STATS: Final = (
+    Stat("created", "refserver_tasks_created", "counter", "Tasks created through this instance."),
+    Stat("refused", "refserver_tasks_refused", "counter", "Task creations refused by a bound (per user, queue)."),
+    Stat("queued", "refserver_task_queue_length", "gauge", "Task runs queued or running (last seen here)."),
+)
 BUS_STATS: Final = (
     Stat("connected", "refserver_pubsub_connected", "gauge", "1 while the pub/sub subscriber is connected."),
     Stat("channels", "refserver_pubsub_channels", "gauge", "Pub/sub channels subscribed."),

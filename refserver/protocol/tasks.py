@@ -207,18 +207,23 @@ def _timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _base_2026(record: TaskRecord) -> dict[str, Any]:
+def _task_fields(record: TaskRecord, *, ttl_key: str, poll_key: str) -> dict[str, Any]:
+    """The Task object's fields; the eras name the two durations differently (`ttlMs` / `ttl`)."""
     task: dict[str, Any] = {
         "taskId": record.task_id,
         "status": record.status,
         "createdAt": _timestamp(record.created_at),
         "lastUpdatedAt": _timestamp(record.updated_at),
-        "ttlMs": record.ttl_ms,
-        "pollIntervalMs": record.poll_interval_ms,
+        ttl_key: record.ttl_ms,
+        poll_key: record.poll_interval_ms,
     }
     if record.status_message is not None:
         task["statusMessage"] = record.status_message
     return task
+
+
+def _base_2026(record: TaskRecord) -> dict[str, Any]:
+    return _task_fields(record, ttl_key="ttlMs", poll_key="pollIntervalMs")
 
 
 def task_handle(record: TaskRecord) -> dict[str, Any]:
@@ -240,17 +245,7 @@ def detailed_task(record: TaskRecord) -> dict[str, Any]:
 
 def task_2025(record: TaskRecord) -> dict[str, Any]:
     """The 2025-11-25 `Task` object (`tasks/get`, `CreateTaskResult.task`, `notifications/tasks/status`)."""
-    task: dict[str, Any] = {
-        "taskId": record.task_id,
-        "status": record.status,
-        "createdAt": _timestamp(record.created_at),
-        "lastUpdatedAt": _timestamp(record.updated_at),
-        "ttl": record.ttl_ms,
-        "pollInterval": record.poll_interval_ms,
-    }
-    if record.status_message is not None:
-        task["statusMessage"] = record.status_message
-    return task
+    return _task_fields(record, ttl_key="ttl", poll_key="pollInterval")
 
 
 def client_declares_extension(capabilities: Mapping[str, Any]) -> bool:

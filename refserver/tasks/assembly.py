@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from refserver.backend.messages import ListenNotice, TaskCancelled
+from refserver.backend.messages import TASK_STATUS, ListenNotice, TaskCancelled
 from refserver.backend.sessions import Bus
 from refserver.backend.tasks import TaskStore
 from refserver.config import Settings
@@ -50,6 +50,11 @@ class TaskSystem:
             publish_notice=publish_notice,
         )
         self._bus.add_global_handler(self._runner.on_global_message)
+
+        async def status_changed(task_id: str) -> None:
+            await publish_notice(ListenNotice(TASK_STATUS, task_id=task_id))
+
+        self.service.status_changed = status_changed
         return self._runner
 
     async def run(self, *, task_status: trio.TaskStatus[TaskRunner] = trio.TASK_STATUS_IGNORED) -> None:

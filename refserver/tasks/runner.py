@@ -27,10 +27,10 @@ from typing import Any, Final
 import attrs
 import trio
 
-from refserver.backend.messages import GlobalMessage, ListenNotice, TaskCancelled
+from refserver.backend.messages import TASK_STATUS, GlobalMessage, ListenNotice, TaskCancelled
 from refserver.backend.tasks import Claim, TaskStore
 from refserver.call_context import Emitter
-from refserver.errors import INTERNAL_ERROR, BackendUnavailable
+from refserver.errors import INTERNAL_ERROR, RefserverError
 from refserver.protocol.core import CoreRequest, Failed, InputRequired, Outcome, RequestMeta
 from refserver.protocol.jsonrpc import Notification
 from refserver.protocol.tasks import (
@@ -71,6 +71,22 @@ class _Run:
     token: str | None = None
     lost: bool = False
     """The lease is gone (taken over, or not renewable): this run's end must not touch the record or the queue."""
+    handed_back: bool = False
+    """Stopped by the drain: its work goes back to the queue (or fails, if it must not run twice)."""
+    record: TaskRecord | None = None
+    """The record as this run last read or wrote it: the next write starts from it (a compare-and-set that loses
+    reads it again), so a run costs no read per write."""
+
+
+@attrs.frozen(kw_only=True)
+class TaskRunnerStatistics:
+    workers: int
+    running: int
+    runs_ended: int
+    """Runs that ended here with an outcome written (completed, failed, or parked for input)."""
+    runs_lost: int
+    """Runs found in progress when claimed: their instance was lost (run again, or failed)."""
+    draining: bool
 
 
 class TaskEmitter(Emitter):
@@ -141,12 +157,29 @@ class TaskRunner:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def statistics(self) -> TaskRunnerStatistics:
+        return TaskRunnerStatistics(
+            workers=self.workers,
+            running=len(self._runs),
+            runs_ended=self.completed_runs,
+            runs_lost=self.lost_runs,
+            draining=self._draining,
+        )
+
     def running(self) -> list[str]:
         return [run.claim.task_id for run in self._runs.values()]
 
     async def on_global_message(self, message: GlobalMessage) -> None:
         if isinstance(message, TaskCancelled):
             self.cancel_local(message.task_id)
+
+    def begin_drain(self) -> None:
+        """Shutdown began: claim nothing more, and hand every run back now rather than when the process ends."""
+        self._draining = True
+        for run in self._runs.values():
+            run.handed_back = True
+            run.scope.cancel()
+        self.wake()
 
     def cancel_local(self, task_id: str) -> None:
         for run in self._runs.values():
@@ -166,10 +199,10 @@ class TaskRunner:
         while True:
             free = self.workers - len(self._runs)
             claims: list[Claim] = []
-            if free > 0:
+            if free > 0 and not self._draining:
                 try:
                     claims = await self._store.claim(self.consumer, free, self.lease)
-                except BackendUnavailable as exc:
+                except RefserverError as exc:  # Redis down or restarting: look again after the poll interval
                     logger.warning("task queue unavailable: %s", exc.message)
             for claim in claims:
                 run = _Run(claim)
@@ -182,22 +215,28 @@ class TaskRunner:
             self._wakeup = trio.Event()
 
     async def _renew_leases(self) -> None:
+        interval = self.lease / RENEWALS_PER_LEASE
         last_renewed = trio.current_time()
+        failing = False
         while True:
-            await trio.sleep(self.lease / RENEWALS_PER_LEASE)
+            wake_at = trio.current_time() + interval
+            if failing:  # wake exactly at the safety point too, not at the next tick past it
+                wake_at = min(wake_at, last_renewed + self.lease * LEASE_SAFETY)
+            await trio.sleep_until(wake_at)
             runs = [run for run in self._runs.values() if not run.lost]
             if not runs:
-                last_renewed = trio.current_time()
+                last_renewed, failing = trio.current_time(), False
                 continue
             try:
                 kept = await self._store.renew(self.consumer, [run.claim for run in runs], self.lease)
-            except BackendUnavailable as exc:
-                if trio.current_time() - last_renewed > self.lease * LEASE_SAFETY:
+            except RefserverError as exc:
+                failing = True
+                if trio.current_time() - last_renewed >= self.lease * LEASE_SAFETY:
                     logger.warning("task leases not renewable (%s): stopping %d runs", exc.message, len(runs))
                     for run in runs:
                         self._lose(run)
                 continue
-            last_renewed = trio.current_time()
+            last_renewed, failing = trio.current_time(), False
             renewed = {claim.entry_id for claim in kept}
             for run in runs:
                 if run.claim.entry_id not in renewed:
@@ -211,11 +250,14 @@ class TaskRunner:
     async def _execute(self, run: _Run) -> None:
         try:
             await self._run_claim(run)
+            if run.handed_back:
+                with trio.move_on_after(STORE_TIMEOUT):
+                    await self._give_back(run)
         except trio.Cancelled:
             with trio.CancelScope(shield=True), trio.move_on_after(STORE_TIMEOUT):
                 await self._give_back(run)
             raise
-        except BackendUnavailable as exc:
+        except RefserverError as exc:
             # The run's record could not be read or written: its lease runs out and another attempt follows.
             logger.warning("task %s: store unavailable (%s)", run.claim.task_id, exc.message)
             run.lost = True
@@ -238,18 +280,20 @@ class TaskRunner:
         await self._store.release(self.consumer, [run.claim])
 
     async def _run_claim(self, run: _Run) -> None:
-        record = await self._store.load(run.claim.task_id)
+        record = run.record = await self._store.load(run.claim.task_id)
         if record is None or record.terminal or record.status == INPUT_REQUIRED:
             return  # expired, cancelled while queued, or waiting for its client: nothing to run
         if record.runner is not None:
             self.lost_runs += 1
             if not record.idempotent:
                 reason = "the instance running this task was lost, and the tool is not safe to run again"
-                logger.warning("task %s: %s", record.task_id, reason)
+                logger.warning("task %s not run again: %s", record.task_id, reason)
                 run.token = record.runner
                 await self.write(run, lambda r: failed(r, INTERNAL_ERROR, reason, time.time()))
                 return
             logger.info("task %s: its run was lost with its instance; running it again", record.task_id)
+        if run.handed_back:
+            return  # drained before it began: the entry goes back untouched
         run.token = f"{self.consumer}/{secrets.token_hex(8)}"
         token = run.token
         fence = record.runner
@@ -286,7 +330,9 @@ class TaskRunner:
 
     async def _write(self, run: _Run, transition: Transition, *, fence: str | None) -> TaskRecord | None:
         for _ in range(WRITE_ATTEMPTS):
-            record = await self._store.load(run.claim.task_id)
+            record, run.record = run.record, None
+            if record is None:
+                record = await self._store.load(run.claim.task_id)
             if record is None or record.runner != fence:
                 return None
             try:
@@ -294,6 +340,9 @@ class TaskRunner:
             except TaskFinished:
                 return None
             if await self._store.replace(changed):
+                run.record = changed
+                if changed.status != record.status:
+                    await self._publish_notice(ListenNotice(TASK_STATUS, task_id=changed.task_id))
                 return changed
         logger.warning("task %s: gave up writing after %d conflicts", run.claim.task_id, WRITE_ATTEMPTS)
         return None

@@ -55,6 +55,12 @@ class TaskService:
         self._wake_runner = wake_runner
         self._announce_cancel = announce_cancel
         self._clock = clock
+        self.status_changed: Callable[[str], Awaitable[None]] | None = None
+        """Told the id of every task whose status this service changed (listeners follow them)."""
+
+    async def _changed(self, task_id: str) -> None:
+        if self.status_changed is not None:
+            await self.status_changed(task_id)
 
     async def create(self, request: CoreRequest, *, idempotent: bool, ttl_ms: int | None = None) -> TaskRecord:
         now = self._clock()
@@ -96,8 +102,10 @@ class TaskService:
                 return record
             if await self.store.replace(changed):
                 if resume:
-                    await self.store.enqueue(task_id)
+                    await self.store.enqueue(changed)
                     self._wake_runner()
+                if changed.status != record.status:
+                    await self._changed(task_id)
                 return changed
         raise InternalError(f"Task {task_id} changed too often to be updated; retry")
 
@@ -110,6 +118,7 @@ class TaskService:
                 return record
             if await self.store.replace(changed):
                 await self._announce_cancel(task_id)
+                await self._changed(task_id)
                 return changed
         raise InternalError(f"Task {task_id} changed too often to be cancelled; retry")
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
 import trio
 
 from refserver.backend.kv import KeyValueStore
-from refserver.backend.messages import BusResynced, GlobalMessage, ListenNotice, TokenRevoked
+from refserver.backend.messages import TASK_STATUS, BusResynced, GlobalMessage, ListenNotice, TokenRevoked
 from refserver.backend.sessions import Bus
 from refserver.errors import InvalidParams, ServiceUnavailable
 from refserver.oauth.models import AccessInfo
@@ -45,6 +45,9 @@ LIST_CHANGED: Final[Mapping[str, tuple[str, str]]] = {
     "resources": ("resourcesListChanged", "notifications/resources/list_changed"),
 }
 RESOURCE_UPDATE: Final = "resource"
+TASK_NOTIFICATION: Final = "notifications/tasks"
+MAX_TASK_SUBSCRIPTIONS: Final = 100
+"""Task ids one listener may follow: a client follows the few tasks it waits for, not a history."""
 GRACEFUL_ENDS: Final = frozenset({"shutdown", "overflow", "resync"})
 """Ends the client is told of (with the listen request's result), so that it listens again at once."""
 
@@ -54,6 +57,8 @@ class ListenFilter:
     lists: frozenset[str]
     """Which of `tools`, `prompts`, `resources` the listener wants list-changed notifications for."""
     resources: frozenset[str]
+    task_ids: frozenset[str] = frozenset()
+    """The tasks (extension `io.modelcontextprotocol/tasks`) whose status changes the listener wants."""
 
     @classmethod
     def parse(cls, params: Mapping[str, Any] | None) -> ListenFilter:
@@ -70,17 +75,30 @@ class ListenFilter:
         uris = wanted.get("resourceSubscriptions")
         if uris is not None and (not isinstance(uris, list) or not all(isinstance(u, str) for u in uris)):
             raise InvalidParams("notifications.resourceSubscriptions must be a list of URIs")
-        return cls(frozenset(lists), frozenset(uris or ()))
+        task_ids = wanted.get("taskIds")
+        if task_ids is not None and (
+            not isinstance(task_ids, list)
+            or not all(isinstance(t, str) for t in task_ids)
+            or len(task_ids) > MAX_TASK_SUBSCRIPTIONS
+        ):
+            raise InvalidParams(f"notifications.taskIds must be a list of at most {MAX_TASK_SUBSCRIPTIONS} task ids")
+        return cls(frozenset(lists), frozenset(uris or ()), frozenset(task_ids or ()))
 
     def as_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {field: True for kind, (field, _) in LIST_CHANGED.items() if kind in self.lists}
         if self.resources:
             wire["resourceSubscriptions"] = sorted(self.resources)
+        if self.task_ids:
+            wire["taskIds"] = sorted(self.task_ids)
         return wire
 
     def notifications_for(self, notice: ListenNotice) -> list[Notification]:
         if notice.kind in LIST_CHANGED:
             return [Notification(LIST_CHANGED[notice.kind][1])] if notice.kind in self.lists else []
+        if notice.kind == TASK_STATUS:
+            # Only the id travels: the stream reads the task when it sends (`Listener.describe_task`).
+            wanted = notice.task_id is not None and notice.task_id in self.task_ids
+            return [Notification(TASK_NOTIFICATION, {"taskId": notice.task_id})] if wanted else []
         if notice.kind != RESOURCE_UPDATE:
             return []
         # No URI: every subscribed resource changed (the demo's periodic update).
@@ -96,6 +114,8 @@ class Listener:
     send: trio.MemorySendChannel[Notification]
     receive: trio.MemoryReceiveChannel[Notification]
     end_reason: str | None = None
+    describe_task: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
+    """The task as `notifications/tasks` carries it (None: gone), read when its notification is sent."""
 
     def end(self, reason: str) -> None:
         """Stop the stream: what is queued is still sent, then the stream ends (closing wakes its reader)."""
@@ -218,6 +238,11 @@ async def listen_stream(
                 yield HEARTBEAT
                 continue
             params = dict(notification.params or {})
+            if notification.method == TASK_NOTIFICATION and listener.describe_task is not None:
+                described = await listener.describe_task(str(params.get("taskId")))
+                if described is None:
+                    continue
+                params = described
             params["_meta"] = {**params.get("_meta", {}), **subscription}
             yield encode_event(encode_message(Notification(notification.method, params)))
     if listener.end_reason in GRACEFUL_ENDS:

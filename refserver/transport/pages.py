@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -30,7 +31,9 @@ BACKEND_PING_TIMEOUT: Final = 1.0
 """/health must answer quickly even when the backend does not."""
 
 
-async def health_document(services: Services, verifier: TokenVerifier | None, backend: Backend) -> dict[str, Any]:
+async def health_document(
+    services: Services, verifier: TokenVerifier | None, backend: Backend, running_tasks: int = 0
+) -> dict[str, Any]:
     stats = services.registry.statistics()
     backend_state = "ok"
     with trio.move_on_after(BACKEND_PING_TIMEOUT) as waited:
@@ -57,10 +60,17 @@ async def health_document(services: Services, verifier: TokenVerifier | None, ba
         "auth": auth,
         "sessions": stats["sessions"],
         "inFlightRequests": stats["in_flight_requests"],
+        "runningTasks": running_tasks,
     }
 
 
-def create_blueprint(services: Services, *, verifier: TokenVerifier | None, backend: Backend) -> Blueprint:
+def create_blueprint(
+    services: Services,
+    *,
+    verifier: TokenVerifier | None,
+    backend: Backend,
+    running_tasks: Callable[[], int] = lambda: 0,
+) -> Blueprint:
     blueprint = Blueprint("pages", __name__)
     settings = services.settings
 
@@ -77,7 +87,7 @@ def create_blueprint(services: Services, *, verifier: TokenVerifier | None, back
 
     @blueprint.get("/health")
     async def health() -> Response:
-        document = await health_document(services, verifier, backend)
+        document = await health_document(services, verifier, backend, running_tasks())
         status = 200 if document["status"] == "ok" else 503
         return Response(
             encode_json(document),

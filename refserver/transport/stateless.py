@@ -194,7 +194,7 @@ class StatelessExchange:
             if log_context is not None and meta.trace is not None:
                 log_context.join_trace(meta.trace.traceparent)
             if message.method == LISTEN:
-                return await self._listen(message, access, nursery)
+                return await self._listen(message, meta, access, nursery)
             core_request = self._core_request(message, meta, request.headers)
         except RefserverError as error:
             return error_answer(message.id, error)
@@ -218,12 +218,22 @@ class StatelessExchange:
             200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=self._stream(first, frames_out)
         )
 
-    async def _listen(self, message: Request, access: AccessInfo | None, nursery: trio.Nursery) -> HttpResponse:
+    async def _listen(
+        self, message: Request, meta: RequestMeta, access: AccessInfo | None, nursery: trio.Nursery
+    ) -> HttpResponse:
         wanted = ListenFilter.parse(message.params)
+        tasks = self._core.tasks
+        if wanted.task_ids:
+            wanted = attrs.evolve(wanted, task_ids=await tasks.followable(wanted.task_ids, meta))
+        owner = meta.subject or ""
+
+        async def describe_task(task_id: str) -> dict[str, Any] | None:
+            return await tasks.describe(task_id, owner)
 
         async def hold_registration(*, task_status: trio.TaskStatus[Listener]) -> None:
             # The listener is registered for exactly as long as the HTTP request lasts: its nursery ends it.
             with self.hub.listening(message.id, wanted, access) as listener:
+                listener.describe_task = describe_task
                 task_status.started(listener)
                 await trio.sleep_forever()
 

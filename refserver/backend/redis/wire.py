@@ -86,8 +86,8 @@ def encode_global_message(message: GlobalMessage) -> str:
     match message:
         case TokenRevoked(jti, grant_id):
             return _dumps({"t": "revoked", "jti": jti, "grant": grant_id})
-        case ListenNotice(kind, uri):
-            return _dumps({"t": "listen", "k": kind, "u": uri})
+        case ListenNotice(kind, uri, task_id):
+            return _dumps({"t": "listen", "k": kind, "u": uri, "i": task_id})
         case TaskCancelled(task_id):
             return _dumps({"t": "task-cancel", "id": task_id})
         case BusResynced():
@@ -103,7 +103,10 @@ def decode_global_message(document: dict[str, Any]) -> GlobalMessage | None:
         notice_kind, uri = document.get("k"), document.get("u")
         if not isinstance(notice_kind, str):
             return None
-        return ListenNotice(notice_kind, uri if isinstance(uri, str) else None)
+        task_id = document.get("i")
+        return ListenNotice(
+            notice_kind, uri if isinstance(uri, str) else None, task_id if isinstance(task_id, str) else None
+        )
     if kind == "task-cancel":
         task_id = document.get("id")
         return TaskCancelled(task_id) if isinstance(task_id, str) else None

@@ -86,6 +86,12 @@ async def _slow_compute(arguments: dict[str, Any], ctx: FeatureContext) -> ToolO
     return tool_result(text(f"Computed {arguments.get('label', 'result')} in {seconds:g}s"))
 
 
+async def _side_effect_job(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
+    seconds = float(arguments.get("seconds", 0))
+    await trio.sleep(seconds)
+    return tool_result(text(f"Side effect done after {seconds:g}s"))
+
+
 async def _failing_job(arguments: dict[str, Any], ctx: FeatureContext) -> ToolOutcome:
     await trio.sleep(FAILING_JOB_DELAY)
     return tool_result(text("The job failed: the tool reported an error"), is_error=True)
@@ -155,6 +161,14 @@ def build_tools() -> list[Tool]:
                 },
                 ["seconds"],
             ),
+        ),
+        _tool(
+            "side_effect_job",
+            "Works for `seconds`, standing for a call with side effects: never run twice, so a task lost with its "
+            "instance fails instead",
+            _side_effect_job,
+            _schema({"seconds": {"type": "number", "minimum": 0, "maximum": MAX_COMPUTE_SECONDS}}, ["seconds"]),
+            idempotent=False,
         ),
         _tool("failing_job", "Runs only as a task, which ends with a tool error", _failing_job, support=REQUIRED),
         _tool("protocol_error_job", "A task that ends with a JSON-RPC error", _protocol_error_job),
