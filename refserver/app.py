@@ -25,6 +25,7 @@ from refserver.config import Settings
 from refserver.dispatch import RequestCore
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
+from refserver.master_watch import hypercorn_shutdown_event, watch_master
 from refserver.oauth import routes
 from refserver.oauth.assembly import authorization_server, create_verifier, oauth_store
 from refserver.oauth.ratelimit import RateLimiter
@@ -76,17 +77,6 @@ def load_catalogs(names: tuple[str, ...]) -> list[Catalog]:
         module = importlib.import_module(name if "." in name else f"refserver.features.{name}")
         catalogs.append(module.build_catalog())
     return catalogs
-
-
-def hypercorn_shutdown_event() -> Any:
-    """The multiprocessing event Hypercorn's parent sets when shutdown starts (None if not a worker).
-
-    Hypercorn gives the app no shutdown signal until every connection has ended, which open SSE
-    streams never do; the worker's own process arguments carry the event it polls, so we poll it too
-    and close our streams (with `retry:`) before Hypercorn's graceful timeout cuts them.
-    """
-    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
-    return kwargs.get("shutdown_event")
 
 
 async def watch_for_shutdown(registry: SessionRegistry, hub: ListenHub, tasks: TaskSystem) -> None:
@@ -268,6 +258,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         await app.nursery.start(registry.run)
         await app.nursery.start(tasks.run)
         app.nursery.start_soon(watch_for_shutdown, registry, hub, tasks)
+        if (shutdown_event := hypercorn_shutdown_event()) is not None:
+            app.nursery.start_soon(watch_master, shutdown_event)
         if "reference" in settings.features:
             app.nursery.start_soon(hub.announce_periodic_updates, backend.kv, settings.subscription_update_interval)
         if backend.redis is not None:

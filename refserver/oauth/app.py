@@ -21,6 +21,7 @@ from refserver import __version__
 from refserver.backend.factory import backend_from_settings
 from refserver.config import Settings
 from refserver.errors import BackendUnavailable
+from refserver.master_watch import hypercorn_shutdown_event, watch_master
 from refserver.oauth import routes
 from refserver.oauth.assembly import authorization_server
 from refserver.oauth.ratelimit import RateLimiter
@@ -86,6 +87,8 @@ def create_auth_app(settings: Settings | None = None) -> QuartTrio:
         if backend.redis is not None:
             await app.nursery.start(backend.redis.run)
         await server.keys.load_or_create()
+        if (shutdown_event := hypercorn_shutdown_event()) is not None:
+            app.nursery.start_soon(watch_master, shutdown_event)  # a worker dies with its master
         logger.info("authorization server %s issuing tokens for %s", server.issuer, ", ".join(server.resources))
         gc.freeze()  # see refserver.app: startup objects leave the collector's generations
 
