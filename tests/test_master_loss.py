@@ -112,6 +112,9 @@ async def test_a_killed_masters_sessions_are_served_by_another_instance(
                 answer = await http.post(other.mcp_url, json=body, headers=session_headers(session_id))
             assert answer.status_code == 200, answer.text
             assert "still here" in answer.text
+            lost.start()  # the same port, on the same Redis: the session is served there again too
+            again = await http.post(lost.mcp_url, json=body, headers=session_headers(session_id))
+            assert again.status_code == 200 and "still here" in again.text, again.text
     finally:
         other.stop()
         lost.stop()
