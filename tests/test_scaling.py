@@ -248,6 +248,28 @@ async def test_resume_on_another_instance_event_by_event(cluster: Cluster) -> No
         assert [e.data for e in everything] == [e.data for e in seen] + [e.data for e in rest]
 
 
+async def test_a_stream_closed_before_its_first_event_resumes_on_another_instance(cluster: Cluster) -> None:
+    """`test_reconnection` ends its connection before it says anything: the client gets only the priming event,
+    and its `Last-Event-ID` must work on every instance (the stream is written to Redis before its id is sent)."""
+    a, b, c = cluster.urls
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        headers = await open_session(http, a)
+        call = rpc("tools/call", 1, name="test_reconnection", arguments={})
+        last_id = None
+        async with http.stream("POST", f"{b}/mcp", json=call, headers=headers) as primed:
+            async for event in sse_events(primed):
+                last_id = event.id or last_id
+        assert last_id is not None and last_id.endswith(".0")
+        for url in (c, a):
+            resume = {**headers, "Accept": "text/event-stream", "Last-Event-ID": last_id}
+            async with http.stream("GET", f"{url}/mcp", headers=resume) as resumed:
+                assert resumed.status_code == 200, await resumed.aread()
+                async for event in sse_events(resumed):
+                    if event.data:
+                        assert json.loads(event.data)["id"] == 1
+                        break
+
+
 async def test_legacy_sse_across_instances(cluster: Cluster) -> None:
     a, b, c = cluster.urls
     async with httpx.AsyncClient(timeout=WAIT) as http:

@@ -11,6 +11,7 @@ path, and the CORS preflight of this one, goes on to Quart.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Final
@@ -19,6 +20,7 @@ import trio
 
 from refserver.backend.events import STANDALONE_STREAM, format_event_id, parse_event_id
 from refserver.errors import (
+    BackendUnavailable,
     BadRequest,
     InvalidRequest,
     MethodNotAllowed,
@@ -235,7 +237,10 @@ class StreamableHttpEndpoint:
             while True:
                 if session.listener_generation(stream_id) != generation:
                     # The work asked for this connection to end before it said anything: prime the
-                    # stream and close it; the client resumes with Last-Event-ID.
+                    # stream and close it; the client resumes with Last-Event-ID, on any instance, so the
+                    # stream must be in the shared log before its id reaches the client.
+                    with contextlib.suppress(BackendUnavailable):
+                        await self._registry.events.persist(session.id, stream_id)
                     return _sse(_primed_and_closed(stream_id, settings.sse_retry_ms))
                 read = await reader.read()
                 if session.close_reason == "gone" and not read.events and not read.closed:
