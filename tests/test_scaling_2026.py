@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,10 +20,10 @@ import trio
 
 from bench.redisstats import calls_between, command_calls
 from refserver.errors import INVALID_PARAMS
-from refserver.protocol.sse import SSEDecoder
 from tests.cluster import Cluster, RoundRobinTransport, redis_keys, start_cluster
 from tests.conftest import free_port, modern_request
 from tests.redis_server import RedisServer
+from tests.tasks_client import sse_messages
 
 WAIT: Final = 20.0
 CONFORMANCE: Final = "reference,conformance"
@@ -55,15 +55,6 @@ def cluster(module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
-
-
-async def sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """The JSON-RPC messages of an SSE body (heartbeat comments left out)."""
-    decoder = SSEDecoder()
-    async for chunk in response.aiter_bytes():
-        for event in decoder.feed(chunk):
-            if event.data:
-                yield json.loads(event.data)
 
 
 async def send(
