@@ -21,8 +21,9 @@ from quart_trio import QuartTrio
 
 from refserver import observed
 from refserver.backend.factory import backend_from_settings
-from refserver.config import Settings
+from refserver.config import ENV_PREFIX, Settings
 from refserver.dispatch import RequestCore
+from refserver.errors import ConfigError
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
 from refserver.master_watch import hypercorn_shutdown_event, watch_master
@@ -157,6 +158,27 @@ def configure_logging(settings: Settings) -> None:
     logs.configure_logging(settings.log_level, settings.log_format)
 
 
+def check_tool_scopes(settings: Settings, features: FeatureIndex) -> None:
+    """A tool's step-up scope must be one the authorization server can grant, or no client could ever call it."""
+    if settings.auth_mode == "none":
+        return
+    for tool in features.catalog.tools:
+        unknown = tool.required_scopes - set(settings.scopes_supported)
+        if unknown and settings.auth_mode == "embedded":
+            raise ConfigError(
+                f"the tool {tool.definition.name!r} needs the scopes {sorted(unknown)}, which "
+                f"{ENV_PREFIX}SCOPES_SUPPORTED does not list: the embedded authorization server could never grant them"
+            )
+        if unknown:
+            logger.warning(
+                "the tool %r needs the scopes %s, which %sSCOPES_SUPPORTED does not list: protected resource "
+                "metadata will not announce them",
+                tool.definition.name,
+                sorted(unknown),
+                ENV_PREFIX,
+            )
+
+
 def create_app(settings: Settings | None = None) -> QuartTrio:
     settings = settings or Settings.from_env()
     configure_logging(settings)
@@ -167,6 +189,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         )
     backend = backend_from_settings(settings)
     features = FeatureIndex.build(load_catalogs(settings.features))
+    check_tool_scopes(settings, features)
     tasks = TaskSystem(settings, backend.tasks, backend.bus, backend.instance_id)
     core = RequestCore(features, website_url=f"{settings.base_url.rstrip('/')}/", tasks=tasks.service)
     registry: SessionRegistry = observed.ObservedRegistry(

@@ -79,7 +79,10 @@ class Settings:
         (),
     )
     scopes_supported: tuple[str, ...] = _setting(
-        "SCOPES_SUPPORTED", values.scopes, "Scopes the authorization server grants.", ("mcp", "offline_access")
+        "SCOPES_SUPPORTED",
+        values.scopes,
+        "Scopes the authorization server grants (and, without offline_access, what resource metadata lists).",
+        ("mcp", "mcp:admin", "offline_access"),
     )
     required_scope: str = _setting(
         "REQUIRED_SCOPE", str.strip, "Scope a token needs for the MCP endpoints (403 without it).", "mcp"

@@ -48,6 +48,7 @@ TOOL_NAMES = {
     "getResourceReference",
     "elicitInputs",
     "getWeather",
+    "whoAmI",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")

@@ -41,6 +41,8 @@ class Tool:
     idempotent: bool = False
     """Safe to run again from the start when the instance running its task is lost (else the task fails)."""
     task_prelude: TaskPrelude | None = None
+    required_scopes: frozenset[str] = frozenset()
+    """OAuth scopes a call needs beyond the MCP endpoints' own (step-up: a token without them gets 403)."""
 
 
 NO_CACHE: Final = CacheHint(0, "private")
@@ -134,6 +136,15 @@ class FeatureIndex:
             if len(index) != len(items):
                 raise ValueError(f"duplicate {kind} names across feature modules")
         return cls(merged, tools, resources, prompts)
+
+    def scopes_for_call(self, method: str, params: Mapping[str, Any] | None) -> frozenset[str]:
+        """The scopes a request needs beyond the endpoint's own: a `tools/call` of a tool that declares some.
+        (An unknown tool needs none here: the call itself answers that it is unknown.)"""
+        if method != "tools/call" or not isinstance(params, Mapping):
+            return frozenset()
+        name = params.get("name")
+        tool = self.tools.get(name) if isinstance(name, str) else None
+        return tool.required_scopes if tool is not None else frozenset()
 
     def find_template(self, uri: str) -> tuple[ResourceTemplate, dict[str, str]] | None:
         for template in self.catalog.templates:

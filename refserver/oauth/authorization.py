@@ -65,10 +65,13 @@ class AuthorizationEndpoint:
             raise redirect.error("invalid_request", "code_challenge_method must be S256")
         if not PKCE_CHALLENGE.fullmatch(challenge):
             raise redirect.error("invalid_request", "code_challenge is not a valid S256 challenge")
-        allowed = frozenset(client.scope.split())
-        requested = frozenset(params.get("scope", "").split()) or (self._default_scopes & allowed)
-        if not requested <= allowed or not requested <= self._scopes_supported:
-            raise redirect.error("invalid_scope", "requested scope is not allowed for this client")
+        # A client's registered scope is what it gets when it names none, not a ceiling: registration is
+        # self-asserted (anyone may register again, asking for more), so the person's consent is the gate, and a
+        # client challenged for a larger scope (step-up, 403 insufficient_scope) may come back and ask for it.
+        registered = frozenset(client.scope.split())
+        requested = frozenset(params.get("scope", "").split()) or (self._default_scopes & registered)
+        if not requested <= self._scopes_supported:
+            raise redirect.error("invalid_scope", "requested scope is not one this authorization server grants")
         resource = params.get("resource") or self._resources[0]
         if resource not in self._resources:
             raise redirect.error("invalid_target", "this authorization server does not issue tokens for that resource")

@@ -22,6 +22,7 @@ DEMO_USERS: Final = (
 SCOPE_DESCRIPTIONS: Final = {
     "mcp": "Use this MCP server's tools, resources and prompts on your behalf",
     "offline_access": "Stay connected when you are not around (a refresh token)",
+    "mcp:admin": "Use the administrator tools (whoAmI, the step-up authorization example)",
 }
 
 _CSP_ORIGIN: Final = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?")

@@ -17,6 +17,7 @@ from refserver.oauth.verifier import TokenVerifier, check_token_shape
 
 RESOURCE_NAME: Final = "MCP Feature Reference Server (refserver)"
 WELL_KNOWN: Final = "/.well-known/oauth-protected-resource"
+OFFLINE_ACCESS: Final = "offline_access"
 
 
 def resource_metadata_url(settings: Settings) -> str:
@@ -35,7 +36,8 @@ def protected_resource_metadata(settings: Settings) -> dict[str, Any]:
     return {
         "resource": settings.resource,
         "authorization_servers": [settings.issuer],
-        "scopes_supported": list(settings.scopes_supported),
+        # The 2026-07-28 authorization spec: refresh tokens are not a resource requirement, so no offline_access.
+        "scopes_supported": [scope for scope in settings.scopes_supported if scope != OFFLINE_ACCESS],
         "bearer_methods_supported": ["header"],
         "resource_name": RESOURCE_NAME,
         "resource_documentation": settings.base_url,
@@ -109,3 +111,12 @@ class ResourceGuard:
         if not self._required <= info.scopes:
             raise InsufficientScope(f"the token lacks the scope {self._required_text!r}", required=self._required_text)
         return info
+
+    def require_scopes(self, info: AccessInfo, needed: frozenset[str], operation: str) -> None:
+        """Step-up: raise InsufficientScope (403) unless the token has `needed`. The challenge names every scope
+        the operation needs (the endpoint's and its own) at once, so one new authorization is enough."""
+        if needed <= info.scopes:
+            return
+        required = " ".join(sorted(self._required | needed))
+        missing = " ".join(sorted(needed - info.scopes))
+        raise InsufficientScope(f"{operation} needs the scope {missing!r}", required=required)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import request
 
 from refserver.oauth.models import AccessInfo
+from refserver.protocol.jsonrpc import ParsedBody, Request
 from refserver.transport.services import Services
 
 
@@ -30,7 +31,23 @@ async def admit_headers(
     return access.subject if access is not None else None
 
 
-async def admit(services: Services) -> str | None:
-    """`admit_headers` for the Quart request being handled (the legacy transport)."""
+async def admit(services: Services) -> AccessInfo | None:
+    """`admit_access` for the Quart request being handled (the legacy transport)."""
     headers = request.headers
-    return await admit_headers(services, headers.get("Host"), headers.get("Origin"), headers.get("Authorization"))
+    return await admit_access(services, headers.get("Host"), headers.get("Origin"), headers.get("Authorization"))
+
+
+def admit_operations(services: Services, access: AccessInfo | None, parsed: ParsedBody) -> None:
+    """Step-up authorization: 403 `insufficient_scope` for a call whose tool needs scopes the token lacks.
+
+    Checked on the parsed body, before anything is delivered or answered, so both eras refuse it the same way
+    (an HTTP 403 with the challenge) and a client can come back with the larger scope and retry.
+    """
+    if services.guard is None or access is None:
+        return
+    features = services.core.features
+    for message in parsed.messages:
+        if isinstance(message, Request):
+            needed = features.scopes_for_call(message.method, message.params)
+            if needed:
+                services.guard.require_scopes(access, needed, f"the tool {(message.params or {}).get('name')!r}")

@@ -19,7 +19,7 @@ from refserver.protocol.lifecycle import batch_allowed
 from refserver.protocol.sse import encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
-from refserver.transport.admission import admit
+from refserver.transport.admission import admit, admit_operations
 from refserver.transport.guards import check_json_content_type, check_sse_accept, read_body
 from refserver.transport.routing import submit_body
 from refserver.transport.services import Services
@@ -36,7 +36,8 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.get("/sse")
     async def open_stream() -> Response:
-        owner = await admit(services)
+        access = await admit(services)
+        owner = access.subject if access is not None else None
         check_sse_accept(request.headers.get("Accept"))
         session = await registry.create_session("legacy", owner)
         endpoint = encode_event(f"/message?sessionId={session.id}", event="endpoint")
@@ -66,7 +67,8 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.post("/message")
     async def post_message() -> Response:
-        owner = await admit(services)
+        access = await admit(services)
+        owner = access.subject if access is not None else None
         check_json_content_type(request.headers.get("Content-Type"))
         session_id = request.args.get("sessionId")
         if not session_id:
@@ -76,6 +78,7 @@ def create_blueprint(services: Services) -> Blueprint:
         if session.kind != "legacy":
             raise SessionNotFound("Session not found")
         parsed = parse_body(await read_body(request, settings.max_body_bytes, settings.body_read_timeout))
+        admit_operations(services, access, parsed)
         if parsed.is_batch and not batch_allowed(session.state.lifecycle.protocol_version or "2024-11-05"):
             raise InvalidRequest("Invalid Request: batches are not supported in this protocol version")
         await submit_body(session, parsed, initialize_allowed=True)

@@ -39,7 +39,7 @@ from refserver.protocol.jsonrpc import (
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
 from refserver.session import Session
-from refserver.transport.admission import admit_access, admit_headers
+from refserver.transport.admission import admit_access, admit_headers, admit_operations
 from refserver.transport.asgi import (
     EVENT_STREAM,
     ClientDisconnected,
@@ -180,6 +180,7 @@ class StreamableHttpEndpoint:
         first = parsed.messages[0]
         request.rpc_id = first.id if isinstance(first, Request) and not parsed.is_batch else None
         params = first.params if isinstance(first, Request | Notification) else None
+        admit_operations(self._services, access, parsed)
         session_id = request.header("mcp-session-id")
         if era_of(session_id, request.header("mcp-protocol-version"), body_meta(params)) is Era.STATELESS:
             assert request_work is not None  # only a request without a session id is 2026-era

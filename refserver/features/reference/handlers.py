@@ -60,6 +60,12 @@ async def echo(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallTool
     return _result(_text(f"Echo: {string(arguments, 'message')}"))
 
 
+async def who_am_i(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
+    meta = ctx.meta
+    user = meta.subject or "nobody (authentication is off)"
+    return _result(_text(f"You are {user}, speaking MCP {meta.protocol_version}."))
+
+
 async def add(arguments: dict[str, Any], ctx: FeatureContext) -> types.CallToolResult:
     a = number(arguments, "a")
     b = number(arguments, "b")

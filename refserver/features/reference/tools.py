@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import mcp_types as types
 
@@ -23,6 +23,9 @@ from refserver.features.reference.handlers import (
 )
 from refserver.features.reference.resources import RESOURCE_COUNT
 from refserver.protocol.tasks import FORBIDDEN, OPTIONAL
+
+ADMIN_SCOPE: Final = "mcp:admin"
+"""The scope `whoAmI` needs on top of the endpoint's: what a client steps up to."""
 
 
 def _object_schema(properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
@@ -52,6 +55,7 @@ def _tool(
     annotations: types.ToolAnnotations,
     output_schema: dict[str, Any] | None = None,
     task_support: str = FORBIDDEN,
+    required_scopes: frozenset[str] = frozenset(),
 ) -> Tool:
     definition = types.Tool(
         name=name,
@@ -66,6 +70,7 @@ def _tool(
         handler=guarded(handler),
         task_support=task_support,
         idempotent=bool(annotations.idempotent_hint),
+        required_scopes=required_scopes,
     )
 
 
@@ -207,5 +212,14 @@ def build_tools() -> list[Tool]:
             handlers.get_weather,
             _annotations("Get Weather", read_only=True, idempotent=True),
             output_schema=WEATHER_OUTPUT_SCHEMA,
+        ),
+        _tool(
+            "whoAmI",
+            f"Says which user the server acts for and in which protocol era. Needs the {ADMIN_SCOPE!r} scope: "
+            "a token without it gets 403 insufficient_scope (the step-up authorization example)",
+            _object_schema({}, []),
+            handlers.who_am_i,
+            _annotations("Who Am I", read_only=True, idempotent=True),
+            required_scopes=frozenset({ADMIN_SCOPE}),
         ),
     ]
