@@ -112,6 +112,7 @@ class RequestCore:
             name: jsonschema.Draft202012Validator(tool.definition.input_schema) for name, tool in features.tools.items()
         }
         self._tool_list = [with_task_support(tool) for tool in features.catalog.tools]
+        self._listed_resources = [resource for resource in features.catalog.resources if resource.listed]
         self._handlers: dict[str, Handler] = {
             "initialize": self._initialize,
             "ping": self._ping,
@@ -278,7 +279,7 @@ class RequestCore:
 
     async def _list_resources(self, params: Any, request: CoreRequest, context: CallContext) -> types.Result:
         offset = _decode_cursor(params.cursor if params else None)
-        resources = self.features.catalog.resources
+        resources = self._listed_resources
         if offset > len(resources):
             raise InvalidParams("Invalid cursor")
         page = resources[offset : offset + RESOURCES_PAGE_SIZE]

@@ -57,6 +57,8 @@ class Resource:
     definition: types.Resource
     read: ResourceReader
     cache: CacheHint = NO_CACHE
+    listed: bool = True
+    """False for a resource reached only through a tool's metadata (an MCP Apps view): readable, not listed."""
 
 
 @attrs.frozen

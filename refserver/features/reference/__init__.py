@@ -6,12 +6,13 @@ server so that clients and inspectors written against it see the same names, sha
 This package assembles the catalog and re-exports the public names of its modules:
 `media` (the tiny PNG), `resources` (static resources and their template), `completions`,
 `arguments` (tool argument checks), `handlers` (what the tools do), `tools` (their definitions),
-`prompts` and `log_messages` (the periodic demo log traffic).
+`prompts`, `log_messages` (the periodic demo log traffic) and `apps` (the MCP Apps view of `getWeather`).
 """
 
 from __future__ import annotations
 
 from refserver.features.catalog import Catalog
+from refserver.features.reference.apps import MCP_APP_MIME_TYPE, WEATHER_CARD_HTML, WEATHER_CARD_URI, app_resources
 from refserver.features.reference.completions import MAX_COMPLETIONS
 from refserver.features.reference.handlers import (
     ELICITATION_SCHEMA,
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_OPERATION_SECONDS",
     "MAX_OPERATION_STEPS",
     "MAX_SAMPLING_TOKENS",
+    "MCP_APP_MIME_TYPE",
     "PNG_MIME_TYPE",
     "RESOURCE_COUNT",
     "RESOURCE_URI_PREFIX",
@@ -62,6 +64,8 @@ __all__ = [
     "TINY_IMAGE_BASE64",
     "TINY_IMAGE_PNG",
     "TINY_IMAGE_SIZE",
+    "WEATHER_CARD_HTML",
+    "WEATHER_CARD_URI",
     "WEATHER_CONDITIONS",
     "WEATHER_OUTPUT_SCHEMA",
     "build_catalog",
@@ -80,7 +84,7 @@ __all__ = [
 def build_catalog() -> Catalog:
     return Catalog(
         tools=build_tools(),
-        resources=static_resources(),
+        resources=(*static_resources(), *app_resources()),
         templates=(resource_template(),),
         prompts=build_prompts(),
     )

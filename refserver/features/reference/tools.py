@@ -13,6 +13,7 @@ import mcp_types as types
 
 from refserver.features.catalog import Tool, ToolHandler
 from refserver.features.reference import handlers
+from refserver.features.reference.apps import WEATHER_TOOL_UI_META
 from refserver.features.reference.arguments import guarded
 from refserver.features.reference.handlers import (
     ANNOTATED_MESSAGES,
@@ -56,6 +57,7 @@ def _tool(
     output_schema: dict[str, Any] | None = None,
     task_support: str = FORBIDDEN,
     required_scopes: frozenset[str] = frozenset(),
+    meta: dict[str, Any] | None = None,
 ) -> Tool:
     definition = types.Tool(
         name=name,
@@ -63,6 +65,7 @@ def _tool(
         input_schema=input_schema,
         output_schema=copy.deepcopy(output_schema),
         annotations=annotations,
+        meta=copy.deepcopy(meta),
     )
     # A tool its annotations call idempotent may run again from the start if the instance running its task is lost.
     return Tool(
@@ -212,6 +215,7 @@ def build_tools() -> list[Tool]:
             handlers.get_weather,
             _annotations("Get Weather", read_only=True, idempotent=True),
             output_schema=WEATHER_OUTPUT_SCHEMA,
+            meta=WEATHER_TOOL_UI_META,
         ),
         _tool(
             "whoAmI",
