@@ -87,6 +87,13 @@ class Settings:
     required_scope: str = _setting(
         "REQUIRED_SCOPE", str.strip, "Scope a token needs for the MCP endpoints (403 without it).", "mcp"
     )
+    oauth_cimd_allow_loopback: str = _setting(
+        "OAUTH_CIMD_ALLOW_LOOPBACK",
+        values.switch,
+        "`on`: client metadata documents may be fetched from http://127.0.0.1 / http://localhost (development "
+        "and tests only; logged as a warning at start-up).",
+        "off",
+    )
     access_token_ttl: float = _setting(
         "ACCESS_TOKEN_TTL", values.positive_float, "Lifetime of access tokens (JWT `exp`), seconds.", 3600.0
     )

@@ -7,7 +7,9 @@ from the `checks.json` files they write, and warnings count as failures here.
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from refserver.oauth.headless import obtain_tokens
+from refserver.oauth.headless import act_as_person, obtain_tokens
 from tests.auth_proxy import TokenProxy
 from tests.cluster import Cluster, start_cluster
 from tests.conftest import POST_HEADERS, ROOT, ServerProcess, free_port, server_env
@@ -146,3 +148,95 @@ async def test_conformance_2026_across_three_instances_on_redis(three_instances:
         await run_suite(suite, f"http://127.0.0.1:{proxy_port}/mcp", three_instances.instances[0], tmp_path)
         nursery.cancel_scope.cancel()
     assert proxy.forwarded > 50
+
+
+AUTHORIZATION_SCENARIOS = ("authorization-server-metadata-endpoint", "authorization-code-grant")
+AUTHORIZATION_URL_WAIT = 60.0
+
+
+async def drive_authorization(process: trio.Process, stdout: list[str], callback_url: str) -> str:
+    """Play the person of `conformance authorization`: read the authorization URL it prints, approve it on the
+    consent page, sign in at the mock identity provider, and deliver the redirect to its callback server."""
+    assert process.stdout is not None
+    buffered = b""
+    with trio.fail_after(AUTHORIZATION_URL_WAIT):
+        while True:
+            chunk = await process.stdout.receive_some(65536)
+            assert chunk, "the suite ended without printing an authorization URL:\n" + "".join(stdout)
+            buffered += chunk
+            *lines, rest = buffered.split(b"\n")
+            buffered = rest
+            stdout.extend(line.decode(errors="replace") + "\n" for line in lines)
+            url = next((line for line in stdout if "/authorize?" in line), None)
+            if url is not None:
+                break
+    async with httpx.AsyncClient(timeout=10.0) as browser:
+        final_url = await act_as_person(browser, url.strip(), user="conformance")
+        assert final_url.startswith(callback_url), final_url
+        delivered = await browser.get(final_url)
+        assert delivered.status_code == 200
+    while chunk := await process.stdout.receive_some(65536):
+        stdout.append(chunk.decode(errors="replace"))
+    return url
+
+
+async def test_conformance_authorization_server(conformance_server: ServerProcess, tmp_path: Path) -> None:
+    """`conformance authorization` (0.2.0-alpha.12) against the embedded authorization server: its metadata, and
+    an authorization code grant by a client registered through DCR, the person's part played over real HTTP."""
+    cli, _ = SUITES["2026-07-28"]
+    callback_port = free_port()
+    callback_url = f"http://127.0.0.1:{callback_port}/callback"
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        # The issuer is the server's public base URL (localhost here), which the suite compares exactly.
+        issuer = (await http.get(f"{conformance_server.url}/.well-known/oauth-authorization-server")).json()["issuer"]
+        registered = await http.post(
+            f"{issuer}/register",
+            json={
+                "client_name": "conformance authorization",
+                "redirect_uris": [callback_url],
+                "token_endpoint_auth_method": "none",
+            },
+        )
+        assert registered.status_code == 201, registered.text
+    client_id = registered.json()["client_id"]
+    stdout: list[str] = []
+    with trio.fail_after(SUITE_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [
+                        str(NODE),
+                        str(cli),
+                        "authorization",
+                        "--url",
+                        issuer,
+                        "--client-id",
+                        client_id,
+                        "--resource",
+                        f"{issuer}/mcp",
+                        "--port",
+                        str(callback_port),
+                        "-o",
+                        str(tmp_path),
+                    ],
+                    cwd=cli.parent.parent,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                    env={"PATH": f"{NODE.parent}:/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(tmp_path)},
+                )
+            )
+            authorization_url = await drive_authorization(process, stdout, callback_url)
+    assert f"client_id={client_id}" in authorization_url
+    checks = read_checks(tmp_path)
+    assert {scenario.rsplit("-20", 1)[0] for scenario, _ in checks} == {
+        f"authorization-server-{name}" for name in AUTHORIZATION_SCENARIOS
+    }, checks
+    problems = [
+        f"{scenario}: {check['status']} {check.get('id')}: {check.get('errorMessage') or check.get('description')}"
+        for scenario, check in checks
+        if check.get("status") != "SUCCESS"
+    ]
+    assert not problems, "\n".join(problems) + "\n" + "".join(stdout)[-3000:]
+    assert process.returncode == 0, "".join(stdout)[-3000:]

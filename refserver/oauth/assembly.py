@@ -3,11 +3,14 @@ AS app), its store, and the resource server's token verifier."""
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 
 from refserver.backend.kv import KeyValueStore
 from refserver.config import Settings
 from refserver.errors import ConfigError
+from refserver.oauth.client_documents import ClientDocuments
 from refserver.oauth.embedded_verifier import EmbeddedVerifier
 from refserver.oauth.introspection_verifier import IntrospectionVerifier
 from refserver.oauth.jwt_verifier import JwtVerifier
@@ -15,6 +18,8 @@ from refserver.oauth.keys import SigningKeys
 from refserver.oauth.server import AuthorizationServer
 from refserver.oauth.store import OAuthStore
 from refserver.oauth.verifier import TokenVerifier
+
+logger = logging.getLogger(__name__)
 
 
 def oauth_store(settings: Settings, kv: KeyValueStore) -> OAuthStore:
@@ -32,6 +37,14 @@ def authorization_server(settings: Settings, kv: KeyValueStore, *, issuer: str) 
     if settings.introspection_client_id and settings.introspection_client_secret:
         credentials = (settings.introspection_client_id, settings.introspection_client_secret)
     default_scopes = [settings.required_scope] if settings.required_scope in settings.scopes_supported else []
+    if settings.oauth_cimd_allow_loopback == "on":
+        logger.warning(
+            "REFSERVER_OAUTH_CIMD_ALLOW_LOOPBACK=on: client metadata documents are fetched from LOOPBACK addresses "
+            "(http://127.0.0.1, http://localhost). For local development and tests only: never in production."
+        )
+    documents = ClientDocuments(
+        kv=kv, scopes_supported=settings.scopes_supported, allow_loopback=settings.oauth_cimd_allow_loopback == "on"
+    )
     return AuthorizationServer(
         issuer=issuer,
         resources=settings.resources,
@@ -41,6 +54,7 @@ def authorization_server(settings: Settings, kv: KeyValueStore, *, issuer: str) 
         keys=SigningKeys(kv),
         access_ttl=settings.access_token_ttl,
         introspection_credentials=credentials,
+        client_documents=documents,
     )
 
 

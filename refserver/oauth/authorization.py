@@ -8,11 +8,12 @@ single-use code bound to the client, the redirect URI, the PKCE challenge, the s
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 import attrs
 
+from refserver.oauth.client_documents import ClientDocumentError
 from refserver.oauth.crypto import PKCE_CHALLENGE, new_token, token_hash
 from refserver.oauth.models import AuthorizationCode, Client, Grant, PendingAuthorization
 from refserver.oauth.redirects import AuthorizePageError, RedirectTarget, redirect_uri_matches
@@ -33,7 +34,9 @@ class AuthorizationEndpoint:
         default_scopes: frozenset[str],
         store: OAuthStore,
         clock: Callable[[], float],
+        find_client: Callable[[str], Awaitable[Client | None]] | None = None,
     ) -> None:
+        self._find_client = find_client or store.client
         self._issuer = issuer
         self._resources = tuple(resources)
         self._scopes_supported = frozenset(scopes_supported)
@@ -44,9 +47,9 @@ class AuthorizationEndpoint:
     async def begin(self, params: Mapping[str, str]) -> PendingAuthorization:
         """Validate an /authorize request. Raises AuthorizePageError (no redirect) or a
         RedirectingOAuthError that sends the person back to the client."""
-        client = await self._store.client(params.get("client_id", ""))
+        client = await self.client(params.get("client_id", ""))
         if client is None:
-            raise AuthorizePageError("Unknown client: register it first (RFC 7591).")
+            raise AuthorizePageError("Unknown client: register it first (RFC 7591), or use a metadata document URL.")
         redirect_uri = params.get("redirect_uri")
         if redirect_uri is None:
             if len(client.redirect_uris) != 1:
@@ -87,9 +90,17 @@ class AuthorizationEndpoint:
         await self._store.save_pending(pending)
         return pending
 
+    async def client(self, client_id: str) -> Client | None:
+        """The client named at /authorize; a metadata document that cannot be used is a page error (never a
+        redirect: its redirect URIs are not known to be the client's)."""
+        try:
+            return await self._find_client(client_id)
+        except ClientDocumentError as exc:
+            raise AuthorizePageError(f"This client's metadata document cannot be used: {exc}.") from None
+
     async def pending(self, request_id: str) -> tuple[PendingAuthorization, Client]:
         pending = await self._store.pending(request_id)
-        client = await self._store.client(pending.client_id) if pending else None
+        client = await self.client(pending.client_id) if pending else None
         if pending is None or client is None:
             raise AuthorizePageError(REQUEST_GONE)
         return pending, client

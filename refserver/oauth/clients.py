@@ -9,9 +9,10 @@ from typing import Any, Final
 import attrs
 
 from refserver.errors import OAuthError
+from refserver.oauth.client_documents import ClientDocumentError, ClientDocuments, is_document_url
 from refserver.oauth.crypto import new_token, same_secret, token_hash
 from refserver.oauth.models import AUTH_METHODS, GRANT_TYPES, Client
-from refserver.oauth.redirects import registrable_redirect_uri
+from refserver.oauth.redirects import check_redirect_uris
 from refserver.oauth.store import OAuthStore
 
 logger = logging.getLogger(__name__)
@@ -35,24 +36,20 @@ class Clients:
         scopes_supported: Sequence[str],
         introspection_credentials: tuple[str, str] | None,
         clock: Callable[[], float],
+        documents: ClientDocuments | None = None,
     ) -> None:
         self._store = store
+        self.documents = documents
+        """None: URL client ids are not supported (their ids are unknown, like any other)."""
         self._scopes_supported = tuple(scopes_supported)
         self._introspection_credentials = introspection_credentials
         self._clock = clock
 
     async def register(self, body: Mapping[str, Any]) -> dict[str, Any]:
         redirect_uris = body.get("redirect_uris")
-        if (
-            not isinstance(redirect_uris, list)
-            or not redirect_uris
-            or len(redirect_uris) > MAX_REDIRECT_URIS
-            or not all(isinstance(u, str) for u in redirect_uris)
-        ):
+        if not isinstance(redirect_uris, list) or not redirect_uris or len(redirect_uris) > MAX_REDIRECT_URIS:
             raise OAuthError("invalid_redirect_uri", f"redirect_uris must be a list of 1-{MAX_REDIRECT_URIS} URIs")
-        bad = [u for u in redirect_uris if not registrable_redirect_uri(u)]
-        if bad:
-            raise OAuthError("invalid_redirect_uri", f"redirect URIs must be https or loopback http: {bad[0]}")
+        application_type = check_redirect_uris(redirect_uris, body.get("application_type"))
         method = body.get("token_endpoint_auth_method", "client_secret_basic")
         if method not in AUTH_METHODS:
             raise OAuthError("invalid_client_metadata", f"unsupported token_endpoint_auth_method {method!r}")
@@ -83,6 +80,7 @@ class Clients:
             scope=scope,
             secret_hash=token_hash(secret) if secret else None,
             issued_at=int(self._clock()),
+            application_type=application_type,
         )
         await self._store.save_client(client)
         logger.info("registered client %s (%s)", client.client_id[:8], method)
@@ -95,17 +93,28 @@ class Clients:
             "grant_types": list(client.grant_types),
             "response_types": ["code"],
             "scope": scope,
+            "application_type": application_type,
         }
         if secret:
             response["client_secret"] = secret
             response["client_secret_expires_at"] = 0
         return response
 
+    async def find(self, client_id: str) -> Client | None:
+        """A registered client, or the one a URL client id's metadata document describes (raises
+        ClientDocumentError when that document cannot be used)."""
+        if self.documents is not None and is_document_url(client_id):
+            return await self.documents.client(client_id)
+        return await self._store.client(client_id)
+
     async def authenticate(self, credentials: ClientCredentials) -> Client:
         error = OAuthError("invalid_client", "client authentication failed", status=401)
         if not credentials.client_id:
             raise error
-        client = await self._store.client(credentials.client_id)
+        try:
+            client = await self.find(credentials.client_id)
+        except ClientDocumentError as exc:
+            raise OAuthError("invalid_client", str(exc), status=401) from None
         if client is None:
             raise error
         if client.is_public:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Final, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -40,7 +41,7 @@ def _deserialize(annotation: Any, value: Any) -> Any:
 
 @attrs.frozen
 class Client:
-    """A registered client (RFC 7591)."""
+    """A client: registered (RFC 7591), or known by the metadata document its URL id names (CIMD)."""
 
     client_id: str
     client_name: str
@@ -50,10 +51,19 @@ class Client:
     scope: str
     secret_hash: str | None
     issued_at: int
+    application_type: str = "web"
+    """`web` or `native` (SEP-837); records stored before it existed load as `web`."""
 
     @property
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method == "none"
+
+    @property
+    def document_host(self) -> str | None:
+        """For a client known by its metadata document: the host of its URL (the consent page shows it)."""
+        if not self.client_id.startswith(("https://", "http://")):
+            return None
+        return urlsplit(self.client_id).hostname
 
 
 @attrs.frozen

@@ -104,7 +104,15 @@ def _host(uri: str) -> str:
         return uri
 
 
-def consent_page(*, request_id: str, client_name: str, scopes: Iterable[str], resource: str, redirect_uri: str) -> str:
+def consent_page(
+    *,
+    request_id: str,
+    client_name: str,
+    scopes: Iterable[str],
+    resource: str,
+    redirect_uri: str,
+    client_host: str | None = None,
+) -> str:
     e = html.escape
     items = (
         "".join(
@@ -117,11 +125,14 @@ def consent_page(*, request_id: str, client_name: str, scopes: Iterable[str], re
 <p class="muted">The application is asking for:</p>
 <ul class="scopes">{items}</ul>
 <dl>
+{f"<dt>Application published by</dt><dd><code>{e(client_host)}</code></dd>" if client_host else ""}
 <dt>Server</dt><dd><code>{e(resource)}</code></dd>
 <dt>Sends you back to</dt><dd><code>{e(_host(redirect_uri))}</code></dd>
 </dl>
 <p class="notice">Only approve if you started this sign-in and recognise the application and where it sends you
-back. The name above is chosen by the application itself and is not verified.</p>
+back. The name above is chosen by the application itself and is not verified{
+        "; the publisher is the host that serves the application's metadata document" if client_host else ""
+    }.</p>
 <form method="post" action="/authorize/consent">
 <input type="hidden" name="request_id" value="{e(request_id)}">
 <div class="actions">

@@ -62,6 +62,33 @@ def registrable_redirect_uri(uri: str) -> bool:
     return parts.scheme == "https" or is_loopback_http(uri)
 
 
+APPLICATION_TYPES: Final = ("web", "native")
+
+
+def check_redirect_uris(redirect_uris: list[object], application_type: object) -> str:
+    """The client's `application_type` (SEP-837, OpenID Connect Dynamic Registration sec. 2) and the redirect URIs
+    it allows; raises OAuthError. `web`: https on a host other than loopback. `native`: loopback http on any port
+    (RFC 8252 sec. 7.3; private-use schemes are not supported here). Omitted, it is inferred (`native` when every
+    URI is loopback, else `web`) and not enforced: OIDC's default, `web`, would refuse the loopback redirects that
+    clients predating SEP-837 register."""
+    if not all(isinstance(uri, str) for uri in redirect_uris):
+        raise OAuthError("invalid_redirect_uri", "redirect_uris must be strings")
+    uris = [str(uri) for uri in redirect_uris]
+    bad = [uri for uri in uris if not registrable_redirect_uri(uri)]
+    if bad:
+        raise OAuthError("invalid_redirect_uri", f"redirect URIs must be https or loopback http: {bad[0]}")
+    native = [is_loopback_http(uri) for uri in uris]
+    if application_type is None:
+        return "native" if all(native) else "web"
+    if application_type not in APPLICATION_TYPES:
+        raise OAuthError("invalid_client_metadata", 'application_type must be "web" or "native"')
+    if application_type == "web" and any(native):
+        raise OAuthError("invalid_redirect_uri", "a web client's redirect URIs must be https on a non-loopback host")
+    if application_type == "native" and not all(native):
+        raise OAuthError("invalid_redirect_uri", "a native client's redirect URIs must be loopback http")
+    return str(application_type)
+
+
 @attrs.frozen
 class RedirectTarget:
     """Where one authorization request goes back to, carrying its `state` and our issuer (RFC 9207)."""

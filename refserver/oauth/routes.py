@@ -189,12 +189,13 @@ def create_blueprint(
         await limiter.check("authorize", client_ip())
         params = _query()
         pending = await server.authorization.begin(params)
-        client = await server.store.client(pending.client_id)
+        client = await server.authorization.client(pending.client_id)
         if client is None:  # deleted between the two reads
             raise AuthorizePageError("Unknown client: register it first (RFC 7591).")
         page = pages.consent_page(
             request_id=pending.request_id,
             client_name=client.client_name,
+            client_host=client.document_host,
             scopes=pending.scopes,
             resource=pending.resource,
             redirect_uri=pending.redirect_uri,

@@ -1,4 +1,5 @@
-"""The embedded authorization server (OAuth 2.1 with PKCE, RFC 7591, 7662, 7009, 8414, 8707, 9068, 9207).
+"""The embedded authorization server (OAuth 2.1 with PKCE, RFC 7591, 7662, 7009, 8414, 8707, 9068, 9207;
+Client ID Metadata Documents).
 
 One object per process, built from the endpoint pieces it wires together: `Clients` (registration, client
 authentication), `AuthorizationEndpoint`, `TokenEndpoint`, `Introspection`, `Revoker` and `AccessTokens`.
@@ -14,6 +15,7 @@ from typing import Any
 
 from refserver.oauth.access_tokens import AccessTokens
 from refserver.oauth.authorization import AuthorizationEndpoint
+from refserver.oauth.client_documents import ClientDocuments
 from refserver.oauth.clients import Clients
 from refserver.oauth.introspection import Introspection
 from refserver.oauth.keys import SigningKeys
@@ -36,6 +38,7 @@ class AuthorizationServer:
         access_ttl: float,
         introspection_credentials: tuple[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        client_documents: ClientDocuments | None = None,
     ) -> None:
         if store.access_ttl < access_ttl:
             # The grant-revoked marker must outlive every access token it is meant to kill.
@@ -52,6 +55,7 @@ class AuthorizationServer:
             scopes_supported=scopes_supported,
             introspection_credentials=introspection_credentials,
             clock=clock,
+            documents=client_documents,
         )
         self.authorization = AuthorizationEndpoint(
             issuer=issuer,
@@ -60,6 +64,7 @@ class AuthorizationServer:
             default_scopes=frozenset(default_scopes),
             store=store,
             clock=clock,
+            find_client=self.clients.find,
         )
         self.revoker = Revoker(store=store, clients=self.clients, access_tokens=self.access_tokens, clock=clock)
         self.tokens = TokenEndpoint(
@@ -89,5 +94,5 @@ class AuthorizationServer:
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": True,
-            "client_id_metadata_document_supported": False,
+            "client_id_metadata_document_supported": self.clients.documents is not None,
         }

@@ -3,6 +3,7 @@
 Key layout (all under the store's prefix, every key with a TTL):
 
     oauth:client:{client_id}            Client registration                      CLIENT_TTL
+    oauth:cimd:{sha256(url)}            Client from a metadata document (CIMD)   its Cache-Control, <= 1 day
     oauth:pending:{request_id}          /authorize request awaiting consent/IdP  PENDING_TTL
     oauth:code:{sha256(code)}           AuthorizationCode (taken atomically)     code TTL
     oauth:code-used:{sha256(code)}      grant id, to detect a replayed code      code TTL
