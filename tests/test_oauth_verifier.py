@@ -620,7 +620,8 @@ def test_protected_resource_metadata_fields() -> None:
     assert protected_resource_metadata(settings) == {
         "resource": "https://mcp.example.com/mcp",
         "authorization_servers": ["https://auth.example.com"],
-        "scopes_supported": ["mcp", "offline_access"],
+        # offline_access is the AS's business (refresh tokens), not a scope a resource asks for
+        "scopes_supported": ["mcp", "mcp:admin"],
         "bearer_methods_supported": ["header"],
         "resource_name": "MCP Feature Reference Server (refserver)",
         "resource_documentation": "https://mcp.example.com",
