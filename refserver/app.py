@@ -26,9 +26,10 @@ from refserver.dispatch import RequestCore
 from refserver.errors import ConfigError
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
+from refserver.features.reference import build_downstream_catalog
 from refserver.master_watch import hypercorn_shutdown_event, watch_master
 from refserver.oauth import routes
-from refserver.oauth.assembly import authorization_server, create_verifier, oauth_store
+from refserver.oauth.assembly import authorization_server, create_verifier, oauth_store, token_exchanger
 from refserver.oauth.ratelimit import RateLimiter
 from refserver.oauth.revocation import connect_revocations
 from refserver.observability import logs
@@ -188,10 +189,22 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             "session. Use this for local development only."
         )
     backend = backend_from_settings(settings)
-    features = FeatureIndex.build(load_catalogs(settings.features))
+    catalogs = load_catalogs(settings.features)
+    if settings.downstream_api_url:
+        catalogs.append(build_downstream_catalog(settings.downstream_api_url))
+    features = FeatureIndex.build(catalogs)
     check_tool_scopes(settings, features)
+    auth_server = (
+        authorization_server(settings, backend.kv, issuer=settings.issuer) if settings.auth_mode == "embedded" else None
+    )
+    http = httpx.AsyncClient(timeout=AUTH_SERVER_HTTP_TIMEOUT)
     tasks = TaskSystem(settings, backend.tasks, backend.bus, backend.instance_id)
-    core = RequestCore(features, website_url=f"{settings.base_url.rstrip('/')}/", tasks=tasks.service)
+    core = RequestCore(
+        features,
+        website_url=f"{settings.base_url.rstrip('/')}/",
+        tasks=tasks.service,
+        token_exchanger=token_exchanger(settings, server=auth_server, http=http),
+    )
     registry: SessionRegistry = observed.ObservedRegistry(
         events=backend.events,
         store=backend.store,
@@ -203,11 +216,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         notifiers=periodic_notifiers(settings),
     )
 
-    auth_server = (
-        authorization_server(settings, backend.kv, issuer=settings.issuer) if settings.auth_mode == "embedded" else None
-    )
     external = settings.auth_mode in ("jwt", "introspection")
-    http = httpx.AsyncClient(timeout=AUTH_SERVER_HTTP_TIMEOUT)
     # With a shared Redis (the seed's topology) a JWT verifier also sees the authorization server's revocations.
     shared_store = oauth_store(settings, backend.kv) if external and backend.redis else None
     verifier = create_verifier(

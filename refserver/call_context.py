@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 import mcp_types as types
 
-from refserver.protocol.core import CoreRequest, InputResponses, RequestMeta
+from refserver.errors import TokenExchangeUnavailable
+from refserver.protocol.core import CoreRequest, InputResponses, RequestMeta, TokenExchanger
 from refserver.protocol.jsonrpc import Notification
 
 
@@ -47,9 +48,10 @@ def _raw_progress_token(params: Mapping[str, Any] | None) -> object:
 
 
 class CallContext:
-    def __init__(self, request: CoreRequest, emitter: Emitter) -> None:
+    def __init__(self, request: CoreRequest, emitter: Emitter, exchanger: TokenExchanger | None = None) -> None:
         self._request = request
         self._emitter = emitter
+        self._exchanger = exchanger
         # Echoed as the client sent it; only the typed view below is strict about its type.
         self._progress_token = _raw_progress_token(request.params)
 
@@ -100,3 +102,11 @@ class CallContext:
 
     async def notify_list_changed(self, kind: str) -> None:
         await self._emitter.list_changed(kind)
+
+    async def exchange_token(self, audience: str, scopes: frozenset[str] | None = None) -> str:
+        if self._exchanger is None:
+            raise TokenExchangeUnavailable("token exchange is not configured on this server")
+        caller = self._request.caller_token
+        if caller is None:
+            raise TokenExchangeUnavailable("this request carries no token to exchange")
+        return await self._exchanger.exchange(caller, audience, scopes)

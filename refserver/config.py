@@ -94,6 +94,25 @@ class Settings:
         "and tests only; logged as a warning at start-up).",
         "off",
     )
+    oauth_exchange_audiences: tuple[str, ...] = _setting(
+        "OAUTH_EXCHANGE_AUDIENCES",
+        values.csv,
+        "Audiences the authorization server exchanges tokens for (RFC 8693, resource servers only); empty: no "
+        "token exchange.",
+        (),
+    )
+    oauth_exchange_token_ttl: float = _setting(
+        "OAUTH_EXCHANGE_TOKEN_TTL",
+        values.positive_float,
+        "Longest lifetime of an exchanged token (never beyond the subject token's `exp`), seconds.",
+        300.0,
+    )
+    downstream_api_url: str | None = _setting(
+        "DOWNSTREAM_API_URL",
+        values.optional_url,
+        "A downstream API the demo tool fetchDownstreamProfile calls with an exchanged token; unset: no such tool.",
+        None,
+    )
     access_token_ttl: float = _setting(
         "ACCESS_TOKEN_TTL", values.positive_float, "Lifetime of access tokens (JWT `exp`), seconds.", 3600.0
     )

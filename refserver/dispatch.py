@@ -40,6 +40,7 @@ from refserver.protocol.core import (
     Outcome,
     StateChange,
     Subscribed,
+    TokenExchanger,
     Unsubscribed,
 )
 from refserver.protocol.envelope import STATELESS_VERSIONS, stateless_result
@@ -95,9 +96,15 @@ def _decode_cursor(cursor: str | None) -> int:
 
 class RequestCore:
     def __init__(
-        self, features: FeatureIndex, *, website_url: str | None = None, tasks: TaskBook | None = None
+        self,
+        features: FeatureIndex,
+        *,
+        website_url: str | None = None,
+        tasks: TaskBook | None = None,
+        token_exchanger: TokenExchanger | None = None,
     ) -> None:
         self.features = features
+        self._token_exchanger = token_exchanger
         self.tasks = TaskMethods(tasks)
         self.server_info: dict[str, Any] = {
             "name": SERVER_NAME,
@@ -169,7 +176,7 @@ class RequestCore:
             raise MethodNotFound(f"Method not found in protocol {version}: {request.method}") from None
         except pydantic.ValidationError as exc:
             raise InvalidParams(f"Invalid params for {request.method}", data=_validation_errors(exc)) from None
-        result = await handler(typed.params, request, CallContext(request, emitter))
+        result = await handler(typed.params, request, CallContext(request, emitter, self._token_exchanger))
         if isinstance(result, InputRequired):
             return result
         if isinstance(result, Shaped):
@@ -203,7 +210,9 @@ class RequestCore:
             tool = self.features.tools.get(str(params.get("name")))
             if tool is None:
                 raise InvalidParams(f"Unknown tool: {params.get('name')}")
-            result = await run_tool(tool, dict(params.get("arguments") or {}), CallContext(request, emitter))
+            result = await run_tool(
+                tool, dict(params.get("arguments") or {}), CallContext(request, emitter, self._token_exchanger)
+            )
         except RefserverError as exc:
             return Failed(exc)
         except Exception:

@@ -73,6 +73,20 @@ class ToolCallFailed(RefserverError):
     (a task ends `failed` with it)."""
 
 
+class TokenExchangeUnavailable(RefserverError):
+    """A feature asked for a downstream token where none can be had (no exchange set up, no caller token)."""
+
+    jsonrpc_code = INTERNAL_ERROR
+    http_status = 200
+
+
+class TokenExchangeRefused(RefserverError):
+    """The authorization server refused a token exchange (its `error` and description in the message)."""
+
+    jsonrpc_code = INTERNAL_ERROR
+    http_status = 200
+
+
 class RequestCancelled(RefserverError):
     """The request was cancelled (by the client, DELETE, expiry or shutdown); no response is owed."""
 

@@ -38,6 +38,7 @@ from refserver.errors import (
     SessionGone,
     StreamClosed,
 )
+from refserver.protocol.core import CallerToken
 from refserver.protocol.jsonrpc import (
     ErrorResponse,
     Message,
@@ -67,6 +68,7 @@ class InFlight:
     request: Request
     stream_id: str
     cancel_scope: trio.CancelScope
+    caller_token: CallerToken | None = None
     cancelled_by_client: bool = False
 
 
@@ -238,12 +240,18 @@ class Session:
     # --- incoming messages ------------------------------------------------------------------------
 
     async def start_requests(
-        self, requests: list[Request], *, refusals: Sequence[ErrorResponse] = (), stream_id: str | None = None
+        self,
+        requests: list[Request],
+        *,
+        refusals: Sequence[ErrorResponse] = (),
+        stream_id: str | None = None,
+        caller_token: CallerToken | None = None,
     ) -> str:
         """Start each request in its own task; return the stream their output goes to.
 
         `refusals` are errors for batch elements that were not valid requests; they go on the same
-        stream first, so a batch gets one answer per element.
+        stream first, so a batch gets one answer per element. `caller_token` is the HTTP request's bearer
+        token, for the features' token exchange.
         """
         if self._nursery is None or self.closed:
             raise InvalidRequest("session is closed")
@@ -263,7 +271,7 @@ class Session:
                 await self._request_done(stream_id)
                 continue
             # Registered before its task runs, so that a cancellation arriving first still finds it.
-            entry = InFlight(request, stream_id, trio.CancelScope())
+            entry = InFlight(request, stream_id, trio.CancelScope(), caller_token)
             self._in_flight[request.id] = entry
             self._nursery.start_soon(self._execute, entry)
         await self._request_done(stream_id)
@@ -274,7 +282,7 @@ class Session:
         reply: Message | None = None
         with entry.cancel_scope:
             try:
-                reply = await answer_request(self._core, self, request, stream_id)
+                reply = await answer_request(self._core, self, request, stream_id, entry.caller_token)
             except RefserverError as exc:
                 reply = _error(request.id, exc)
             except Exception:

@@ -21,6 +21,7 @@ from refserver.call_context import Emitter
 from refserver.dispatch import RequestCore
 from refserver.errors import InternalError, SessionGone, StreamClosed
 from refserver.protocol.core import (
+    CallerToken,
     Complete,
     CoreRequest,
     Failed,
@@ -158,7 +159,9 @@ class SessionEmitter(Emitter):
         await self._session.send_standalone(Notification(f"notifications/{kind}/list_changed"))
 
 
-async def answer_request(core: RequestCore, session: Session, request: Request, stream_id: str) -> Message:
+async def answer_request(
+    core: RequestCore, session: Session, request: Request, stream_id: str, caller_token: CallerToken | None = None
+) -> Message:
     """Run `request` through the core to its end; the reply to append to its stream."""
     session.state.lifecycle.check_request(request.method)
     meta = session.state.meta(session.owner)
@@ -170,7 +173,7 @@ async def answer_request(core: RequestCore, session: Session, request: Request, 
     )
     for _ in range(MAX_INPUT_ROUNDS):
         round_outcome = await core.handle(
-            CoreRequest(request.id, request.method, request.params, meta, responses, state), emitter
+            CoreRequest(request.id, request.method, request.params, meta, responses, state, caller_token), emitter
         )
         if not isinstance(round_outcome, InputRequired):
             outcome = round_outcome

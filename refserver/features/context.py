@@ -65,3 +65,13 @@ class FeatureContext(Protocol):
     async def notify_list_changed(self, kind: str) -> None:
         """Announce that the list of `kind` (`tools`, `prompts` or `resources`) changed."""
         ...
+
+    async def exchange_token(self, audience: str, scopes: frozenset[str] | None = None) -> str:
+        """A short-lived access token for `audience` (a downstream API), from the caller's (RFC 8693).
+
+        `scopes` may only narrow the caller's (None keeps them). The caller's own token is never handed
+        out: pass this one downstream. Raises `TokenExchangeUnavailable` without authentication, for a task
+        running in the background, or when the server has no exchange configured; `TokenExchangeRefused`
+        when the authorization server says no.
+        """
+        ...

@@ -67,6 +67,30 @@ class AccessTokens:
         }
         return self._keys.sign(claims)
 
+    def sign_exchanged(
+        self, subject: AccessInfo, *, audience: str, scopes: frozenset[str], actor: str, expires_at: int
+    ) -> str:
+        """A token exchanged for `subject` (RFC 8693): another audience, `act` naming who asked for it.
+
+        It keeps the subject token's grant, so revoking that grant (or reusing its refresh token) kills this
+        token too wherever revocation is checked.
+        """
+        now = int(self._clock())
+        claims = {
+            "iss": self._issuer,
+            "sub": subject.subject,
+            "aud": audience,
+            "exp": expires_at,
+            "iat": now,
+            "nbf": now,
+            "jti": new_token(),
+            "scope": " ".join(sorted(scopes)),
+            "client_id": subject.client_id,
+            "grant_id": subject.grant_id,
+            "act": {"sub": actor},
+        }
+        return self._keys.sign(claims)
+
     async def decode(self, token: str) -> AccessInfo | None:
         """Signature, issuer, time and revocation; None for anything not a live token of ours."""
         header = compact_header(token)
@@ -93,4 +117,12 @@ class AccessTokens:
             token_id=str(claims.get("jti")),
             audience=tuple(audience) if isinstance(audience, list) else (str(audience),),
             grant_id=claims.get("grant_id"),
+            actor=_actor(claims.get("act")),
         )
+
+
+def _actor(act: object) -> str | None:
+    """The acting party of an exchanged token (RFC 8693 sec. 4.1), or None for a token issued to its client."""
+    if isinstance(act, dict) and isinstance(act.get("sub"), str):
+        return str(act["sub"])
+    return None

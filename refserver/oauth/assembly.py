@@ -12,12 +12,14 @@ from refserver.config import Settings
 from refserver.errors import ConfigError
 from refserver.oauth.client_documents import ClientDocuments
 from refserver.oauth.embedded_verifier import EmbeddedVerifier
+from refserver.oauth.exchange_client import CachingExchanger, EmbeddedExchange, RemoteExchange
 from refserver.oauth.introspection_verifier import IntrospectionVerifier
 from refserver.oauth.jwt_verifier import JwtVerifier
 from refserver.oauth.keys import SigningKeys
 from refserver.oauth.server import AuthorizationServer
 from refserver.oauth.store import OAuthStore
 from refserver.oauth.verifier import TokenVerifier
+from refserver.protocol.core import TokenExchanger
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,22 @@ def authorization_server(settings: Settings, kv: KeyValueStore, *, issuer: str) 
         access_ttl=settings.access_token_ttl,
         introspection_credentials=credentials,
         client_documents=documents,
+        exchange_audiences=settings.oauth_exchange_audiences,
+        exchange_ttl=settings.oauth_exchange_token_ttl,
     )
+
+
+def token_exchanger(
+    settings: Settings, *, server: AuthorizationServer | None, http: httpx.AsyncClient
+) -> TokenExchanger | None:
+    """What `ctx.exchange_token` uses: our own authorization server when it exchanges tokens, an external one
+    through the resource server's credentials, or nothing (the features are told exchange is unavailable)."""
+    if settings.auth_mode == "embedded" and server is not None and server.exchange.enabled:
+        return CachingExchanger(EmbeddedExchange(server.exchange, actor=settings.resource))
+    client_id, secret = settings.introspection_client_id, settings.introspection_client_secret
+    if settings.auth_mode in ("jwt", "introspection") and client_id and secret:
+        return CachingExchanger(RemoteExchange(http, issuer=settings.issuer, client_id=client_id, client_secret=secret))
+    return None
 
 
 def create_verifier(

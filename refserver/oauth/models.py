@@ -125,3 +125,5 @@ class AccessInfo:
     token_id: str
     audience: tuple[str, ...] = ()
     grant_id: str | None = None
+    actor: str | None = None
+    """Who the token was exchanged for (its `act.sub`, RFC 8693); None for a token issued to its own client."""

@@ -1,8 +1,9 @@
-"""The embedded authorization server (OAuth 2.1 with PKCE, RFC 7591, 7662, 7009, 8414, 8707, 9068, 9207;
-Client ID Metadata Documents).
+"""The embedded authorization server (OAuth 2.1 with PKCE, RFC 7591, 7662, 7009, 8414, 8693, 8707,
+9068, 9207; Client ID Metadata Documents).
 
 One object per process, built from the endpoint pieces it wires together: `Clients` (registration, client
-authentication), `AuthorizationEndpoint`, `TokenEndpoint`, `Introspection`, `Revoker` and `AccessTokens`.
+authentication), `AuthorizationEndpoint`, `TokenEndpoint`, `TokenExchange`, `Introspection`, `Revoker` and
+`AccessTokens`.
 Callers use the pieces directly (`server.tokens.token(...)`). No HTTP here: routes parse requests into
 plain mappings and turn the outcomes (or `OAuthError`s and `AuthorizePageError`s) into responses.
 """
@@ -23,6 +24,7 @@ from refserver.oauth.models import AUTH_METHODS, GRANT_TYPES
 from refserver.oauth.revocation import Revoker
 from refserver.oauth.store import OAuthStore
 from refserver.oauth.token_endpoint import TokenEndpoint
+from refserver.oauth.token_exchange import TOKEN_EXCHANGE_GRANT, TokenExchange
 
 
 class AuthorizationServer:
@@ -39,6 +41,8 @@ class AuthorizationServer:
         introspection_credentials: tuple[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         client_documents: ClientDocuments | None = None,
+        exchange_audiences: Sequence[str] = (),
+        exchange_ttl: float = 300.0,
     ) -> None:
         if store.access_ttl < access_ttl:
             # The grant-revoked marker must outlive every access token it is meant to kill.
@@ -67,8 +71,20 @@ class AuthorizationServer:
             find_client=self.clients.find,
         )
         self.revoker = Revoker(store=store, clients=self.clients, access_tokens=self.access_tokens, clock=clock)
+        self.exchange = TokenExchange(
+            access_tokens=self.access_tokens,
+            resources=resources,
+            audiences=exchange_audiences,
+            ttl=min(exchange_ttl, access_ttl),
+            clock=clock,
+        )
         self.tokens = TokenEndpoint(
-            store=store, clients=self.clients, access_tokens=self.access_tokens, revoker=self.revoker, clock=clock
+            store=store,
+            clients=self.clients,
+            access_tokens=self.access_tokens,
+            revoker=self.revoker,
+            exchange=self.exchange,
+            clock=clock,
         )
         self.introspection = Introspection(
             issuer=issuer, store=store, clients=self.clients, access_tokens=self.access_tokens
@@ -88,7 +104,7 @@ class AuthorizationServer:
             "scopes_supported": list(self.scopes_supported),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": list(GRANT_TYPES),
+            "grant_types_supported": list(GRANT_TYPES) + ([TOKEN_EXCHANGE_GRANT] if self.exchange.enabled else []),
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),

@@ -17,6 +17,7 @@ from refserver.oauth.crypto import new_token, pkce_matches, token_hash
 from refserver.oauth.models import GRANT_TYPES, AuthorizationCode, Client, Grant, RefreshToken
 from refserver.oauth.revocation import Revoker
 from refserver.oauth.store import OAuthStore
+from refserver.oauth.token_exchange import TOKEN_EXCHANGE_GRANT, TokenExchange
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +30,21 @@ class TokenEndpoint:
         clients: Clients,
         access_tokens: AccessTokens,
         revoker: Revoker,
+        exchange: TokenExchange,
         clock: Callable[[], float],
     ) -> None:
         self._store = store
         self._clients = clients
         self._access_tokens = access_tokens
         self._revoker = revoker
+        self._exchange = exchange
         self._clock = clock
 
     async def token(self, form: Mapping[str, str], credentials: ClientCredentials) -> dict[str, Any]:
-        client = await self._clients.authenticate(credentials)
         grant_type = form.get("grant_type")
+        if grant_type == TOKEN_EXCHANGE_GRANT:
+            return await self._exchange_token(form, credentials)
+        client = await self._clients.authenticate(credentials)
         if grant_type not in client.grant_types:
             if grant_type in GRANT_TYPES:
                 raise OAuthError("unauthorized_client", f"client may not use grant_type {grant_type}")
@@ -47,6 +52,16 @@ class TokenEndpoint:
         if grant_type == "authorization_code":
             return await self._exchange_code(client, form)
         return await self._refresh(client, form)
+
+    async def _exchange_token(self, form: Mapping[str, str], credentials: ClientCredentials) -> dict[str, Any]:
+        """RFC 8693, for resource servers only: a client holding a token has no business minting others."""
+        if not self._clients.is_resource_server(credentials):
+            await self._clients.authenticate(credentials)  # 401 for bad credentials, before saying what is allowed
+            if not self._exchange.enabled:
+                raise OAuthError("unsupported_grant_type", "token exchange is not enabled on this server")
+            raise OAuthError("unauthorized_client", "only a resource server's credentials may exchange tokens")
+        assert credentials.client_id is not None  # is_resource_server checked it
+        return await self._exchange.exchange_form(form, actor=credentials.client_id)
 
     async def _exchange_code(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
         raw_code = form.get("code")

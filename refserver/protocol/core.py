@@ -17,7 +17,7 @@ Nothing here does I/O or imports an async library: the adapters do the I/O after
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 
 import attrs
 
@@ -71,6 +71,24 @@ class RequestMeta:
 
 
 @attrs.frozen
+class CallerToken:
+    """The bearer token a request came with, kept only so a feature can exchange it for a downstream token.
+
+    It is never logged (no repr), stored, forwarded over the bus, or sent anywhere but the authorization server.
+    """
+
+    value: str = attrs.field(repr=False)
+
+
+class TokenExchanger(Protocol):
+    """Trades the caller's token for one for another audience (RFC 8693); implemented in `oauth/`."""
+
+    async def exchange(self, caller: CallerToken, audience: str, scopes: frozenset[str] | None) -> str:
+        """An access token for `audience` with `scopes` (None: the caller's) or at most the caller's."""
+        ...
+
+
+@attrs.frozen
 class InputRequest:
     """One thing the server asks of the client within a request (an `InputRequests` map's value)."""
 
@@ -107,6 +125,8 @@ class CoreRequest:
     input_responses: InputResponses = attrs.field(factory=dict)
     request_state: Mapping[str, Any] | None = None
     """What the handler kept in its previous `InputRequired` (already verified by the adapter)."""
+    caller_token: CallerToken | None = None
+    """The HTTP request's bearer token; None with authentication off and for a task run in the background."""
 
 
 @attrs.frozen

@@ -5,6 +5,8 @@ from __future__ import annotations
 from quart import request
 
 from refserver.oauth.models import AccessInfo
+from refserver.oauth.resource import bearer_token
+from refserver.protocol.core import CallerToken
 from refserver.protocol.jsonrpc import ParsedBody, Request
 from refserver.transport.services import Services
 
@@ -35,6 +37,13 @@ async def admit(services: Services) -> AccessInfo | None:
     """`admit_access` for the Quart request being handled (the legacy transport)."""
     headers = request.headers
     return await admit_access(services, headers.get("Host"), headers.get("Origin"), headers.get("Authorization"))
+
+
+def caller_token(access: AccessInfo | None, authorization: str | None) -> CallerToken | None:
+    """The admitted request's bearer token, for the features' token exchange (None with authentication off)."""
+    if access is None:
+        return None
+    return CallerToken(bearer_token(authorization))
 
 
 def admit_operations(services: Services, access: AccessInfo | None, parsed: ParsedBody) -> None:

@@ -19,7 +19,7 @@ from refserver.protocol.lifecycle import batch_allowed
 from refserver.protocol.sse import encode_event
 from refserver.registry import SessionRegistry
 from refserver.session import Session
-from refserver.transport.admission import admit, admit_operations
+from refserver.transport.admission import admit, admit_operations, caller_token
 from refserver.transport.guards import check_json_content_type, check_sse_accept, read_body
 from refserver.transport.routing import submit_body
 from refserver.transport.services import Services
@@ -81,7 +81,12 @@ def create_blueprint(services: Services) -> Blueprint:
         admit_operations(services, access, parsed)
         if parsed.is_batch and not batch_allowed(session.state.lifecycle.protocol_version or "2024-11-05"):
             raise InvalidRequest("Invalid Request: batches are not supported in this protocol version")
-        await submit_body(session, parsed, initialize_allowed=True)
+        await submit_body(
+            session,
+            parsed,
+            initialize_allowed=True,
+            caller_token=caller_token(access, request.headers.get("Authorization")),
+        )
         return Response("Accepted", status=202, content_type="text/plain")
 
     return blueprint

@@ -8,11 +8,14 @@ share one stream, and the stream's id is returned (None when the body held no re
 from __future__ import annotations
 
 from refserver.errors import INVALID_REQUEST, InvalidRequest
+from refserver.protocol.core import CallerToken
 from refserver.protocol.jsonrpc import ErrorResponse, Invalid, Notification, ParsedBody, Request, Response
 from refserver.session import Session
 
 
-async def submit_body(session: Session, parsed: ParsedBody, *, initialize_allowed: bool) -> str | None:
+async def submit_body(
+    session: Session, parsed: ParsedBody, *, initialize_allowed: bool, caller_token: CallerToken | None = None
+) -> str | None:
     refusals = [
         ErrorResponse(m.id, INVALID_REQUEST, f"Invalid Request: {m.reason}")
         for m in parsed.messages
@@ -30,4 +33,4 @@ async def submit_body(session: Session, parsed: ParsedBody, *, initialize_allowe
             await session.receive_reply(message)
     if not requests and not refusals:
         return None
-    return await session.start_requests(requests, refusals=refusals)
+    return await session.start_requests(requests, refusals=refusals, caller_token=caller_token)

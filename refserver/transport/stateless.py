@@ -43,7 +43,7 @@ from refserver.errors import (
 )
 from refserver.oauth.models import AccessInfo
 from refserver.observability import context
-from refserver.protocol.core import Complete, CoreRequest, Failed, InputRequired, RequestMeta
+from refserver.protocol.core import CallerToken, Complete, CoreRequest, Failed, InputRequired, RequestMeta
 from refserver.protocol.envelope import (
     check_mirrored_schema,
     check_param_headers,
@@ -176,7 +176,12 @@ class StatelessExchange:
         return self._sealer
 
     async def answer(
-        self, request: HttpRequest, parsed: ParsedBody, access: AccessInfo | None, nursery: trio.Nursery
+        self,
+        request: HttpRequest,
+        parsed: ParsedBody,
+        access: AccessInfo | None,
+        caller: CallerToken | None,
+        nursery: trio.Nursery,
     ) -> HttpResponse:
         subject = access.subject if access is not None else None
         if parsed.is_batch:
@@ -195,7 +200,7 @@ class StatelessExchange:
                 log_context.join_trace(meta.trace.traceparent)
             if message.method == LISTEN:
                 return await self._listen(message, meta, access, nursery)
-            core_request = self._core_request(message, meta, request.headers)
+            core_request = self._core_request(message, meta, request.headers, caller)
         except RefserverError as error:
             return error_answer(message.id, error)
         if self.in_flight >= self._max_in_flight:
@@ -243,7 +248,9 @@ class StatelessExchange:
         )
         return HttpResponse(200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=stream)
 
-    def _core_request(self, message: Request, meta: RequestMeta, headers: Mapping[str, str]) -> CoreRequest:
+    def _core_request(
+        self, message: Request, meta: RequestMeta, headers: Mapping[str, str], caller: CallerToken | None
+    ) -> CoreRequest:
         params = message.params or {}
         if message.method == "tools/call":
             mirrored = self._mirrored.get(str(params.get("name")))
@@ -254,7 +261,7 @@ class StatelessExchange:
         token = params.get("requestState")
         given = "inputResponses" in params or "requestState" in params
         if message.method not in INPUT_METHODS or not given:
-            return CoreRequest(message.id, message.method, message.params, meta)
+            return CoreRequest(message.id, message.method, message.params, meta, caller_token=caller)
         if "inputResponses" not in params:
             responses = {}
         if not isinstance(responses, dict) or not all(isinstance(r, dict) for r in responses.values()):
@@ -267,7 +274,7 @@ class StatelessExchange:
         state = None
         if token is not None:
             state = self._seal.open(token, subject=meta.subject, method=message.method, params=params)
-        return CoreRequest(message.id, message.method, message.params, meta, responses, state)
+        return CoreRequest(message.id, message.method, message.params, meta, responses, state, caller)
 
     async def _run(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
         try:

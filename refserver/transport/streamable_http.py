@@ -29,6 +29,7 @@ from refserver.errors import (
     SessionNotFound,
 )
 from refserver.observability.http import note_route
+from refserver.protocol.core import CallerToken
 from refserver.protocol.envelope import Era, body_meta, era_of
 from refserver.protocol.jsonrpc import (
     Notification,
@@ -39,7 +40,7 @@ from refserver.protocol.jsonrpc import (
 from refserver.protocol.lifecycle import Phase, batch_allowed, check_protocol_version_header
 from refserver.protocol.sse import encode_event
 from refserver.session import Session
-from refserver.transport.admission import admit_access, admit_headers, admit_operations
+from refserver.transport.admission import admit_access, admit_headers, admit_operations, caller_token
 from refserver.transport.asgi import (
     EVENT_STREAM,
     ClientDisconnected,
@@ -181,14 +182,15 @@ class StreamableHttpEndpoint:
         request.rpc_id = first.id if isinstance(first, Request) and not parsed.is_batch else None
         params = first.params if isinstance(first, Request | Notification) else None
         admit_operations(self._services, access, parsed)
+        caller = caller_token(access, request.header("authorization"))
         session_id = request.header("mcp-session-id")
         if era_of(session_id, request.header("mcp-protocol-version"), body_meta(params)) is Era.STATELESS:
             assert request_work is not None  # only a request without a session id is 2026-era
-            return await self._services.stateless.answer(request, parsed, access, request_work)
+            return await self._services.stateless.answer(request, parsed, access, caller, request_work)
         if not session_id:
             return await self._initialize(parsed, owner)
         session = await self._session(request, owner)
-        return await self._deliver(session, parsed)
+        return await self._deliver(session, parsed, caller)
 
     async def _initialize(self, parsed: ParsedBody, owner: str | None) -> HttpResponse:
         first = parsed.messages[0]
@@ -219,11 +221,11 @@ class StreamableHttpEndpoint:
                     return data
                 await reader.wait()
 
-    async def _deliver(self, session: Session, parsed: ParsedBody) -> HttpResponse:
+    async def _deliver(self, session: Session, parsed: ParsedBody, caller: CallerToken | None) -> HttpResponse:
         version = session.state.lifecycle.protocol_version
         if parsed.is_batch and not batch_allowed(version):
             raise InvalidRequest(f"Invalid Request: JSON-RPC batches are not supported in protocol {version}")
-        stream_id = await submit_body(session, parsed, initialize_allowed=False)
+        stream_id = await submit_body(session, parsed, initialize_allowed=False, caller_token=caller)
         if stream_id is None:
             return _ACCEPTED
         return await self._answer(session, stream_id, batch=parsed.is_batch)

@@ -6,7 +6,8 @@ server so that clients and inspectors written against it see the same names, sha
 This package assembles the catalog and re-exports the public names of its modules:
 `media` (the tiny PNG), `resources` (static resources and their template), `completions`,
 `arguments` (tool argument checks), `handlers` (what the tools do), `tools` (their definitions),
-`prompts`, `log_messages` (the periodic demo log traffic) and `apps` (the MCP Apps view of `getWeather`).
+`prompts`, `log_messages` (the periodic demo log traffic), `apps` (the MCP Apps view of `getWeather`) and
+`downstream` (a tool calling another API with an exchanged token).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from refserver.features.reference.resources import (
     resource_uri,
     static_resources,
 )
-from refserver.features.reference.tools import build_tools
+from refserver.features.reference.tools import build_downstream_tools, build_tools
 
 __all__ = [
     "ELICITATION_SCHEMA",
@@ -69,6 +70,7 @@ __all__ = [
     "WEATHER_CONDITIONS",
     "WEATHER_OUTPUT_SCHEMA",
     "build_catalog",
+    "build_downstream_catalog",
     "describe_sampled_content",
     "encode_png_rgba",
     "format_number",
@@ -88,3 +90,8 @@ def build_catalog() -> Catalog:
         templates=(resource_template(),),
         prompts=build_prompts(),
     )
+
+
+def build_downstream_catalog(api_url: str) -> Catalog:
+    """`fetchDownstreamProfile`, served only when a downstream API is configured (REFSERVER_DOWNSTREAM_API_URL)."""
+    return Catalog(tools=build_downstream_tools(api_url))

@@ -15,6 +15,7 @@ from refserver.features.catalog import Tool, ToolHandler
 from refserver.features.reference import handlers
 from refserver.features.reference.apps import WEATHER_TOOL_UI_META
 from refserver.features.reference.arguments import guarded
+from refserver.features.reference.downstream import profile_fetcher
 from refserver.features.reference.handlers import (
     ANNOTATED_MESSAGES,
     MAX_OPERATION_SECONDS,
@@ -226,4 +227,26 @@ def build_tools() -> list[Tool]:
             _annotations("Who Am I", read_only=True, idempotent=True),
             required_scopes=frozenset({ADMIN_SCOPE}),
         ),
+    ]
+
+
+def build_downstream_tools(api_url: str) -> list[Tool]:
+    """The tools that call the downstream API at `api_url` (REFSERVER_DOWNSTREAM_API_URL) for the user."""
+    return [
+        _tool(
+            "fetchDownstreamProfile",
+            "Fetches the user's profile from a downstream API with a token exchanged for that API (RFC 8693): "
+            "the caller's own token is never passed on. `scopes` narrows what the exchanged token may do",
+            _object_schema(
+                {
+                    "scopes": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Scopes for the downstream token, at most the caller's (default: the caller's)",
+                    }
+                }
+            ),
+            profile_fetcher(api_url),
+            _annotations("Fetch Downstream Profile", read_only=True, idempotent=True, open_world=True),
+        )
     ]
