@@ -141,7 +141,8 @@ async def test_a_client_signs_in_with_its_metadata_document_url(
         assert consent.status_code == 200, consent.text
         # The document's name, escaped, and the host that published it.
         assert "CIMD &lt;b&gt;test&lt;/b&gt; client" in consent.text and "<b>test</b>" not in consent.text
-        assert "Application published by</dt><dd><code>127.0.0.1</code>" in consent.text
+        publisher = urlsplit(documents.base_url).netloc
+        assert f"Application published by</dt><dd><code>{publisher}</code>" in consent.text
         final = await act_as_person(http, f"{server.url}/authorize?{urlencode(query)}", user="carol")
         answer = {key: values[0] for key, values in parse_qs(urlsplit(final).query).items()}
         assert final.startswith(redirect_uri) and answer["state"] == "s1"
