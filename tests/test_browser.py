@@ -2,10 +2,11 @@
 
 Debian's `chromium` and `chromium-driver` (scripts/test.sh installs them). The browser opens the authorization
 URL, clicks through the consent page and the mock identity provider, and lands on a callback served by this
-test; the code is exchanged and a tool is called with the token. A browser-based client in the style of the MCP
-Inspector's web UI does the same from its own origin with fetch(), so CORS on the metadata, registration, token
-and MCP endpoints is checked by the browser itself. Client-chosen text must come out escaped, and the splash
-page shows (and then drops) the degraded banner when an external authorization server goes away and comes back.
+test; the code is exchanged and a tool is called with the token, for a registered client and for one known only
+by the URL of its metadata document. A browser-based client in the style of the MCP Inspector's web UI does the
+same from its own origin with fetch(), so CORS on the metadata, registration, token and MCP endpoints is checked
+by the browser itself. Client-chosen text must come out escaped, and the splash page shows (and then drops) the
+degraded banner when an external authorization server goes away and comes back.
 """
 
 from __future__ import annotations
