@@ -2,10 +2,11 @@
 
 Debian's `chromium` and `chromium-driver` (scripts/test.sh installs them). The browser opens the authorization
 URL, clicks through the consent page and the mock identity provider, and lands on a callback served by this
-test; the code is exchanged and a tool is called with the token. A browser-based client in the style of the MCP
-Inspector's web UI does the same from its own origin with fetch(), so CORS on the metadata, registration, token
-and MCP endpoints is checked by the browser itself. Client-chosen text must come out escaped, and the splash
-page shows (and then drops) the degraded banner when an external authorization server goes away and comes back.
+test; the code is exchanged and a tool is called with the token, for a registered client and for one known only
+by the URL of its metadata document. A browser-based client in the style of the MCP Inspector's web UI does the
+same from its own origin with fetch(), so CORS on the metadata, registration, token and MCP endpoints is checked
+by the browser itself. Client-chosen text must come out escaped, and the splash page shows (and then drops) the
+degraded banner when an external authorization server goes away and comes back.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import trio
 
 from tests.auth_servers import auth_server, free_ports, mcp_server, running
 from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port, server_env, wait_until
+from tests.test_oauth_cimd import DocumentServer
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -172,9 +174,11 @@ def callback() -> Iterator[Callback]:
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
+    # Loopback metadata documents are allowed so one test can serve its client's document from this machine; no
+    # test here relies on them being refused (tests/test_oauth_cimd.py checks the refusal).
     server = ServerProcess(
         port,
-        server_env(auth_mode="embedded", base_url=f"http://127.0.0.1:{port}"),
+        server_env(auth_mode="embedded", base_url=f"http://127.0.0.1:{port}", oauth_cimd_allow_loopback="on"),
         tmp_path_factory.mktemp("browser") / "server.log",
     )
     server.start()
@@ -338,6 +342,43 @@ def test_authorization_code_flow_clicked_through_in_chromium(
     assert (
         call_echo(embedded, tokens["access_token"], f"clicked through as {user}") == f"Echo: clicked through as {user}"
     )
+
+
+def test_a_client_signs_in_with_its_metadata_document_in_chromium(
+    browser: WebDriver, embedded: ServerProcess, callback: Callback, tmp_path: Path
+) -> None:
+    """No registration: the client id is the URL of the client's metadata document, which the server fetches."""
+    with DocumentServer() as documents:
+        client_id = documents.publish(
+            "/metadata-document-app.json",
+            client_name="Metadata Document App",
+            redirect_uris=[callback.redirect_uri],
+            cache_control="max-age=60",
+        )
+        verifier, challenge = pkce_pair()
+        state = secrets.token_urlsafe(16)
+        console_log(browser)  # start with an empty console
+
+        open_consent(browser, authorize_url(embedded, client_id, callback.redirect_uri, challenge, state))
+        assert browser.find_element(By.TAG_NAME, "h1").text == "Allow Metadata Document App to use this MCP server?"
+        publisher = browser.find_element(By.XPATH, "//dt[.='Application published by']/following-sibling::dd[1]")
+        assert publisher.text == urlsplit(documents.base_url).netloc  # 127.0.0.1:<the document server's port>
+        browser.save_screenshot(str(tmp_path / "consent-metadata-document.png"))
+
+        approve(browser)
+        assert "Metadata Document App" in browser.find_element(By.TAG_NAME, "main").text
+        browser.find_element(By.CSS_SELECTOR, "button[name=userId][value=alice]").click()
+        wait_for(browser, expected_conditions.url_contains(callback.redirect_uri), "the client's callback")
+        answer = callback.last()
+        assert answer["state"] == state and answer["iss"] == embedded.url and answer["code"]
+        assert console_errors(browser) == []
+
+        tokens = exchange(embedded, client_id, callback.redirect_uri, answer["code"], verifier)  # no secret
+        assert subject(tokens["access_token"]) == "alice"
+        assert call_echo(embedded, tokens["access_token"], "signed in by URL") == "Echo: signed in by URL"
+        # max-age=60: the consent page, the approval, the identity provider's return and the token exchange all
+        # took the cached document.
+        assert documents.count("/metadata-document-app.json") == 1
 
 
 def test_deny_sends_the_browser_back_with_access_denied(

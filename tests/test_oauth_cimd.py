@@ -38,11 +38,15 @@ SLOW_SECONDS = 8.0
 
 
 class DocumentServer:
-    """Serves metadata documents for the client ids under its base URL, and counts every request."""
+    """Serves metadata documents for the client ids under its base URL, and counts every request.
+
+    The fixed paths below each play one part (a redirect, a huge or slow answer, another client's id); `publish`
+    adds a document of the caller's own at a path of its own."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.big_bytes_sent = 0
+        self.published: dict[str, tuple[dict[str, Any], str | None]] = {}
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,17 +75,20 @@ class DocumentServer:
                     return
                 if self.path == "/slow.json":
                     time.sleep(SLOW_SECONDS)
-                document: dict[str, Any] = {
-                    "client_id": url if self.path != "/mismatch.json" else "https://elsewhere.example/client.json",
-                    "client_name": "CIMD <b>test</b> client",
-                    "redirect_uris": ["http://127.0.0.1:5173/callback"],
-                    "token_endpoint_auth_method": "none",
-                    "grant_types": ["authorization_code", "refresh_token"],
-                }
+                if self.path in owner.published:
+                    document, cache = owner.published[self.path]
+                else:
+                    document = {
+                        "client_id": url if self.path != "/mismatch.json" else "https://elsewhere.example/client.json",
+                        "client_name": "CIMD <b>test</b> client",
+                        "redirect_uris": ["http://127.0.0.1:5173/callback"],
+                        "token_endpoint_auth_method": "none",
+                        "grant_types": ["authorization_code", "refresh_token"],
+                    }
+                    cache = {"/client.json": "max-age=60", "/nostore.json": "no-store"}.get(self.path)
                 body = json.dumps(document).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                cache = {"/client.json": "max-age=60", "/nostore.json": "no-store"}.get(self.path)
                 if cache:
                     self.send_header("Cache-Control", cache)
                 self.send_header("Content-Length", str(len(body)))
@@ -96,14 +103,32 @@ class DocumentServer:
     def count(self, path: str) -> int:
         return self.requests.count(path)
 
+    def publish(self, path: str, *, client_name: str, redirect_uris: list[str], cache_control: str | None) -> str:
+        """Serves, at `path`, a public client's document whose client_id is its own URL; returns that URL."""
+        url = f"{self.base_url}{path}"
+        document = {
+            "client_id": url,
+            "client_name": client_name,
+            "redirect_uris": redirect_uris,
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+        }
+        self.published[path] = (document, cache_control)
+        return url
+
+    def __enter__(self) -> DocumentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
 
 @pytest.fixture(scope="module")
 def documents() -> Iterator[DocumentServer]:
-    server = DocumentServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    with DocumentServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +166,8 @@ async def test_a_client_signs_in_with_its_metadata_document_url(
         assert consent.status_code == 200, consent.text
         # The document's name, escaped, and the host that published it.
         assert "CIMD &lt;b&gt;test&lt;/b&gt; client" in consent.text and "<b>test</b>" not in consent.text
-        assert "Application published by</dt><dd><code>127.0.0.1</code>" in consent.text
+        publisher = urlsplit(documents.base_url).netloc
+        assert f"Application published by</dt><dd><code>{publisher}</code>" in consent.text
         final = await act_as_person(http, f"{server.url}/authorize?{urlencode(query)}", user="carol")
         answer = {key: values[0] for key, values in parse_qs(urlsplit(final).query).items()}
         assert final.startswith(redirect_uri) and answer["state"] == "s1"

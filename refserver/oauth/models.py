@@ -60,10 +60,11 @@ class Client:
 
     @property
     def document_host(self) -> str | None:
-        """For a client known by its metadata document: the host of its URL (the consent page shows it)."""
+        """For a client known by its metadata document: host[:port] of its URL (the consent page shows it). The
+        port is kept: two publishers on one host but different ports are different origins."""
         if not self.client_id.startswith(("https://", "http://")):
             return None
-        return urlsplit(self.client_id).hostname
+        return urlsplit(self.client_id).netloc.rpartition("@")[2]
 
 
 @attrs.frozen
