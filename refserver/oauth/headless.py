@@ -91,6 +91,10 @@ class IssuerCredentials:
         os.replace(temporary, self.path)
 
 
+class _UnknownClient(FlowError):
+    """The authorization server does not know a remembered client id."""
+
+
 async def register(http: httpx.AsyncClient, discovery: Discovery, *, client_name: str) -> dict[str, Any]:
     endpoint = discovery.metadata.get("registration_endpoint")
     if not isinstance(endpoint, str):
@@ -182,10 +186,6 @@ async def obtain_tokens(
     client = ClientCredentials(registered["client_id"], registered.get("client_secret"))
     credentials.put(discovery.issuer, client)
     return await _authorize_and_redeem(http, discovery, client, user=user, scope=chosen_scope)
-
-
-class _UnknownClient(FlowError):
-    """The authorization server does not know a remembered client id."""
 
 
 async def _authorize_and_redeem(
