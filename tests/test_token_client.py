@@ -109,7 +109,7 @@ class ForeignServer:
         self.token_authorization.clear()
         self.registered.clear()
 
-    def _metadata_path(self) -> str:
+    def metadata_path(self) -> str:
         path = self.behaviour.issuer_path
         return {
             "oauth-inserted": f"/.well-known/oauth-authorization-server{path}",
@@ -139,7 +139,7 @@ class ForeignServer:
             if b.prm_scopes is not None:
                 document["scopes_supported"] = b.prm_scopes
             return self._json(handler, 200, document)
-        if method == "GET" and path == self._metadata_path():
+        if method == "GET" and path == self.metadata_path():
             metadata: dict[str, Any] = {
                 "issuer": b.metadata_issuer or self.issuer,
                 "authorization_endpoint": f"{self.issuer}/authorize",
@@ -365,7 +365,7 @@ async def test_an_openid_connect_only_authorization_server_is_found(foreign: For
         "GET /.well-known/openid-configuration/tenant",
         "GET /tenant/.well-known/openid-configuration",
     ]
-    assert tried == order[: order.index(f"GET {foreign._metadata_path()}") + 1]
+    assert tried == order[: order.index(f"GET {foreign.metadata_path()}") + 1]
     assert "POST /tenant/token" in foreign.requests
 
 
