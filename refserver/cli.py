@@ -1,13 +1,14 @@
 """`python -m refserver`: developer commands.
 
     python -m refserver token --user alice [--base-url URL] [--scope S] [--json]
+        [--client-id ID [--client-secret S] | --client-metadata-url URL] [--credentials-file FILE]
     python -m refserver settings
 
-`token` drives the real OAuth flow against a running server over HTTP (discovery, dynamic registration,
-PKCE, consent, the mock identity provider, the token exchange; see `refserver.oauth.headless`) and prints
-only the access token, ready for `curl -H "Authorization: Bearer $(python -m refserver token --user alice)"`
-or the MCP Inspector's manual header field. Nothing is shortcut on the server side, so it works against
-any instance whatever its storage, and against an MCP server that trusts an external authorization server.
+`token` drives the real OAuth flow against a running server over HTTP (discovery, a client id, PKCE,
+consent, the mock identity provider, the token exchange; see `refserver.oauth.headless`) and prints only the
+access token, ready for `curl -H "Authorization: Bearer $(python -m refserver token --user alice)"` or the MCP
+Inspector's manual header field. Nothing is shortcut on the server side, so it works against any instance
+whatever its storage, and against an MCP server that trusts an external authorization server.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final, TextIO
 from urllib.parse import urlsplit
 
@@ -26,7 +28,7 @@ import httpx
 import trio
 
 from refserver.oauth.authorization import SUBJECT_PATTERN
-from refserver.oauth.headless import FlowError, obtain_tokens
+from refserver.oauth.headless import FlowError, IssuerCredentials, obtain_tokens
 
 DEFAULT_BASE_URL: Final = "http://localhost:3232"
 DEFAULT_TIMEOUT: Final = 30.0
@@ -95,15 +97,40 @@ def _describe(exc: httpx.TransportError) -> str:
     return type(exc).__name__
 
 
-async def fetch_tokens(base_url: str, *, user: str, scope: str | None, request_timeout: float) -> dict[str, Any]:
+async def fetch_tokens(
+    base_url: str,
+    *,
+    user: str,
+    scope: str | None,
+    request_timeout: float,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    client_metadata_url: str | None = None,
+    credentials_file: Path | None = None,
+) -> dict[str, Any]:
     """The whole OAuth flow for `user` against the server at `base_url`; the token response."""
     if not SUBJECT_PATTERN.fullmatch(user):
         raise CommandError(f"--user {user!r}: a user id is 1-64 letters, digits or . _ @ + -")
+    if client_secret is not None and client_id is None:
+        raise CommandError("--client-secret needs --client-id (the pre-registered client it belongs to)")
+    if client_metadata_url is not None and urlsplit(client_metadata_url).scheme not in ("http", "https"):
+        raise CommandError(f"--client-metadata-url must be an http(s) URL, not {client_metadata_url!r}")
     mcp_url = mcp_url_for(base_url)
+    credentials = _load_credentials(credentials_file)
     async with httpx.AsyncClient(timeout=httpx.Timeout(request_timeout)) as http:
         await _check_server(http, mcp_url)
         try:
-            return await obtain_tokens(http, mcp_url, user=user, scope=scope, client_name="refserver token command")
+            return await obtain_tokens(
+                http,
+                mcp_url,
+                user=user,
+                scope=scope,
+                client_name="refserver token command",
+                client_id=client_id,
+                client_secret=client_secret,
+                client_metadata_url=client_metadata_url,
+                credentials=credentials,
+            )
         except FlowError as exc:
             message = _readable(str(exc))
             if message.startswith("protected resource metadata: expected HTTP 200, got 404"):
@@ -126,6 +153,13 @@ async def fetch_tokens(base_url: str, *, user: str, scope: str | None, request_t
             raise CommandError(f"unexpected answer from the server during the OAuth flow: {exc!r}") from exc
 
 
+def _load_credentials(path: Path | None) -> IssuerCredentials:
+    try:
+        return IssuerCredentials(path)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--credentials-file {path}: cannot be read as client credentials: {exc}") from exc
+
+
 def _has_request(exc: httpx.TransportError) -> bool:
     try:
         exc.request  # noqa: B018  (raises RuntimeError when the exception carries no request)
@@ -136,7 +170,15 @@ def _has_request(exc: httpx.TransportError) -> bool:
 
 def _token(args: argparse.Namespace, out: TextIO) -> None:
     fetch = functools.partial(
-        fetch_tokens, args.base_url, user=args.user, scope=args.scope, request_timeout=args.timeout
+        fetch_tokens,
+        args.base_url,
+        user=args.user,
+        scope=args.scope,
+        request_timeout=args.timeout,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        client_metadata_url=args.client_metadata_url,
+        credentials_file=args.credentials_file,
     )
     tokens = trio.run(fetch)
     if args.json:
@@ -182,7 +224,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BASE_URL,
         help=f"the MCP server's base URL; its MCP endpoint is BASE_URL/mcp (default: {DEFAULT_BASE_URL})",
     )
-    token.add_argument("--scope", help="space-separated scopes to ask for (default: the server's default scope)")
+    token.add_argument(
+        "--scope",
+        help="space-separated scopes to ask for (default: the scope of the server's 401 challenge, else every "
+        "scope its protected resource metadata lists, else none)",
+    )
+    client = token.add_mutually_exclusive_group()
+    client.add_argument(
+        "--client-id", help="a client id registered in advance with the authorization server (no registration)"
+    )
+    client.add_argument(
+        "--client-metadata-url",
+        metavar="URL",
+        help="use URL, a Client ID Metadata Document, as the client id when the authorization server supports "
+        "them (client_id_metadata_document_supported); otherwise fall back to dynamic registration",
+    )
+    token.add_argument(
+        "--client-secret",
+        help="the secret of the --client-id client, sent as client_secret_basic or client_secret_post as the "
+        "authorization server's metadata allows",
+    )
+    token.add_argument(
+        "--credentials-file",
+        type=Path,
+        metavar="FILE",
+        help="keep clients from dynamic registration in FILE (JSON, mode 0600), keyed by issuer: reused only with "
+        "the same authorization server, never sent to another",
+    )
     token.add_argument(
         "--json", action="store_true", help="print the whole token response (refresh token, scope, client id)"
     )

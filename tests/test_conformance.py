@@ -108,7 +108,9 @@ async def run_suite(suite: str, url: str, server: ServerProcess, out_dir: Path) 
 async def test_conformance_suite_with_oauth(suite: str, conformance_server: ServerProcess, tmp_path: Path) -> None:
     async with httpx.AsyncClient(timeout=10.0) as http:
         # The token comes from the real flow (registration, PKCE, consent, identity provider, exchange).
-        tokens = await obtain_tokens(http, conformance_server.mcp_url, user="conformance")
+        # Asked for at its own URL (localhost): the token client refuses metadata naming another resource.
+        resource = f"{conformance_server.env['REFSERVER_BASE_URL']}/mcp"
+        tokens = await obtain_tokens(http, resource, user="conformance")
         unauthenticated = await http.post(conformance_server.mcp_url, json={}, headers=POST_HEADERS)
         assert unauthenticated.status_code == 401  # without the proxy's token nothing gets through
     proxy = TokenProxy(conformance_server.url, tokens["access_token"])
