@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
-from selenium.common.exceptions import ElementClickInterceptedException
+from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -285,6 +285,18 @@ def sessions_created(server: ServerProcess) -> list[str]:
     return [line for line in server.log().splitlines() if '"event": "session.created"' in line]
 
 
+def lists_tools(expected: set[str]) -> Callable[[WebDriver], bool]:
+    """The page's buttons name every tool in `expected` (the list may re-render while it is read: then read again)."""
+
+    def shown(browser: WebDriver) -> bool:
+        try:
+            return expected <= {element.text for element in browser.find_elements(By.TAG_NAME, "button")}
+        except StaleElementReferenceException:
+            return False
+
+    return shown
+
+
 @pytest.mark.parametrize("era", list(ERA_CHOICE))
 def test_inspector_web_ui_signs_in_lists_calls_and_reads(
     page: WebDriver, inspector: InspectorWeb, server: ServerProcess, tmp_path: Path, era: str
@@ -304,8 +316,7 @@ def test_inspector_web_ui_signs_in_lists_calls_and_reads(
 
         open_tab(page, "Tools")
         button(page, "echo")  # listed
-        listed = {element.text for element in page.find_elements(By.TAG_NAME, "button")}
-        assert {"echo", "add", "longRunningOperation", "getWeather"} <= listed, sorted(listed)
+        wait_for(page, lists_tools({"echo", "add", "longRunningOperation", "getWeather"}), "the tools listed")
         button(page, "echo").click()
         field(page, page.find_element(By.TAG_NAME, "body"), "message").send_keys(message)
         button(page, "Execute Tool").click()
