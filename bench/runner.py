@@ -27,6 +27,7 @@ from bench.durable_tasks import run_tasks
 from bench.machine import code_version, load_average, machine_info
 from bench.mcpclient import new_session, obtain_token
 from bench.options import FLOOD_SCENARIOS, RATIO_CONCURRENCY, Options
+from bench.otlp_sink import OtlpSink
 from bench.procs import (
     ROOT,
     Proc,
@@ -80,6 +81,7 @@ class Runner:
         self.procs: list[Proc] = []
         self.servers: dict[str, Proc] = {}
         self.data: dict[str, Any] = {"scenarios": {}}
+        self.otlp_sink: OtlpSink | None = None
 
     def wants(self, *names: str) -> bool:
         return any(name in self.options.scenarios for name in names)
@@ -158,6 +160,15 @@ class Runner:
             servers["S1"] = hypercorn_server(
                 "S1-memory", "refserver.app:app", ports["S1"], refserver_env(ports["S1"]), cpu, self.log_dir
             )
+        if self.wants("S1T"):
+            # S1 with tracing on: every span built, batched and exported over OTLP/HTTP to a sink that only counts.
+            self.otlp_sink = OtlpSink()
+            ports["S1T"] = free_port()
+            env = refserver_env(ports["S1T"])
+            env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=self.otlp_sink.endpoint)
+            servers["S1T"] = hypercorn_server(
+                "S1T-memory-traced", "refserver.app:app", ports["S1T"], env, cpu, self.log_dir
+            )
         if self.wants("S2", "S3"):
             ports["S2"] = free_port()
             env = refserver_env(ports["S2"], redis_url=self._redis_url(), allowed_hosts="127.0.0.1")
@@ -183,7 +194,7 @@ class Runner:
         targets: dict[str, Target] = {}
         if "S0" in servers:
             targets["S0"] = Target("S0", ports["S0"], path="/", server_pid=servers["S0"].pid)
-        for name in ("S1", "S2"):
+        for name in ("S1", "S1T", "S2"):
             if name in servers:
                 tokens[name] = trio.run(obtain_token, ports[name])
                 session = trio.run(new_session, ports[name], tokens[name])
@@ -224,6 +235,9 @@ class Runner:
                 ),
             )
         self._stop([p for p in self.procs if p.name != "redis"])
+        if self.otlp_sink is not None:
+            self.data["otlp_sink"] = {"requests": self.otlp_sink.requests, "bytes": self.otlp_sink.bytes}
+            self.otlp_sink.close()
 
     def guarded(self, name: str, step: Callable[[], None]) -> None:
         """Run one scenario; if it breaks, say so, record it and go on with the others."""

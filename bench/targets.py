@@ -50,6 +50,18 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(
         _target("S1/S0", f"S1 at c={C} >= 0.6 x S0", ratio, 0.6, higher_is_better=True, unit="x", detail=_list(each))
     )
+    ratio, each = _ratio(data, "S1T", "S1")
+    out.append(
+        _target(
+            "S1T/S1",
+            f"S1 with tracing on (OTLP export) at c={C} >= 0.8 x S1",
+            ratio,
+            0.8,
+            higher_is_better=True,
+            unit="x",
+            detail=_list(each),
+        )
+    )
     ratio, each = _ratio(data, "S1", "P")
     out.append(
         _target(

@@ -10,6 +10,7 @@ import gc
 import importlib
 import logging
 import multiprocessing
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any, Final
@@ -42,8 +43,10 @@ from refserver.observability.metrics import (
     TASK_STORE_STATS,
     Metrics,
 )
+from refserver.observability.tracing import TracingConfigError, configure_tracing
 from refserver.registry import SessionRegistry
 from refserver.tasks.assembly import TaskSystem
+from refserver.traced import TracedCore
 from refserver.transport import legacy_sse, pages, streamable_http
 from refserver.transport.listen import ListenHub
 from refserver.transport.refusals import RefusalPolicy
@@ -64,6 +67,8 @@ GC_THRESHOLDS: Final = (50_000, 20, 100)
 objects, and with the defaults a full collection of 0.5-1.4 s, finding almost nothing, ran every 2 s or so: Redis
 calls missed their bound and streams were ended (docs/performance.md, S4). Young collections still run every
 50,000 allocations, so cycles are still freed; full ones become rare."""
+TRACING_SHUTDOWN_TIMEOUT: Final = 6.0
+"""Seconds the last spans get to reach the collector at shutdown (the exporter's own flush is bounded too)."""
 ACCEPT_LOOP_EXIT_TIMEOUT: Final = 2.0
 """Hypercorn ends its accept loop within one poll of the shutdown event; if it has not by then, keep listening."""
 ACCEPT_TASK_SUFFIX: Final = "serve_listeners"
@@ -188,6 +193,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             "REFSERVER_AUTH_MODE=none: MCP endpoints are UNAUTHENTICATED and any caller can use any "
             "session. Use this for local development only."
         )
+    try:
+        tracing = configure_tracing(os.environ)
+    except TracingConfigError as exc:
+        raise ConfigError(str(exc)) from None
     backend = backend_from_settings(settings)
     catalogs = load_catalogs(settings.features)
     if settings.downstream_api_url:
@@ -199,7 +208,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     )
     http = httpx.AsyncClient(timeout=AUTH_SERVER_HTTP_TIMEOUT)
     tasks = TaskSystem(settings, backend.tasks, backend.bus, backend.instance_id)
-    core = RequestCore(
+    core_class = TracedCore if tracing.enabled else RequestCore
+    core = core_class(
         features,
         website_url=f"{settings.base_url.rstrip('/')}/",
         tasks=tasks.service,
@@ -305,6 +315,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     async def close_clients() -> None:
         with trio.CancelScope(shield=True):
             await http.aclose()
+            if tracing.enabled:
+                # The SDK's flush blocks (its own bound, OTEL_BSP_EXPORT_TIMEOUT); ours on top of it.
+                with trio.move_on_after(TRACING_SHUTDOWN_TIMEOUT):
+                    await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
 
     @app.after_request
     async def common_headers(response: Response) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -94,6 +95,16 @@ def _decode_cursor(cursor: str | None) -> int:
     return offset
 
 
+class RequestSpan:
+    """What an adapter tells the request's span at the end: the outcome (nothing, unless tracing is on)."""
+
+    def record(self, outcome: Outcome) -> None:
+        pass
+
+
+_UNTRACED: Final = contextlib.nullcontext(RequestSpan())
+
+
 class RequestCore:
     def __init__(
         self,
@@ -147,6 +158,10 @@ class RequestCore:
         if self.features.prompts:
             caps["prompts"] = {"listChanged": True}
         return caps
+
+    def request_span(self, request: CoreRequest) -> contextlib.AbstractContextManager[RequestSpan]:
+        """Where an adapter runs one request to its end (all its rounds, in 2025): traced by `TracedCore`."""
+        return _UNTRACED
 
     async def handle(self, request: CoreRequest, emitter: Emitter) -> Outcome:
         """Run one request; every failure is an outcome (`Failed`), only cancellation propagates."""

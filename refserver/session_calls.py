@@ -20,6 +20,7 @@ import trio
 from refserver.call_context import Emitter
 from refserver.dispatch import RequestCore
 from refserver.errors import InternalError, SessionGone, StreamClosed
+from refserver.observability.tracing import TRACING
 from refserver.protocol.core import (
     CallerToken,
     Complete,
@@ -73,18 +74,28 @@ class ClientRequests:
 
         A missing, failed or late answer comes back as an `InputFailure` that the handler reads as an error.
         """
+        methods = sorted({request.method for request in requests.values()})
+        name = methods[0] if len(methods) == 1 else "input requests"
+        with TRACING.client_span(name, {"mcp.method.name": name, "refserver.input_requests": len(requests)}):
+            return await self._ask(stream_id, requests, protocol_version)
+
+    async def _ask(
+        self, stream_id: str, requests: Mapping[str, InputRequest], protocol_version: str
+    ) -> dict[str, InputResponse]:
         # Random, not a counter: several instances may send requests in one session, and an answer must
         # never match another instance's request.
         sent: dict[str, tuple[str, _Pending]] = {}
+        trace = TRACING.carrier()  # the client's handler may join the trace (SEP-414: in `_meta`)
         try:
             for key, request in requests.items():
                 outgoing_id = f"srv-{secrets.token_hex(OUTGOING_ID_BYTES)}"
                 pending = _Pending(request.method)
                 self._pending[outgoing_id] = pending
                 sent[key] = (outgoing_id, pending)
-                await self._append(
-                    stream_id, Request(outgoing_id, request.method, request.wire_params(protocol_version))
-                )
+                params = request.wire_params(protocol_version)
+                if trace is not None:
+                    params = {**params, "_meta": {**params.get("_meta", {}), **trace}}
+                await self._append(stream_id, Request(outgoing_id, request.method, params))
             with trio.move_on_after(self._timeout):
                 for _, pending in sent.values():
                     await pending.done.wait()
@@ -167,20 +178,23 @@ async def answer_request(
     meta = session.state.meta(session.owner)
     emitter = SessionEmitter(session, stream_id)
     responses: dict[str, InputResponse] = {}
-    state: Mapping[str, object] | None = None
     outcome: Complete | Failed = Failed(
         InternalError(f"{request.method} asked for input more than {MAX_INPUT_ROUNDS} times")
     )
-    for _ in range(MAX_INPUT_ROUNDS):
-        round_outcome = await core.handle(
-            CoreRequest(request.id, request.method, request.params, meta, responses, state, caller_token), emitter
-        )
-        if not isinstance(round_outcome, InputRequired):
-            outcome = round_outcome
-            break
-        answers = await session.client_requests.ask(stream_id, round_outcome.input_requests, meta.protocol_version)
-        responses = {**responses, **answers}
-        state = round_outcome.state
+    core_request = CoreRequest(request.id, request.method, request.params, meta, caller_token=caller_token)
+    # One span for the request, its rounds and the server-to-client requests between them.
+    with core.request_span(core_request) as span:
+        for _ in range(MAX_INPUT_ROUNDS):
+            round_outcome = await core.handle(core_request, emitter)
+            if not isinstance(round_outcome, InputRequired):
+                outcome = round_outcome
+                break
+            answers = await session.client_requests.ask(stream_id, round_outcome.input_requests, meta.protocol_version)
+            responses = {**responses, **answers}
+            core_request = CoreRequest(
+                request.id, request.method, request.params, meta, responses, round_outcome.state, caller_token
+            )
+        span.record(outcome)
     if isinstance(outcome, Complete):
         changed = [session.state.apply(change) for change in outcome.changes]
         if any(changed):

@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench,otel]'
 
 # redis-server from Debian's packages when it is missing (the tests start their own on free ports).
 if ! command -v redis-server >/dev/null 2>&1; then

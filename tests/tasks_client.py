@@ -47,10 +47,15 @@ class TasksClient:
         self.served_by.append(url)
         return url
 
-    async def request(self, method: str, params: dict[str, Any], *, url: str | None = None) -> tuple[int, dict]:
-        """The HTTP status and the JSON-RPC answer (the last message, if the answer is a stream)."""
+    async def request(
+        self, method: str, params: dict[str, Any], *, url: str | None = None, meta: dict[str, Any] | None = None
+    ) -> tuple[int, dict]:
+        """The HTTP status and the JSON-RPC answer (the last message, if the answer is a stream); `meta` goes
+        into `_meta` beside the envelope."""
         self._ids += 1
-        body, headers = modern_request(method, params, self._ids, **{CAPABILITIES_KEY: self.capabilities})
+        body, headers = modern_request(
+            method, params, self._ids, **{CAPABILITIES_KEY: self.capabilities, **(meta or {})}
+        )
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         target = url or self._next_url()

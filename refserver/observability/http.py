@@ -23,6 +23,7 @@ from refserver.observability import context
 from refserver.observability.context import LogContext
 from refserver.observability.logs import ACCESS_LOGGER, HYPERCORN_ERROR_LOGGER
 from refserver.observability.metrics import CONTENT_TYPE, UNMATCHED_ROUTE, Metrics
+from refserver.observability.tracing import CARRIED_FIELDS, TRACING
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,6 +65,18 @@ def _ids(scope: Scope) -> tuple[str, str | None]:
         values = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1")).get("sessionId")
         session_id = values[0] if values else None
     return request_id or context.new_request_id(), context.loggable_session_id(session_id)
+
+
+_TRACE_HEADERS: Final = {field.encode(): field for field in CARRIED_FIELDS}
+
+
+def _trace_headers(scope: Scope) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in scope.get("headers", ()):
+        field = _TRACE_HEADERS.get(bytes(key).lower())
+        if field is not None:
+            found[field] = bytes(value).decode("latin-1")
+    return found
 
 
 def _is_event_stream(headers: Any) -> bool:
@@ -113,7 +126,13 @@ class ObservedApp:
 
         token = context.enter(log_context)
         try:
-            await self._inner(scope, receive, observed_send)
+            if TRACING.enabled:
+                # The HTTP request's own trace context becomes current: the MCP request spans started under it
+                # (also in a session's tasks, which trio starts with this context) are its children.
+                with TRACING.attached(_trace_headers(scope)):
+                    await self._inner(scope, receive, observed_send)
+            else:
+                await self._inner(scope, receive, observed_send)
         finally:
             context.leave(token)
             if metrics is not None:

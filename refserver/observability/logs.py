@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from refserver.observability import context
+from refserver.observability.tracing import TRACING
 
 REDACTED: Final = "[REDACTED]"
 ACCESS_LOGGER: Final = "refserver.access"
@@ -56,7 +57,7 @@ _STANDARD_ATTRS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None
     "asctime",
     "taskName",
 }
-_CONTEXT_ATTRS: Final = ("event", "request_id", "session_id", "trace_id", "parent_span_id")
+_CONTEXT_ATTRS: Final = ("event", "request_id", "session_id", "trace_id", "span_id", "parent_span_id")
 
 KNOWN_EVENTS: Final[Mapping[tuple[str, str], tuple[str, tuple[str, ...]]]] = {
     ("refserver.registry", "session %s closed here (%s)"): ("session.closed", ("session_id", "reason")),
@@ -157,9 +158,13 @@ class ContextFilter(logging.Filter):
             record.request_id = current.request_id if current else None
         if getattr(record, "session_id", None) is None:
             record.session_id = current.session_id if current else None
-        if current is not None and current.trace_id is not None and not hasattr(record, "trace_id"):
-            record.trace_id = current.trace_id
-            record.parent_span_id = current.parent_span_id
+        if not hasattr(record, "trace_id"):
+            if (traced := TRACING.current_trace_id()) is not None:
+                record.trace_id = traced  # our own span's trace: the caller's, or a new one
+                record.span_id = TRACING.current_span_id()
+            elif current is not None and current.trace_id is not None:
+                record.trace_id = current.trace_id
+                record.parent_span_id = current.parent_span_id
         return True
 
 
@@ -180,7 +185,7 @@ class JsonFormatter(logging.Formatter):
         if event is not None:
             document["event"] = str(event)
         document["message"] = redact_text(record.getMessage())
-        for name in ("request_id", "session_id", "trace_id", "parent_span_id"):
+        for name in ("request_id", "session_id", "trace_id", "span_id", "parent_span_id"):
             value = getattr(record, name, None)
             if value is not None:
                 document[name] = redact(value)

@@ -72,6 +72,8 @@ class TaskRecord:
     """`<instance>/<claim>` while a run of the task is in progress; a run found unfinished was lost."""
     runs: int = 0
     version: int = 0
+    trace: Mapping[str, str] | None = None
+    """The W3C trace context of the request that created it: every run, on any instance, joins that trace."""
 
     @property
     def terminal(self) -> bool:

@@ -31,7 +31,8 @@ from refserver.backend.messages import TASK_STATUS, GlobalMessage, ListenNotice,
 from refserver.backend.tasks import Claim, TaskStore
 from refserver.call_context import Emitter
 from refserver.errors import INTERNAL_ERROR, RefserverError
-from refserver.protocol.core import CoreRequest, Failed, InputRequired, Outcome, RequestMeta
+from refserver.observability.tracing import carried_fields
+from refserver.protocol.core import CoreRequest, Failed, InputRequired, Outcome, RequestMeta, TraceContext
 from refserver.protocol.jsonrpc import Notification
 from refserver.protocol.tasks import (
     INPUT_REQUIRED,
@@ -354,6 +355,7 @@ def _request_of(record: TaskRecord) -> CoreRequest:
         client_capabilities=record.client_capabilities,
         client_info=record.client_info,
         subject=record.owner or None,
+        trace=TraceContext(**carried) if (carried := carried_fields(record.trace)) else None,
     )
     # The task id is the progress token: what the tool reports becomes the task's status message.
     params = {"name": record.tool, "arguments": dict(record.arguments), "_meta": {"progressToken": record.task_id}}

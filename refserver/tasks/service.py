@@ -17,6 +17,7 @@ import trio
 
 from refserver.backend.tasks import TaskStore
 from refserver.errors import InternalError, TaskNotFound
+from refserver.observability.tracing import TRACING
 from refserver.protocol.core import CoreRequest, InputFailure
 from refserver.protocol.tasks import TaskFinished, TaskRecord, answered, cancelled
 
@@ -83,6 +84,7 @@ class TaskService:
             # What was asked before the task existed (a prelude's round) is the first run's input.
             answers={k: v for k, v in request.input_responses.items() if not isinstance(v, InputFailure)},
             handler_state=dict(request.request_state) if request.request_state is not None else None,
+            trace=TRACING.carrier(),
         )
         await self.store.create(record, per_owner=self.limits.per_subject, queue_limit=self.limits.queue_limit)
         self._wake_runner()

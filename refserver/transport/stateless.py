@@ -284,7 +284,9 @@ class StatelessExchange:
 
     async def _answer_into(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
         async with frames:
-            outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames, self.hub))
+            with self._core.request_span(request) as span:
+                outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames, self.hub))
+                span.record(outcome)
             if isinstance(outcome, InputRequired) and request.method not in INPUT_METHODS:
                 outcome = Failed(InternalError(f"{request.method} asked the client for input, which it cannot"))
             if isinstance(outcome, Complete):

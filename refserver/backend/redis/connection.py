@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from refserver.backend.redis.batching import BATCH_MAX_CALLS, BatchedCall, BatchedScript, BatchLane, script_call
 from refserver.backend.redis.errors import map_redis_error
 from refserver.errors import BackendSlow, BackendUnavailable, InternalError
+from refserver.observability.tracing import TRACING
 
 T = TypeVar("T")
 
@@ -69,6 +70,11 @@ class RedisConnectionStatistics:
     largest_batch: int
     batch_timeouts: int
     batch_queued: int
+
+
+REDIS_SPAN: Final = {"db.system.name": "redis"}
+REDIS_BATCHED_SPAN: Final = {"db.system.name": "redis", "refserver.redis.batched": True}
+"""A call queued for the next pipeline of its lane: the span covers the wait for the batch and its round trip."""
 
 
 class RedisConnection:
@@ -182,7 +188,7 @@ class RedisConnection:
         self._in_flight += 1
         started = time.perf_counter()
         try:
-            with trio.fail_after(self.command_timeout):
+            with TRACING.client_span("redis", REDIS_SPAN), trio.fail_after(self.command_timeout):
                 return cast(T, await loop.run_aio_coroutine(on_asyncio_side()))
         except trio.TooSlowError as exc:
             self._errors += 1
@@ -255,7 +261,8 @@ class RedisConnection:
     async def _queue(self, lane: BatchLane, call: BatchedCall) -> list[Any]:
         if self._loop is None:
             raise BackendUnavailable("Redis connection is not running")
-        return await lane.submit(call)
+        with TRACING.client_span("redis batched", REDIS_BATCHED_SPAN):
+            return await lane.submit(call)
 
     def statistics(self) -> RedisConnectionStatistics:
         pool = self._pool
