@@ -244,6 +244,24 @@ async def test_a_2025_session_request_joins_the_trace_of_its_http_headers(
     assert reading.attributes["mcp.resource.uri"] == "test://static/resource/1"
 
 
+async def test_a_2026_retry_continues_the_trace_its_request_state_carries(
+    traced: ServerProcess, collector: Collector
+) -> None:
+    """The client sends no trace context with its retry: the sealed requestState brings the first round's."""
+    name, arguments = "test_input_required_result_multi_round", {}
+    body, headers = modern_request("tools/call", {"name": name, "arguments": arguments}, "m-1", traceparent=TRACEPARENT)
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        first = (await post(http, traced.mcp_url, body, headers)).json()["result"]
+        assert first["resultType"] == "input_required"
+        answer = {"step1": {"action": "accept", "content": {"name": "Ada"}}}
+        params = {"name": name, "arguments": arguments, "inputResponses": answer, "requestState": first["requestState"]}
+        await post(http, traced.mcp_url, *modern_request("tools/call", params, "m-2"))
+        (asking,) = await collector.wait_for(f"tools/call {name}", **{"jsonrpc.request.id": "m-1"})
+        (retry,) = await collector.wait_for(f"tools/call {name}", **{"jsonrpc.request.id": "m-2"})
+    assert asking.attributes["refserver.outcome"] == "input_required" and "mcp.input_required" in asking.events
+    assert (retry.trace_id, retry.parent_span_id) == (TRACE_ID, asking.span_id)
+
+
 async def test_a_protocol_error_sets_the_span_status(traced: ServerProcess, collector: Collector) -> None:
     body, headers = modern_request("no/such/method", {}, "e-1")
     async with httpx.AsyncClient(timeout=10.0) as http:

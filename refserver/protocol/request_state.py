@@ -66,14 +66,23 @@ class RequestStateSeal:
         return self._ttl
 
     def seal(
-        self, state: Mapping[str, Any], *, subject: str | None, method: str, params: Mapping[str, Any] | None
+        self,
+        state: Mapping[str, Any],
+        *,
+        subject: str | None,
+        method: str,
+        params: Mapping[str, Any] | None,
+        trace: Mapping[str, str] | None = None,
     ) -> str:
-        payload = {
+        """`trace`: the W3C trace context of the round that asked, so the retry joins its trace on any instance."""
+        payload: dict[str, Any] = {
             "sub": subject,
             "req": request_digest(method, params),
             "exp": self._clock() + self._ttl,
             "state": dict(state),
         }
+        if trace:
+            payload["trace"] = dict(trace)
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._ciphers[0].encrypt(nonce, json.dumps(payload, separators=(",", ":")).encode(), ASSOCIATED_DATA)
         return f"{FORMAT}.{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
@@ -82,6 +91,12 @@ class RequestStateSeal:
         self, token: object, *, subject: str | None, method: str, params: Mapping[str, Any] | None
     ) -> dict[str, Any]:
         """The handler's state, or InvalidRequestState saying (without detail an attacker could use) why not."""
+        return self.open_traced(token, subject=subject, method=method, params=params)[0]
+
+    def open_traced(
+        self, token: object, *, subject: str | None, method: str, params: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], dict[str, str] | None]:
+        """`open`, and the trace context sealed with the state (None if there was none)."""
         if not isinstance(token, str):
             raise InvalidRequestState("requestState must be a string")
         prefix, _, body = token.partition(".")
@@ -106,7 +121,10 @@ class RequestStateSeal:
         state = payload.get("state")
         if not isinstance(state, dict):
             raise InvalidRequestState("requestState is malformed")
-        return state
+        trace = payload.get("trace")
+        if isinstance(trace, dict) and all(isinstance(v, str) for v in trace.values()):
+            return state, trace
+        return state, None
 
     def _decrypt(self, raw: bytes) -> bytes:
         if len(raw) <= NONCE_BYTES:

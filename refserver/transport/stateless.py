@@ -43,7 +43,8 @@ from refserver.errors import (
 )
 from refserver.oauth.models import AccessInfo
 from refserver.observability import context
-from refserver.protocol.core import CallerToken, Complete, CoreRequest, Failed, InputRequired, RequestMeta
+from refserver.observability.tracing import TRACING, carried_fields
+from refserver.protocol.core import CallerToken, Complete, CoreRequest, Failed, InputRequired, RequestMeta, TraceContext
 from refserver.protocol.envelope import (
     check_mirrored_schema,
     check_param_headers,
@@ -273,7 +274,12 @@ class StatelessExchange:
             )
         state = None
         if token is not None:
-            state = self._seal.open(token, subject=meta.subject, method=message.method, params=params)
+            state, sealed_trace = self._seal.open_traced(
+                token, subject=meta.subject, method=message.method, params=params
+            )
+            if meta.trace is None and sealed_trace is not None:
+                # A retry that names no trace of its own continues the one the first round was in.
+                meta = attrs.evolve(meta, trace=TraceContext(**carried_fields(sealed_trace) or {}))
         return CoreRequest(message.id, message.method, message.params, meta, responses, state, caller)
 
     async def _run(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
@@ -287,12 +293,13 @@ class StatelessExchange:
             with self._core.request_span(request) as span:
                 outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames, self.hub))
                 span.record(outcome)
+                trace = TRACING.carrier()  # this round's span: what a retry's requestState carries on
             if isinstance(outcome, InputRequired) and request.method not in INPUT_METHODS:
                 outcome = Failed(InternalError(f"{request.method} asked the client for input, which it cannot"))
             if isinstance(outcome, Complete):
                 final = _Final(encode_message(Response(request.id, outcome.result)))
             elif isinstance(outcome, InputRequired):
-                final = _Final(encode_message(Response(request.id, self._input_required(request, outcome))))
+                final = _Final(encode_message(Response(request.id, self._input_required(request, outcome, trace))))
             else:
                 error = outcome.error
                 final = _Final(
@@ -301,7 +308,9 @@ class StatelessExchange:
             with contextlib.suppress(trio.BrokenResourceError):
                 await frames.send(final)
 
-    def _input_required(self, request: CoreRequest, outcome: InputRequired) -> dict[str, Any]:
+    def _input_required(
+        self, request: CoreRequest, outcome: InputRequired, trace: Mapping[str, str] | None
+    ) -> dict[str, Any]:
         version = request.meta.protocol_version
         input_requests = {
             key: {"method": asked.method, "params": asked.wire_params(version)}
@@ -310,7 +319,7 @@ class StatelessExchange:
         token = None
         if outcome.state:
             token = self._seal.seal(
-                outcome.state, subject=request.meta.subject, method=request.method, params=request.params
+                outcome.state, subject=request.meta.subject, method=request.method, params=request.params, trace=trace
             )
         return input_required_result(input_requests, token, self._core.server_info)
 
