@@ -7,10 +7,7 @@ Authorization header it was sent, so a test can prove the MCP client's own token
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -19,56 +16,37 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from refserver.oauth.access_tokens import compact_header, is_access_token_type
+from tests.local_http import LocalHttpServer, QuietHandler
 
 
-class DownstreamApi:
+class DownstreamApi(LocalHttpServer):
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer
         self.authorizations: list[str] = []
         self._keys: KeySet | None = None
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path != "/profile":
-                    self._answer(404, {"error": "not_found"})
+                    self.answer_json(404, {"error": "not_found"})
                     return
                 authorization = self.headers.get("Authorization", "")
                 api.authorizations.append(authorization)
                 claims = api.verify(authorization.removeprefix("Bearer "))
                 if claims is None:
-                    self._answer(401, {"error": "invalid_token"})
+                    self.answer_json(401, {"error": "invalid_token"})
                     return
                 profile = {
                     key: claims.get(key) for key in ("sub", "aud", "scope", "act", "client_id", "exp", "iat", "jti")
                 }
-                self._answer(200, profile)
+                self.answer_json(200, profile)
 
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/profile"
-
-    def __enter__(self) -> DownstreamApi:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"{self.origin}/profile"
 
     def verify(self, token: str) -> dict[str, Any] | None:
         header = compact_header(token)

@@ -18,7 +18,6 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -29,6 +28,7 @@ import trio
 
 from tests.auth_servers import auth_server, free_ports, mcp_server, running
 from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port, server_env, wait_until
+from tests.local_http import LocalHttpServer, QuietHandler
 from tests.test_oauth_cimd import DocumentServer
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
@@ -121,7 +121,7 @@ def assert_no_alert(driver: WebDriver) -> None:
 # --- a client's redirect URI: a tiny local web server --------------------------------------------------
 
 
-class Callback:
+class Callback(LocalHttpServer):
     """A loopback web server standing for the client: `/callback` records the authorization response."""
 
     def __init__(self) -> None:
@@ -129,7 +129,7 @@ class Callback:
         self.arrived = threading.Event()
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 if parts.path == "/callback":
@@ -138,21 +138,9 @@ class Callback:
                     body = b"<!doctype html><title>Signed in</title><h1>Back at the client</h1>"
                 else:
                     body = b"<!doctype html><title>Client</title><h1>A browser-based MCP client</h1>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(200, body, "text/html; charset=utf-8")
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(Handler)
 
     @property
     def redirect_uri(self) -> str:
@@ -165,13 +153,8 @@ class Callback:
 
 @pytest.fixture
 def callback() -> Iterator[Callback]:
-    server = Callback()
-    server.thread.start()
-    try:
+    with Callback() as server:
         yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
 
 
 # --- the server and the OAuth requests -----------------------------------------------------------------

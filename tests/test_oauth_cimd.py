@@ -8,12 +8,9 @@ before any connection" is seen, not assumed.
 from __future__ import annotations
 
 import ipaddress
-import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -32,12 +29,13 @@ from refserver.oauth.client_documents import (
 from refserver.oauth.crypto import s256_challenge
 from refserver.oauth.headless import act_as_person
 from tests.conftest import ServerProcess, free_port, modern_request, server_env
+from tests.local_http import LocalHttpServer, QuietHandler
 
 SCOPES = ("mcp", "offline_access")
 SLOW_SECONDS = 8.0
 
 
-class DocumentServer:
+class DocumentServer(LocalHttpServer):
     """Serves metadata documents for the client ids under its base URL, and counts every request.
 
     The fixed paths below each play one part (a redirect, a huge or slow answer, another client's id); `publish`
@@ -49,10 +47,7 @@ class DocumentServer:
         self.published: dict[str, tuple[dict[str, Any], str | None]] = {}
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 owner.requests.append(self.path)
                 url = f"{owner.base_url}{self.path}"
@@ -86,19 +81,10 @@ class DocumentServer:
                         "grant_types": ["authorization_code", "refresh_token"],
                     }
                     cache = {"/client.json": "max-age=60", "/nostore.json": "no-store"}.get(self.path)
-                body = json.dumps(document).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                if cache:
-                    self.send_header("Cache-Control", cache)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer_json(200, document, {"Cache-Control": cache} if cache else None)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
+        self.base_url = self.origin
 
     def count(self, path: str) -> int:
         return self.requests.count(path)
@@ -115,14 +101,6 @@ class DocumentServer:
         }
         self.published[path] = (document, cache_control)
         return url
-
-    def __enter__(self) -> DocumentServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")

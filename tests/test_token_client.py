@@ -17,9 +17,8 @@ import secrets
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
@@ -39,6 +38,8 @@ from refserver.oauth.headless import (
 )
 from refserver.oauth.token_client_discovery import Challenge, metadata_urls, parse_challenge
 from tests.conftest import ROOT, ServerProcess
+from tests.local_http import LocalHttpServer, QuietHandler
+from tests.test_oauth_cimd import DocumentServer
 
 FLOW_TIMEOUT = 30.0
 CHALLENGE_METADATA_PATH = "/custom/resource-metadata"
@@ -67,7 +68,7 @@ class Behaviour:
     unknown_clients: set[str] = attrs.field(factory=set)
 
 
-class ForeignServer:
+class ForeignServer(LocalHttpServer):
     def __init__(self) -> None:
         self.behaviour = Behaviour()
         self.requests: list[str] = []
@@ -78,20 +79,15 @@ class ForeignServer:
         self._codes: dict[str, dict[str, str]] = {}
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 owner.handle(self, "GET", b"")
 
             def do_POST(self) -> None:
                 owner.handle(self, "POST", self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
+        self.url = self.origin
 
     @property
     def mcp_url(self) -> str:
@@ -225,14 +221,13 @@ def serve() -> Iterator[Callable[[], ForeignServer]]:
 
     def start() -> ForeignServer:
         server = ForeignServer()
-        server.thread.start()
+        server.start()
         started.append(server)
         return server
 
     yield start
     for server in started:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+        server.stop()
 
 
 @pytest.fixture
@@ -557,40 +552,6 @@ async def test_the_cli_refuses_a_secret_without_a_client_id(foreign: ForeignServ
     assert result.returncode == 1 and b"--client-secret needs --client-id" in result.stderr
 
 
-class DocumentServer:
-    """Serves the CLI's Client ID Metadata Document on loopback and counts its fetches."""
-
-    def __init__(self) -> None:
-        self.fetches = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.fetches += 1
-                body = json.dumps(
-                    {
-                        "client_id": owner.client_id,
-                        "client_name": "refserver token command (metadata document)",
-                        "redirect_uris": [LOOPBACK_REDIRECT],
-                        "token_endpoint_auth_method": "none",
-                        "grant_types": ["authorization_code", "refresh_token"],
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.client_id = f"http://127.0.0.1:{self.httpd.server_address[1]}/refserver-cli.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-
 async def test_the_cli_against_our_embedded_server_with_registration_and_with_a_metadata_document(
     make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -606,18 +567,19 @@ async def test_the_cli_against_our_embedded_server_with_registration_and_with_a_
     assert runs[0]["client_id"] == runs[1]["client_id"] == json.loads(path.read_text())[server.url]["client_id"]
     assert runs[0]["scope"] == "mcp"  # the 401 challenge's scope
 
-    documents = DocumentServer()
-    documents.thread.start()
-    try:
-        result = await token_command(
-            "--user", "bob", "--base-url", server.url, "--client-metadata-url", documents.client_id, "--json"
+    with DocumentServer() as documents:
+        client_id = documents.publish(
+            "/refserver-cli.json",
+            client_name="refserver token command (metadata document)",
+            redirect_uris=[LOOPBACK_REDIRECT],
+            cache_control=None,
         )
-    finally:
-        documents.httpd.shutdown()
-        documents.httpd.server_close()
+        result = await token_command(
+            "--user", "bob", "--base-url", server.url, "--client-metadata-url", client_id, "--json"
+        )
     assert result.returncode == 0, result.stderr.decode()
     tokens = json.loads(result.stdout)
-    assert tokens["client_id"] == documents.client_id and documents.fetches >= 1
+    assert tokens["client_id"] == client_id and documents.count("/refserver-cli.json") >= 1
     async with httpx.AsyncClient(timeout=10.0) as http:
         answer = await http.post(
             server.mcp_url,

@@ -13,7 +13,6 @@ import json
 import signal
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from tests.conftest import (
     server_env,
     session_headers,
 )
+from tests.local_http import LocalHttpServer, QuietHandler
 from tests.redis_server import RedisServer
 from tests.tasks_client import TasksClient
 from tests.test_request_core import SAMPLING_CLIENT, RecordingEmitter
@@ -83,7 +83,7 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, kind) if kind else None
 
 
-class Collector:
+class Collector(LocalHttpServer):
     """An OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf), keeping every span it is sent."""
 
     def __init__(self) -> None:
@@ -91,28 +91,19 @@ class Collector:
         self._lock = threading.Lock()
         collector = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
                 collector.receive(request)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                self.answer(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
+        return f"{self.origin}/v1/traces"
 
     def receive(self, request: ExportTraceServiceRequest) -> None:
         with self._lock:
@@ -145,14 +136,6 @@ class Collector:
                 if len(found) >= count:
                     return found
                 await trio.sleep(0.05)
-
-    def __enter__(self) -> Collector:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def traced_env(collector: Collector, instance: str, **settings: Any) -> dict[str, str]:
