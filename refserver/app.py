@@ -28,6 +28,7 @@ from refserver.errors import ConfigError
 from refserver.features.catalog import Catalog, FeatureIndex
 from refserver.features.periodic import periodic_notifiers
 from refserver.features.reference import build_downstream_catalog
+from refserver.hypercorn_workarounds import release_parked_readers_at_shutdown
 from refserver.master_watch import hypercorn_shutdown_event, watch_master
 from refserver.oauth import routes
 from refserver.oauth.assembly import authorization_server, create_verifier, oauth_store, token_exchanger
@@ -188,6 +189,9 @@ def check_tool_scopes(settings: Settings, features: FeatureIndex) -> None:
 def create_app(settings: Settings | None = None) -> QuartTrio:
     settings = settings or Settings.from_env()
     configure_logging(settings)
+    # A request that arrives early on a kept-alive connection Hypercorn closes at shutdown would otherwise hold the
+    # worker's exit for the whole graceful_timeout (refserver/hypercorn_workarounds.py).
+    release_parked_readers_at_shutdown()
     if settings.auth_mode == "none":
         logger.warning(
             "REFSERVER_AUTH_MODE=none: MCP endpoints are UNAUTHENTICATED and any caller can use any "

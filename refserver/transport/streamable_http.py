@@ -70,9 +70,9 @@ HANDLED_ELSEWHERE: Final = frozenset({"OPTIONS"})
 
 def drain_headers(http_version: str) -> tuple[tuple[str, str], ...]:
     """Once shutdown has begun, every HTTP/1 answer ends its connection: the client's next request opens a new one,
-    which goes to another instance. A request sent on a kept-alive connection as Hypercorn closes it at shutdown can
-    leave its reading task waiting for good (h11 pauses on the early request; Hypercorn never resumes it) and hold
-    the worker's exit for the whole graceful_timeout. (HTTP/2 forbids the header: its streams end on their own.)"""
+    which goes to another instance, instead of racing Hypercorn closing the kept-alive connection at shutdown (where
+    it is dropped unanswered; see refserver/hypercorn_workarounds.py for what that race used to cost). (HTTP/2
+    forbids the header: its streams end on their own.)"""
     return (("Connection", "close"),) if http_version in ("1.0", "1.1") else ()
 
 
