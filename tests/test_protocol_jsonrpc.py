@@ -465,3 +465,24 @@ def test_control_characters_are_escaped() -> None:
     encoded = encode_json({"s": "a\nb\u0000"})
     assert encoded == '{"s":"a\\nb\\u0000"}'
     assert "\n" not in encoded
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"\\ud800"}',
+        b'{"jsonrpc":"2.0","id":"\\udfff","method":"ping"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"s":"a\\uDBFFb"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"\\ud83d":1}}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"x","params":{"s":"\\ude00\\ud83d"}}]',
+    ],
+)
+def test_a_lone_surrogate_escape_is_a_parse_error(raw: bytes) -> None:
+    """Found by tests/test_fuzz_http.py: such a string decoded, then failed to encode in the answer (a 500)."""
+    with pytest.raises(ParseError, match="lone surrogate"):
+        parse_body(raw)
+
+
+def test_a_surrogate_pair_escape_is_one_character() -> None:
+    parsed = parse_body(b'{"jsonrpc":"2.0","id":"\\ud83d\\ude00","method":"\\\\ud800"}')
+    assert parsed.messages == [Request("\U0001f600", "\\ud800")]

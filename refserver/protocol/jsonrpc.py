@@ -7,6 +7,7 @@ as they are). Booleans and floats are not valid MCP ids.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -112,6 +113,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+"""A `\\uD800`-`\\uDFFF` escape: json.loads decodes a lone one into a str that cannot be encoded again."""
+
+
+def _reject_lone_surrogates(body: str, decoded: Any) -> None:
+    """A string holding a lone surrogate is no Unicode text (RFC 8259 section 8.2, I-JSON): refused here, at the
+    edge, rather than failing later when an answer that echoes it (its id, its method) is encoded."""
+    if _SURROGATE_ESCAPE.search(body) is None:
+        return  # the common case: one regex scan, no walk
+    try:
+        _encoder.encode(decoded).encode("utf-8")  # a well-formed pair was joined into one code point and passes
+    except UnicodeEncodeError as exc:
+        raise ValueError("a \\u escape encodes a lone surrogate, which is not a Unicode character") from exc
+
+
 def parse_message(obj: object) -> Message | None:
     """One already-decoded message (e.g. relayed between instances); None if it is not valid."""
     try:
@@ -131,6 +147,7 @@ def parse_body(body: bytes | str) -> ParsedBody:
             # Strict decoding: json.loads alone lets UTF-8-encoded surrogates through ("surrogatepass").
             body = body.decode(json.detect_encoding(body))
         decoded = json.loads(body, parse_constant=_reject_constant)
+        _reject_lone_surrogates(body, decoded)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError(f"invalid JSON: {exc}") from exc
     if isinstance(decoded, list):
