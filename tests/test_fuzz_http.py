@@ -14,6 +14,7 @@ checks what the whole run left behind, so run the module whole.
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import os
 import secrets
@@ -121,6 +122,7 @@ class FuzzRun:
     live_session: str = ""
     ended_session: str = ""
     sent: dict[str, int] = attrs.Factory(dict)
+    statuses: collections.Counter[int] = attrs.Factory(collections.Counter)
     families_done: set[str] = attrs.Factory(set)
     opened_sessions: set[str] = attrs.Factory(set)
     task_ids: set[str] = attrs.Factory(set)
@@ -135,6 +137,7 @@ class FuzzRun:
         self.sent[family] = self.sent.get(family, 0) + 1
         with self.client.stream(method, url or self.server.mcp_url, content=content, headers=headers) as response:
             documents = read_documents(response, method)
+        self.statuses[response.status_code] += 1
         if session_id := response.headers.get("mcp-session-id"):
             self.opened_sessions.add(session_id)
         for document in documents:
@@ -432,6 +435,26 @@ Draw = Callable[[st.SearchStrategy[Any]], Any]
 """What draws a value: a composite's `draw`, or `st.data().draw` inside a test."""
 
 
+RESOURCE_TEMPLATE: Final = "test://static/resource/{id}"
+RESOURCE_URIS: Final = st.one_of(
+    st.sampled_from(
+        ["test://static/resource/1", "test://static/resource/100", RESOURCE_TEMPLATE, "ui://refserver/weather-card"]
+    ),
+    st.builds(
+        "test://static/resource/".__add__,
+        st.one_of(
+            st.integers(min_value=-(10**30), max_value=10**30).map(str),
+            st.sampled_from(["0", "101", "01", "1.5", "%00", "../1", "1/2", "1?x=1", "1#f", " 1", "\u0661"]),
+            st.text(max_size=12),
+        ),
+    ),
+    st.text(max_size=40),
+)
+"""Resource URIs: real ones, the template, ids out of range or not numbers, other schemes, not URIs."""
+PROMPT_NAMES: Final = ("simple_prompt", "complex_prompt", "resource_prompt")
+PROMPT_ARGUMENTS: Final = ("temperature", "style", "resourceId", "x")
+
+
 def method_templates(run: FuzzRun) -> dict[str, Callable[[Draw], Any]]:
     """For each method, how to draw its (mostly wrong) params."""
     tools = st.sampled_from(run.tools)
@@ -452,19 +475,40 @@ def method_templates(run: FuzzRun) -> dict[str, Callable[[Draw], Any]]:
     def fixed(template: Any) -> Callable[[Draw], Any]:
         return lambda draw: draw(mutated(template))
 
+    def with_uri(draw: Draw) -> Any:
+        return draw(mutated({"uri": draw(RESOURCE_URIS)}))
+
+    def prompt_get(draw: Draw) -> Any:
+        name = draw(st.one_of(st.sampled_from(PROMPT_NAMES), st.text(max_size=20)))
+        arguments = draw(st.dictionaries(st.sampled_from(PROMPT_ARGUMENTS), st.one_of(JSON_VALUES, HUGE_VALUES)))
+        return draw(mutated({"name": name, "arguments": arguments}))
+
+    def completion(draw: Draw) -> Any:
+        ref = draw(
+            st.one_of(
+                st.fixed_dictionaries({"type": st.just("ref/prompt"), "name": st.sampled_from(PROMPT_NAMES)}),
+                st.fixed_dictionaries({"type": st.just("ref/resource"), "uri": st.just(RESOURCE_TEMPLATE)}),
+                st.fixed_dictionaries({"type": st.text(max_size=12), "uri": RESOURCE_URIS}),
+            )
+        )
+        argument = {"name": draw(st.sampled_from(PROMPT_ARGUMENTS)), "value": draw(st.one_of(JSON_VALUES, HUGE_VALUES))}
+        template: dict[str, Any] = {"ref": ref, "argument": argument}
+        if draw(st.booleans()):
+            template["context"] = {"arguments": draw(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3))}
+        return draw(mutated(template))
+
     return {
         "tools/call": tool_call,
+        "client response": fixed({}),  # its body is drawn apart (CLIENT_RESPONSES)
         "tools/list": fixed({"cursor": "0"}),
         "resources/list": fixed({"cursor": "0"}),
         "resources/templates/list": fixed({}),
-        "resources/read": fixed({"uri": run.resource_uri}),
-        "resources/subscribe": fixed({"uri": run.resource_uri}),
-        "resources/unsubscribe": fixed({"uri": run.resource_uri}),
+        "resources/read": with_uri,
+        "resources/subscribe": with_uri,
+        "resources/unsubscribe": with_uri,
         "prompts/list": fixed({}),
-        "prompts/get": fixed({"name": run.prompt_name, "arguments": {"temperature": "1", "style": "x"}}),
-        "completion/complete": fixed(
-            {"ref": {"type": "ref/prompt", "name": run.prompt_name}, "argument": {"name": "style", "value": "c"}}
-        ),
+        "prompts/get": prompt_get,
+        "completion/complete": completion,
         "logging/setLevel": fixed({"level": "info"}),
         "ping": fixed({}),
         "server/discover": fixed({}),
@@ -610,7 +654,29 @@ SESSION_METHODS: Final = (
     "notifications/cancelled",
     "notifications/initialized",
     "no/such",
+    "client response",
 )
+SESSION_META: Final = st.one_of(
+    st.fixed_dictionaries({"progressToken": st.one_of(REQUEST_IDS, HUGE_VALUES)}),
+    st.dictionaries(
+        st.sampled_from(["progressToken", "io.modelcontextprotocol/related-task", "traceparent", "x"]),
+        JSON_VALUES,
+        max_size=3,
+    ),
+    JSON_SCALARS,
+)
+"""A 2025 request's `_meta`: a progress token of any type (or huge), a related task, junk, not an object."""
+CLIENT_RESPONSES: Final = st.fixed_dictionaries(
+    {"jsonrpc": st.just("2.0"), "id": REQUEST_IDS},
+    optional={
+        "result": JSON_VALUES,
+        "error": st.one_of(
+            st.fixed_dictionaries({"code": st.one_of(st.integers(), JSON_SCALARS), "message": JSON_SCALARS}),
+            JSON_VALUES,
+        ),
+    },
+)
+"""What a client sends back for a request the server never made (or the shape of no answer at all)."""
 
 
 def test_2025_session_requests_with_wrong_params(fuzz: FuzzRun) -> None:
@@ -620,7 +686,13 @@ def test_2025_session_requests_with_wrong_params(fuzz: FuzzRun) -> None:
     @given(data=st.data())
     def run_one(data: st.DataObject) -> None:
         method = data.draw(st.sampled_from(SESSION_METHODS), label="method")
-        body = data.draw(json_rpc_body(method, templates[method](data.draw)), label="body")
+        params = templates[method](data.draw)
+        if isinstance(params, dict) and data.draw(st.integers(0, 3)) == 0:
+            params["_meta"] = data.draw(SESSION_META, label="_meta")
+        if method == "client response":
+            body: Any = data.draw(CLIENT_RESPONSES, label="body")
+        else:
+            body = data.draw(json_rpc_body(method, params), label="body")
         version = data.draw(st.one_of(st.just(SESSION_VERSION), OTHER_VERSIONS), label="version")
         headers = {**POST_HEADERS, "Mcp-Session-Id": fuzz.session(), "MCP-Protocol-Version": version}
         response, documents = fuzz.send("session", "POST", headers, encode(body, data.draw))
@@ -1067,7 +1139,10 @@ def test_the_run_sent_enough_and_left_nothing_behind(fuzz: FuzzRun) -> None:
     growth = rss - fuzz.baseline_rss
     assert growth <= RSS_GROWTH_BOUND, f"worker RSS grew by {growth / 2**20:.1f} MiB over {fuzzed} requests"
     assert_log_clean(fuzz)
-    print(f"fuzzed {fuzzed} requests {dict(fuzz.sent)}; worker RSS grew by {growth / 2**20:.1f} MiB")
+    print(f"fuzzed {fuzzed} requests {dict(fuzz.sent)}, statuses {dict(sorted(fuzz.statuses.items()))}")
+    print(
+        f"worker RSS grew by {growth / 2**20:.1f} MiB; {len(fuzz.opened_sessions)} sessions, {len(fuzz.task_ids)} tasks"
+    )
 
 
 def warm_up(run: FuzzRun) -> None:
