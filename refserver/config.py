@@ -53,6 +53,13 @@ class Settings:
     redis_url: str | None = _setting(
         "REDIS_URL", values.optional_str, "Redis URL; unset means the in-memory backend (one instance).", None
     )
+    redis_cluster: bool = _setting(
+        "REDIS_CLUSTER",
+        values.boolean,
+        "`true`: REFSERVER_REDIS_URL names any node of a Redis Cluster (7 or newer), used through the cluster "
+        "client (docs/scaling.md).",
+        False,
+    )
     auth_mode: str = _setting(
         "AUTH_MODE",
         values.auth_mode,
@@ -374,6 +381,8 @@ def documented_settings() -> list[tuple[str, str, str]]:
         default = field.default
         if isinstance(default, tuple):
             shown = ",".join(default) or "(empty)"
+        elif isinstance(default, bool):
+            shown = "true" if default else "false"
         else:
             shown = "(unset)" if default is None else default
         rows.append((ENV_PREFIX + field.metadata["env"], str(shown), field.metadata["doc"]))

@@ -110,6 +110,15 @@ def switch(raw: str) -> str:
     return value
 
 
+def boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("true", "on", "1"):
+        return True
+    if value in ("false", "off", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def metrics(raw: str) -> str:
     """`off`, `on` (GET /metrics on the main port) or `host:port` (a separate listener; `[::1]:9100` for IPv6)."""
     if raw.lower() in SWITCH:

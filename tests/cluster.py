@@ -17,12 +17,12 @@ import httpx
 import httpx2
 
 from tests.conftest import INIT_PARAMS, POST_HEADERS, ServerProcess, free_port, server_env
-from tests.redis_server import RedisServer
+from tests.redis_cluster import RedisBackend
 
 
 @attrs.define
 class Cluster:
-    redis: RedisServer
+    redis: RedisBackend
     instances: list[ServerProcess]
 
     @property
@@ -35,10 +35,11 @@ class Cluster:
 
 
 def start_cluster(
-    redis: RedisServer, directory: Path, count: int = 3, *, ports: list[int] | None = None, **settings: Any
+    redis: RedisBackend, directory: Path, count: int = 3, *, ports: list[int] | None = None, **settings: Any
 ) -> Cluster:
     """`count` instances behind one public URL (`base_url`, by default one no instance listens on)."""
     settings.setdefault("redis_url", redis.url)
+    settings.setdefault("redis_cluster", redis.cluster_mode)
     settings.setdefault("heartbeat_interval", 1)
     settings.setdefault("base_url", "http://127.0.0.1:3232")
     ports = ports or [free_port() for _ in range(count)]
@@ -97,11 +98,11 @@ class RoundRobinTransport2(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def redis_keys(redis: RedisServer) -> list[str]:
+def redis_keys(redis: RedisBackend) -> list[str]:
     return sorted(k.decode() if isinstance(k, bytes) else k for k in redis.client().scan_iter("refserver:*"))
 
 
-def session_keys(redis: RedisServer, session_id: str) -> list[str]:
+def session_keys(redis: RedisBackend, session_id: str) -> list[str]:
     return [k for k in redis_keys(redis) if session_id in k]
 
 

@@ -40,6 +40,9 @@ class RedisServer:
     directory: Path
     port: int = attrs.field(factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_options: list[str] = attrs.field(factory=list)
+    cluster_mode = False
+    """Read by `tests.cluster.start_cluster` (REFSERVER_REDIS_CLUSTER); see `tests.redis_cluster`."""
 
     @property
     def url(self) -> str:
@@ -53,6 +56,7 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("redis-server is already running")
         options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        options += self.extra_options
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [REDIS_SERVER, *options, "--dir", str(self.directory)],
@@ -94,6 +98,10 @@ class RedisServer:
     def client(self) -> redis.Redis:
         """A plain synchronous client for inspecting what the code under test wrote."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def node_clients(self) -> list[redis.Redis]:
+        """A client per server process (one here; one per node in `tests.redis_cluster`)."""
+        return [self.client()]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

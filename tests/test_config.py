@@ -15,6 +15,7 @@ from refserver.errors import ConfigError
 DEFAULTS: dict[str, Any] = {
     "base_url": "http://localhost:3232",
     "redis_url": None,
+    "redis_cluster": False,
     "auth_mode": "embedded",
     "auth_server_url": None,
     "resource_url": None,
@@ -112,6 +113,8 @@ def test_settings_are_frozen() -> None:
         ("BASE_URL", "http://127.0.0.1:8080/prefix//", "base_url", "http://127.0.0.1:8080/prefix"),
         ("REDIS_URL", "redis://localhost:6379/0", "redis_url", "redis://localhost:6379/0"),
         ("REDIS_URL", "", "redis_url", None),
+        ("REDIS_CLUSTER", "true", "redis_cluster", True),
+        ("REDIS_CLUSTER", "False", "redis_cluster", False),
         ("AUTH_MODE", "none", "auth_mode", "none"),
         ("SESSION_IDLE_TTL", "60", "session_idle_ttl", 60.0),
         ("SESSION_IDLE_TTL", "0.25", "session_idle_ttl", 0.25),
@@ -348,6 +351,7 @@ def test_documented_defaults_are_shown_as_text() -> None:
     assert shown == {
         "REFSERVER_BASE_URL": "http://localhost:3232",
         "REFSERVER_REDIS_URL": "(unset)",
+        "REFSERVER_REDIS_CLUSTER": "false",
         "REFSERVER_AUTH_MODE": "embedded",
         "REFSERVER_AUTH_SERVER_URL": "(unset)",
         "REFSERVER_RESOURCE_URL": "(unset)",

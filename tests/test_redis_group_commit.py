@@ -488,8 +488,8 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
         many = [f"s-{n}" for n in range(200)]
         for session_id in many:
             await buses["b"].subscribe(session_id)
-        channels = {c.decode() for c in redis_server.client().pubsub_channels("refserver:*")}
-        assert channels == {"refserver:bus", "refserver:inbox:a", "refserver:inbox:b"}  # not one per session
+        channels = {c.decode() for c in redis_server.client().pubsub_shardchannels("refserver:*")}
+        assert channels == {"refserver:{bus}", "refserver:{inbox:a}", "refserver:{inbox:b}"}  # not one per session
 
         async def settle(expected: dict[str, list[tuple[str, str]]]) -> None:
             # A marker to each instance from the other, published after what is expected: one subscriber gets
@@ -511,7 +511,7 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
         await settle({"a": [], "b": [(shared, "EventAppended")]})  # not announced back to the instance that appended
         await buses["b"].unsubscribe(shared)
         await wait_until(
-            lambda: redis_server.client().smembers(f"refserver:session:{shared}:holders") == {b"a"}, 5, "b gone"
+            lambda: redis_server.client().smembers(f"refserver:{{{shared}}}:holders") == {b"a"}, 5, "b gone"
         )
         await logs["a"].append(shared, STANDALONE_STREAM, "b left")
         await buses["b"].publish(shared, SessionDeleted())
@@ -524,10 +524,10 @@ async def test_a_sessions_messages_reach_the_instances_holding_it_and_only_those
         received["a"].clear()
         received["b"].clear()  # the resyncs of the reconnect
         await wait_until(
-            lambda: redis_server.client().sismember(f"refserver:session:{only_b}:holders", "b"), 5, "b rejoined"
+            lambda: redis_server.client().sismember(f"refserver:{{{only_b}}}:holders", "b"), 5, "b rejoined"
         )
         await wait_until(
-            lambda: redis_server.client().smembers(f"refserver:session:{MARKER}:holders") == {b"a", b"b"},
+            lambda: redis_server.client().smembers(f"refserver:{{{MARKER}}}:holders") == {b"a", b"b"},
             5,
             "both rejoined the markers' session",
         )
@@ -557,7 +557,7 @@ async def test_dead_holders_are_forgotten_and_a_lapsed_instance_joins_again(redi
         bus.set_handler(on_message)
         bus.set_resync_handler(on_resync)
         session_id = "s-holders"
-        holders = f"refserver:session:{session_id}:holders"
+        holders = f"refserver:{{{session_id}}}:holders"
         await bus.subscribe(session_id)
         client.sadd(holders, "crashed")  # an instance that died: its liveness key is gone
         await other.publish(

@@ -22,6 +22,7 @@ from bench.redisstats import calls_between, command_calls
 from refserver.errors import INVALID_PARAMS
 from tests.cluster import Cluster, RoundRobinTransport, redis_keys, start_cluster
 from tests.conftest import free_port, modern_request
+from tests.redis_cluster import REDIS_KINDS, RedisBackend, start_redis
 from tests.redis_server import RedisServer
 from tests.tasks_client import sse_messages
 
@@ -33,16 +34,16 @@ SUBSCRIPTION_ID: Final = "io.modelcontextprotocol/subscriptionId"
 STATE_KEY_SUFFIX: Final = "request-state-key"
 
 
-@pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def module_redis(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisBackend]:
+    """A single Redis, then a Redis Cluster: the tests using it hold for both."""
+    server = start_redis(request.param, tmp_path_factory.mktemp("redis"))
     yield server
     server.kill()
 
 
 @pytest.fixture(scope="module")
-def cluster(module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(module_redis: RedisBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     started = start_cluster(
         module_redis,
         tmp_path_factory.mktemp("cluster"),
@@ -108,7 +109,7 @@ def assert_refused(status: int, answer: dict[str, Any]) -> None:
     assert "requestState" in answer["error"]["message"], answer
 
 
-def state_keys(redis: RedisServer) -> list[str]:
+def state_keys(redis: RedisBackend) -> list[str]:
     return [k for k in redis_keys(redis) if k.endswith(STATE_KEY_SUFFIX)]
 
 
@@ -201,7 +202,7 @@ async def test_a_tampered_request_state_is_refused_by_every_instance(cluster: Cl
     input_required(answer, "step2")
 
 
-async def test_a_state_sealed_for_one_user_is_refused_for_another(module_redis: RedisServer, tmp_path: Path) -> None:
+async def test_a_state_sealed_for_one_user_is_refused_for_another(module_redis: RedisBackend, tmp_path: Path) -> None:
     from refserver.oauth.headless import obtain_tokens
 
     ports = [free_port() for _ in range(3)]

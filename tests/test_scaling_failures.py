@@ -116,7 +116,7 @@ def recorded_events(redis: RedisServer) -> str:
     """
     client = redis.client()
     found: list[str] = []
-    for key in client.scan_iter("refserver:events:*", count=1000):
+    for key in client.scan_iter("refserver:{*}:events:*", count=1000):
         entries: Any = client.xrange(key)
         found += [fields[b"d"].decode() for _, fields in entries if b"d" in fields]
     return "\n".join(found)

@@ -22,6 +22,7 @@ import trio
 from refserver.oauth.headless import obtain_tokens
 from tests.cluster import Cluster, start_cluster
 from tests.conftest import ServerProcess, free_port, modern_request
+from tests.redis_cluster import REDIS_KINDS, RedisBackend, start_redis
 from tests.redis_server import RedisServer
 from tests.tasks_client import CAPABILITIES_KEY, TasksClient, sse_messages
 
@@ -31,21 +32,21 @@ FEATURES: Final = "reference,conformance"
 WAIT: Final = 30.0
 
 
-def _cluster(redis: RedisServer, directory: Path, **settings: Any) -> Cluster:
+def _cluster(redis: RedisBackend, directory: Path, **settings: Any) -> Cluster:
     settings.setdefault("task_lease", LEASE)
     return start_cluster(redis, directory, features=FEATURES, **settings)
 
 
-@pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def module_redis(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisBackend]:
+    """A single Redis, then a Redis Cluster: the tests using it hold for both."""
+    server = start_redis(request.param, tmp_path_factory.mktemp("redis"))
     yield server
     server.kill()
 
 
 @pytest.fixture
-def cluster(module_redis: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(module_redis: RedisBackend, tmp_path: Path) -> Iterator[Cluster]:
     started = _cluster(module_redis, tmp_path)
     yield started
     started.stop()
@@ -72,14 +73,14 @@ async def wait_running(http: httpx.AsyncClient, instances: list[ServerProcess], 
     return found[0]
 
 
-def stored_task(redis: RedisServer, task_id: str) -> dict[str, Any]:
+def stored_task(redis: RedisBackend, task_id: str) -> dict[str, Any]:
     raw = redis.client().hget(f"refserver:{{tasks}}:task:{task_id}", "json")
     assert raw is not None
     record: dict[str, Any] = json.loads(raw)
     return record
 
 
-def queue_entries(redis: RedisServer) -> int:
+def queue_entries(redis: RedisBackend) -> int:
     return int(redis.client().xlen("refserver:{tasks}:queue"))
 
 
@@ -159,7 +160,7 @@ async def test_sigkill_of_the_instance_running_a_non_idempotent_task(cluster: Cl
 
 
 async def test_shutdown_gives_leases_back_at_once(
-    module_redis: RedisServer, tmp_path: Path, http: httpx.AsyncClient
+    module_redis: RedisBackend, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     # A lease far longer than the test: only a lease given back lets another instance take the work this soon.
     cluster = _cluster(module_redis, tmp_path, task_lease=60)
@@ -245,7 +246,7 @@ async def test_a_listener_on_one_instance_follows_a_task_run_on_another(
 
 
 async def test_another_users_task_is_not_found_on_any_instance(
-    module_redis: RedisServer, tmp_path: Path, http: httpx.AsyncClient
+    module_redis: RedisBackend, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     ports = [free_port() for _ in range(3)]
     # The public URL (issuer and resource) is the first instance's, so discovery needs no load balancer.

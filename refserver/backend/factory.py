@@ -38,7 +38,9 @@ class Backend:
 def backend_from_settings(settings: Settings) -> Backend:
     instance_id = new_instance_id()
     if settings.redis_url:
-        connection = RedisConnection(settings.redis_url, client_name=f"refserver-{instance_id}")
+        connection = RedisConnection(
+            settings.redis_url, client_name=f"refserver-{instance_id}", cluster=settings.redis_cluster
+        )
         return Backend(
             kv=RedisKeyValueStore(connection),
             events=RedisEventLog(

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from refserver.backend.redis.errors import map_redis_error
+from refserver.backend.redis.keys import as_bytes, inbox_channel, instance_key
 from refserver.errors import BackendSlow, BackendUnavailable, InternalError
 
 if TYPE_CHECKING:
@@ -140,6 +141,9 @@ class BatchedScript:
     """A Lua script run through `RedisConnection.run_script_batched`, by its SHA1."""
 
     source: str
+    holders_key: int | None = None
+    """Set for a script that announces (see `scripts.ANNOUNCE_LUA`): the index in KEYS of the session's holders set;
+    the writer publishes the announcement after the batch and hands the caller the script's result only."""
     sha: str = attrs.field(init=False)
 
     @sha.default
@@ -154,6 +158,8 @@ class BatchedCall:
     script: BatchedScript | None = None
     """Set when the call is exactly one EVALSHA of this script (the only shape that may be re-run on NOSCRIPT)."""
     order_key: str = ""
+    keys: Sequence[str] = ()
+    """The script call's KEYS (for its holders set)."""
     on_outcome: Callable[[Any], None] | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     replies: list[Any] = attrs.field(factory=list)
@@ -190,12 +196,13 @@ def script_call(
     """One EVALSHA of `script`, ordered by its first key."""
     sha, key_count = script.sha, len(keys)
     return BatchedCall(
-        lambda pipe: pipe.evalsha(sha, key_count, *keys, *args), script, keys[0] if keys else "", on_outcome
+        lambda pipe: pipe.evalsha(sha, key_count, *keys, *args), script, keys[0] if keys else "", keys, on_outcome
     )
 
 
 async def _run_batch(client: Redis, batch: list[BatchedCall]) -> list[list[Any]]:
-    """One pipeline for the batch, then one more for the script calls that met NOSCRIPT (if any)."""
+    """One pipeline for the batch, then one more for the script calls that met NOSCRIPT (if any), then one for the
+    announcements of the scripts that ran (if any)."""
     replies = await _run_pipeline(client, batch)
     missing = _to_rerun_after_noscript(batch, replies)
     if missing:
@@ -204,16 +211,69 @@ async def _run_batch(client: Redis, batch: list[BatchedCall]) -> list[list[Any]]
             await client.script_load(script.source)
         for i, reply in zip(missing, await _run_pipeline(client, [batch[i] for i in missing]), strict=True):
             replies[i] = reply
+    announcing = [
+        i
+        for i, call in enumerate(batch)
+        if call.script is not None
+        and call.script.holders_key is not None
+        and len(replies[i]) == 1
+        and isinstance(replies[i][0], list)
+    ]
+    if announcing:
+        announced = [(batch[i].keys[_holders_index(batch[i])], replies[i][0]) for i in announcing]
+        for i, result in zip(announcing, await publish_announcements(client, announced), strict=True):
+            replies[i] = [result]
     return replies
+
+
+def _holders_index(call: BatchedCall) -> int:
+    assert call.script is not None and call.script.holders_key is not None
+    return call.script.holders_key
+
+
+async def publish_announcements(client: Redis, announced: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+    """Publish what announcing scripts returned (`(holders key, reply)` each) and return their results.
+
+    One pipeline of SPUBLISH to the inboxes (a cluster client sends each to its slot's node). A holder that
+    nobody heard on its inbox and whose liveness key is gone died without leaving: it is dropped from the
+    holders set, so later messages are not published for it (one more round trip, only then). An instance
+    between two subscriber connections keeps its liveness key and so its place.
+    """
+    results: list[Any] = []
+    deliveries: list[tuple[str, str, bytes]] = []
+    for holders, reply in announced:
+        results.append(reply[0])
+        if len(reply) > 1:
+            message = reply[1]
+            deliveries += [(holders, as_bytes(holder).decode(), message) for holder in reply[2:]]
+    if not deliveries:
+        return results
+    async with client.pipeline(transaction=False) as pipe:
+        for _, holder, message in deliveries:
+            pipe.spublish(inbox_channel(holder), message)
+        heard = await pipe.execute()
+    unheard = [(holders, holder) for (holders, holder, _), count in zip(deliveries, heard, strict=True) if not count]
+    if unheard:
+        async with client.pipeline(transaction=False) as pipe:
+            for _, holder in unheard:
+                pipe.exists(instance_key(holder))
+            alive = await pipe.execute()
+        gone = [entry for entry, live in zip(unheard, alive, strict=True) if not live]
+        if gone:
+            async with client.pipeline(transaction=False) as pipe:
+                for holders, holder in gone:
+                    pipe.srem(holders, holder)
+                await pipe.execute()
+    return results
 
 
 async def _run_pipeline(client: Redis, calls: list[BatchedCall]) -> list[list[Any]]:
     async with client.pipeline(transaction=False) as pipe:
         counts = []
         for call in calls:
-            before = len(pipe.command_stack)
+            before = len(pipe)
             call.stage(pipe)
-            counts.append(len(pipe.command_stack) - before)
+            counts.append(len(pipe) - before)
         flat = await pipe.execute(raise_on_error=False)
     replies, start = [], 0
     for count in counts:

@@ -1,14 +1,16 @@
 """The bus on Redis: how the instances holding a session hear of what happens to it elsewhere.
 
-Each instance subscribes to two channels, whatever the number of sessions: `bus` (messages for every instance,
-such as revocations) and its own `inbox:{instance id}`. A message about a session (a `SessionMessage`, in its
-wire form from `wire`) is published by a script to the inbox of every other live instance in the session's
-`holders` set (an instance joins the set when it creates or adopts the session, and leaves it when the session
-closes there). Nothing comes back to the instance that published it, an append's announcement included (see
-`events`; the key layout is in `keys`).
+Each instance subscribes to two sharded channels (SSUBSCRIBE, Redis 7), whatever the number of sessions: `{bus}`
+(messages for every instance, such as revocations) and its own `{inbox:<instance id>}`; on a cluster each lives
+on the node owning its slot, and the subscriber holds one connection per such node. A message about a session
+(a `SessionMessage`, in its wire form from `wire`) is published, after the script that decided it, to the inbox
+of every other instance in the session's `holders` set (an instance joins the set when it creates or adopts the
+session, and leaves it when the session closes there). Nothing comes back to the instance that published it, an
+append's announcement included (see `events`; the key layout is in `keys`).
 
-Liveness: every instance refreshes `instance:{id}` (INSTANCE_TTL); the publishing script drops holders whose key
-is gone, so an instance killed without leaving costs nothing for long. An instance that lost its subscriber
+Liveness: every instance refreshes `instance:{id}` (INSTANCE_TTL); a publisher drops holders that nobody heard on
+their inbox and whose key is gone (`batching.publish_announcements`), so an instance killed without leaving costs
+nothing for long. An instance that lost its subscriber
 connection, or whose liveness lapsed, joins its sessions' holders sets again and resyncs them: whatever was
 published meanwhile is lost, and re-read from Redis.
 """
@@ -19,7 +21,6 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
@@ -94,7 +95,7 @@ class RedisBus:
     async def publish_global(self, message: GlobalMessage) -> None:
         self._published += 1
         payload = encode_global_message(message)
-        await self._conn.call(lambda r: r.publish(GLOBAL_CHANNEL, payload))
+        await self._conn.call(lambda r: r.spublish(GLOBAL_CHANNEL, payload))
 
     @property
     def connected(self) -> bool:
@@ -109,11 +110,8 @@ class RedisBus:
             nursery.start_soon(self._keep_instance_alive)
             while True:
                 try:
-                    pubsub = await self._conn.call(_new_pubsub)
-                    watch = _ReconnectWatch()
+                    subscribers = await self._conn.open_subscribers([GLOBAL_CHANNEL, self._inbox])
                     try:
-                        await self._conn.call(_on_pubsub(pubsub.subscribe, GLOBAL_CHANNEL, self._inbox))
-                        await self._conn.call(_on_pubsub(watch.watch, pubsub))
                         if started:
                             # Redis may have restarted empty: say this instance is alive (else the next message
                             # drops it as dead) and join the holders sets again before the resync, so nothing
@@ -129,13 +127,11 @@ class RedisBus:
                             await self._to_global_handlers(BusResynced())
                             if self._resync_handler is not None:
                                 await self._resync_handler(list(self._held))
-                        await self._read(pubsub, watch)
+                        await self._read_all(subscribers)
                     finally:
                         self._connected = trio.Event()
-                        with trio.move_on_after(1.0, shield=True):
-                            with contextlib.suppress(BackendUnavailable):
-                                await self._conn.call(_on_pubsub(watch.unwatch))
-                                await self._conn.call(_on_pubsub(pubsub.aclose))
+                        for subscriber in subscribers:
+                            await self._conn.close_subscriber(subscriber)
                 except BackendUnavailable as exc:
                     if not started:
                         started = True
@@ -158,20 +154,39 @@ class RedisBus:
 
             await self._conn.call(join)
 
-    async def _read(self, pubsub: PubSub, watch: _ReconnectWatch) -> None:
+    async def _read_all(self, subscribers: list[PubSub]) -> None:
+        """Read every subscriber (one per node) until one of them fails, which ends them all."""
+        if len(subscribers) == 1:
+            await self._read(subscribers[0])
+            return
+        failures: list[BackendUnavailable] = []
+
+        async def read(subscriber: PubSub, cancel_scope: trio.CancelScope) -> None:
+            try:
+                await self._read(subscriber)
+            except BackendUnavailable as exc:
+                failures.append(exc)
+                cancel_scope.cancel()
+
+        async with trio.open_nursery() as readers:
+            for subscriber in subscribers:
+                readers.start_soon(read, subscriber, readers.cancel_scope)
+        raise failures[0]  # the readers only end by failing
+
+    async def _read(self, pubsub: PubSub) -> None:
         while True:
             # Everything already received, in one hop to the asyncio side (one hop per message cannot keep
             # up with a busy cluster).
             for message in await self._conn.call(lambda _r: _receive_batch(pubsub)):
+                if message.get("type") in ("sunsubscribe", b"sunsubscribe"):
+                    # Redis dropped the subscription (its slot moved to another node): whatever is published
+                    # there from now on is lost to this subscriber. Start over, with a rejoin and a resync.
+                    raise BackendUnavailable("a sharded subscription was moved")
                 await self._dispatch(message)
-            if watch.reconnected:
-                # redis-py reconnected the subscriber by itself (and resubscribed it): Redis may have restarted
-                # empty, and whatever was published meanwhile is lost. Start over, with a rejoin and a resync.
-                raise BackendUnavailable("the subscriber connection was re-established")
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind not in ("message", b"message"):
+        if kind not in ("smessage", b"smessage"):
             return  # subscription confirmations
         self._received += 1
         try:
@@ -259,36 +274,6 @@ class RedisBus:
         )
 
 
-class _ReconnectWatch:
-    """Notices redis-py re-establishing a pub/sub connection by itself (its retry on connection errors)."""
-
-    def __init__(self) -> None:
-        self.reconnected = False
-        self._connection: Any = None
-
-    async def watch(self, pubsub: PubSub) -> None:
-        self._connection = pubsub.connection
-        if self._connection is not None:
-            self._connection.register_connect_callback(self.on_connect)  # kept as a weak method
-
-    async def unwatch(self) -> None:
-        if self._connection is not None:
-            self._connection.deregister_connect_callback(self.on_connect)
-            self._connection = None
-
-    async def on_connect(self, _connection: Any) -> None:
-        self.reconnected = True
-
-
-def _on_pubsub(method: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[Redis], Awaitable[Any]]:
-    """A call on the subscriber connection, in the shape `RedisConnection.call` runs on the asyncio side."""
-
-    async def run(_client: Redis) -> Any:
-        return await method(*args)
-
-    return run
-
-
 RECEIVE_BATCH: Final = 1000
 """Messages taken per hop to the asyncio side at most (memory bound of one batch)."""
 
@@ -305,10 +290,6 @@ async def _receive_batch(pubsub: PubSub) -> list[dict[str, Any]]:
             break
         batch.append(message)
     return batch
-
-
-async def _new_pubsub(r: Redis) -> PubSub:
-    return r.pubsub()
 
 
 def new_instance_id() -> str:

@@ -11,6 +11,11 @@ Hot, small calls (an event-log append per session and per notification, a listen
 *batched*: a caller queues its commands and one writer task sends everything queued as one pipeline (group commit),
 so 10,000 appends cost a few dozen round trips instead of 10,000. Writes and reads have a lane (queue and writer,
 see `batching`) each, both owned by `run`.
+
+With `cluster=True` the client is redis-py's cluster client (`REFSERVER_REDIS_URL` names any node; it discovers
+the rest): the same calls, each command routed to its key's slot, pipelines split per node. The key layout keeps
+every script and every multi-key command within one slot (see `keys`). The bus's subscribers are plain
+connections to the node owning each channel's slot (`open_subscribers`), re-resolved at every reconnect.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import attrs
 import trio
 import trio_asyncio
 from redis import exceptions as rx
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -45,8 +51,9 @@ CONNECT_TIMEOUT: Final = 1.0
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds shutdown spends closing pooled sockets before abandoning them to the OS."""
 MAX_CONNECTIONS: Final = 8
-"""Sockets per process: calls take well under a millisecond, so 8 serve thousands of calls per second, and the
-Redis connection count stays 8 x processes however many sessions or requests there are (extra callers queue)."""
+"""Sockets per process (per cluster node on a cluster): calls take well under a millisecond, so 8 serve thousands
+of calls per second, and the Redis connection count stays 8 x processes however many sessions or requests there
+are (extra callers queue). The bus's subscribers come on top: one per node owning one of its two channels."""
 CLIENT_NAME: Final = "refserver"
 """CLIENT SETNAME on every connection, so CLIENT LIST shows which sockets are ours."""
 
@@ -90,14 +97,20 @@ class RedisConnection:
         max_connections: int = MAX_CONNECTIONS,
         command_timeout: float = COMMAND_TIMEOUT,
         client_name: str = CLIENT_NAME,
+        cluster: bool = False,
     ) -> None:
         self.url = url
+        self.cluster = cluster
         self.max_connections = max_connections
         self.command_timeout = command_timeout
         self.client_name = client_name
         self._loop: Any = None  # trio_asyncio.TrioEventLoop while running
         self._client: Redis | None = None
         self._pool: BlockingConnectionPool | None = None
+        self._cluster_client: RedisCluster | None = None
+        self._calls_allowed = trio.Semaphore(max_connections)
+        """On a cluster, calls in flight at most: redis-py's cluster pools fail (MaxConnectionsError) rather than
+        wait once a node's max_connections are busy, and a call holds at most one connection per node."""
         self._started = False
         self._commands = 0
         self._errors = 0
@@ -117,6 +130,9 @@ class RedisConnection:
         self._started = True
         async with trio_asyncio.open_loop() as loop:
             # Built inside the loop's context, so anything redis-py binds to "the running loop" binds to this one.
+            if self.cluster:
+                await self._run_cluster(loop, task_status)
+                return
             pool = BlockingConnectionPool.from_url(
                 self.url,
                 max_connections=self.max_connections,
@@ -136,10 +152,7 @@ class RedisConnection:
             self._loop, self._client, self._pool = loop, client, pool
             try:
                 await self._open_all_connections()
-                async with trio.open_nursery() as writers:
-                    writers.start_soon(self._writes.write_batches)
-                    writers.start_soon(self._reads.write_batches)
-                    task_status.started(self)
+                await self._run_lanes(task_status)
             finally:
                 # From here new calls fail fast; calls still in flight are cancelled by open_loop's exit and
                 # surface as BackendUnavailable (asyncio.CancelledError without a Trio cancellation).
@@ -147,6 +160,86 @@ class RedisConnection:
                 # A dead peer must not mask the reason we are exiting: the sockets are dropped either way.
                 with trio.move_on_after(CLOSE_TIMEOUT, shield=True), contextlib.suppress(rx.RedisError, OSError):
                     await loop.run_aio_coroutine(pool.aclose())
+
+    async def _run_cluster(self, loop: Any, task_status: trio.TaskStatus[RedisConnection]) -> None:
+        cluster = RedisCluster.from_url(
+            self.url,
+            max_connections=self.max_connections,  # per node
+            socket_timeout=None,  # as for a single Redis: `call`'s deadline bounds every call
+            socket_connect_timeout=min(CONNECT_TIMEOUT, self.command_timeout),
+            client_name=self.client_name,
+            # On a connection error or CLUSTERDOWN redis-py refreshes the slot map and tries again (MOVED and ASK
+            # are followed on their own): a failover heals by itself, within `call`'s deadline or as a 503.
+            retry=Retry(NoBackoff(), 2, supported_errors=(rx.ConnectionError, rx.ClusterDownError)),
+        )
+        # The cluster client offers the same commands as `Redis` for what refserver sends (single-slot scripts,
+        # per-key commands, pipelines without transactions), so callers see one client type.
+        self._loop, self._client, self._cluster_client = loop, cast(Redis, cluster), cluster
+        try:
+            with contextlib.suppress(BackendUnavailable, InternalError):
+                await self.call(lambda _client: cluster.initialize())
+            await self._run_lanes(task_status)
+        finally:
+            self._loop = self._client = None
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True), contextlib.suppress(rx.RedisError, OSError):
+                await loop.run_aio_coroutine(cluster.aclose())
+
+    async def _run_lanes(self, task_status: trio.TaskStatus[RedisConnection]) -> None:
+        async with trio.open_nursery() as writers:
+            writers.start_soon(self._writes.write_batches)
+            writers.start_soon(self._reads.write_batches)
+            task_status.started(self)
+
+    async def open_subscribers(self, channels: Sequence[str]) -> list[PubSub]:
+        """Sharded subscriptions to `channels`: one connection per node owning any of them (one on a single Redis).
+
+        Not from the command pool (a subscriber holds its socket): each has a pool of one of its own, closed by
+        `close_subscriber`. redis-py does not reconnect them by itself (no retry), so a lost subscriber surfaces
+        as BackendUnavailable and its owner opens new ones, against the slot map as it is then (after a failover,
+        the promoted replica).
+        """
+        cluster = self._cluster_client
+
+        async def open_all(_client: Redis) -> list[PubSub]:
+            by_node: dict[tuple[str, int] | None, list[str]] = {}
+            if cluster is not None:
+                await cluster.nodes_manager.initialize()
+                for channel in channels:
+                    node = cluster.get_node_from_key(channel)
+                    if node is None:
+                        raise rx.ClusterDownError(f"no node serves the slot of {channel}")
+                    by_node.setdefault((node.host, int(node.port)), []).append(channel)
+            else:
+                by_node[None] = list(channels)
+            opened: list[PubSub] = []
+            try:
+                for address, node_channels in by_node.items():
+                    pool = ConnectionPool.from_url(
+                        self.url,
+                        max_connections=1,
+                        socket_timeout=None,
+                        socket_connect_timeout=min(CONNECT_TIMEOUT, self.command_timeout),
+                        client_name=self.client_name,
+                        retry=Retry(NoBackoff(), 0),
+                    )
+                    if address is not None:
+                        pool.connection_kwargs.update(host=address[0], port=address[1])
+                    pubsub = Redis(connection_pool=pool).pubsub()
+                    opened.append(pubsub)
+                    for channel in node_channels:  # one SSUBSCRIBE each: on a cluster, one may name one slot only
+                        await pubsub.ssubscribe(channel)
+            except BaseException:
+                for pubsub in opened:
+                    await _close_pubsub(pubsub)
+                raise
+            return opened
+
+        return await self.call(open_all)
+
+    async def close_subscriber(self, pubsub: PubSub) -> None:
+        """Close a subscriber from `open_subscribers` and its connection (bounded; errors ignored: it is going)."""
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True), contextlib.suppress(BackendUnavailable, InternalError):
+            await self.call(lambda _client: _close_pubsub(pubsub))
 
     async def _open_all_connections(self) -> None:
         """Open the whole pool up front, so a process holds the same connections under any load.
@@ -189,7 +282,10 @@ class RedisConnection:
         started = time.perf_counter()
         try:
             with TRACING.client_span("redis", REDIS_SPAN), trio.fail_after(self.command_timeout):
-                return cast(T, await loop.run_aio_coroutine(on_asyncio_side()))
+                if self._cluster_client is None:
+                    return cast(T, await loop.run_aio_coroutine(on_asyncio_side()))
+                async with self._calls_allowed:
+                    return cast(T, await loop.run_aio_coroutine(on_asyncio_side()))
         except trio.TooSlowError as exc:
             self._errors += 1
             self._timeouts += 1
@@ -265,10 +361,14 @@ class RedisConnection:
             return await lane.submit(call)
 
     def statistics(self) -> RedisConnectionStatistics:
-        pool = self._pool
+        pool, cluster = self._pool, self._cluster_client
         idle = in_use = 0
         if pool is not None:
             idle, in_use = (count for count, _ in pool.get_connection_count())
+        elif cluster is not None:
+            for node in cluster.get_nodes():
+                idle += len(node._free)
+                in_use += len(node._connections) - len(node._free)
         loop = self._loop
         writes, reads = self._writes, self._reads
         return RedisConnectionStatistics(
@@ -288,3 +388,9 @@ class RedisConnection:
             batch_timeouts=writes.timeouts + reads.timeouts,
             batch_queued=writes.queued + reads.queued,
         )
+
+
+async def _close_pubsub(pubsub: PubSub) -> None:
+    with contextlib.suppress(rx.RedisError, OSError):
+        await pubsub.aclose()
+    await pubsub.connection_pool.aclose()

@@ -43,7 +43,7 @@ from refserver.backend.redis.keys import (
     session_key,
     streams_key,
 )
-from refserver.backend.redis.scripts import APPEND_SCRIPT, CLOSE_ABANDONED_LUA, PERSIST_LUA, run_script
+from refserver.backend.redis.scripts import APPEND_SCRIPT, CLOSE_ABANDONED_SCRIPT, PERSIST_SCRIPT, run_script
 from refserver.backend.redis.streams import LocalStream, StreamWaiters
 from refserver.errors import SERVER_ERROR, SessionGone
 from refserver.protocol.jsonrpc import ErrorResponse, RequestId, encode_message
@@ -131,7 +131,7 @@ class RedisEventLog:
             if closing and not written_close:
                 entries += [last_seq + 1, "", "c"]
             args = [self._max_events, self._ttl_ms, session_id, stream_id, local.meta, *entries]
-            write = functools.partial(run_script, script=PERSIST_LUA, keys=keys, args=args)
+            write = functools.partial(run_script, script=PERSIST_SCRIPT, keys=keys, args=args)
             if int(await self._conn.call(write)) < 0:
                 raise SessionGone(f"session {session_id} no longer exists")
             written_seq, written_close, first = last_seq, closing, False
@@ -253,7 +253,7 @@ class RedisEventLog:
         ]
         args = [self._max_events, self._ttl_ms, session_id, stream_id, *finals]
         keys = [events_key(session_id, stream_id), holders_key(session_id)]
-        closed = bool(await self._conn.call(lambda r: run_script(r, CLOSE_ABANDONED_LUA, keys, args)))
+        closed = bool(await self._conn.call(lambda r: run_script(r, CLOSE_ABANDONED_SCRIPT, keys, args)))
         if closed:
             logger.warning("stream %s of session %s abandoned by instance %s: closed", stream_id, session_id, owner)
         return closed

@@ -1,12 +1,18 @@
-"""The Redis key layout and channels (prefix `refserver:`; every key has a TTL, refreshed while the session is active):
+"""The Redis key layout and channels (prefix `refserver:`; every key has a TTL, refreshed while the session is active).
 
-session:{id}                JSON SessionRecord                                 idle TTL
-session:{id}:streams        hash stream id -> instance that opened it          idle TTL
-session:{id}:holders        set of the instances holding the session           idle TTL
-events:{id}:{stream}        Redis Stream of SSE events, ids 0-<seq>, MAXLEN    idle TTL (from the last append)
-instance:{instance id}      liveness of an instance                            INSTANCE_TTL (`bus`)
-inbox:{instance id}         pub/sub channel: messages for one instance         -
-bus                         pub/sub channel: messages for every instance       -
+A session's keys carry its id as a hash tag (`{...}`), so on Redis Cluster they share one slot and every script
+on them touches that slot only; on a single Redis the braces are just characters. Channels are sharded
+(SSUBSCRIBE / SPUBLISH) in both modes, each in the slot of its own tag.
+
+{<id>}:session              JSON SessionRecord                                 idle TTL
+{<id>}:streams              hash stream id -> instance that opened it          idle TTL
+{<id>}:holders              set of the instances holding the session           idle TTL
+{<id>}:events:<stream>      Redis Stream of SSE events, ids 0-<seq>, MAXLEN    idle TTL (from the last append)
+instance:<instance id>      liveness of an instance (any slot)                 INSTANCE_TTL (`bus`)
+{inbox:<instance id>}       sharded channel: messages for one instance         -
+{bus}                       sharded channel: messages for every instance       -
+{tasks}:...                 the task store's keys, one slot (see `tasks`)      per task
+kv:<key>, rate:<key>        OAuth records and rate-limit buckets (any slot)    per key
 """
 
 from __future__ import annotations
@@ -14,29 +20,29 @@ from __future__ import annotations
 from typing import Final
 
 PREFIX: Final = "refserver:"
-GLOBAL_CHANNEL: Final = f"{PREFIX}bus"
-"""Messages for every instance (revocations), on the same subscriber connection as the instance's inbox."""
-INBOX_PREFIX: Final = f"{PREFIX}inbox:"
+GLOBAL_CHANNEL: Final = f"{PREFIX}{{bus}}"
+"""Messages for every instance (revocations), on the same subscriber as the instance's inbox (a node apart on a
+cluster, if their slots are on different nodes)."""
 
 
 def session_key(session_id: str) -> str:
-    return f"{PREFIX}session:{session_id}"
+    return f"{PREFIX}{{{session_id}}}:session"
 
 
 def streams_key(session_id: str) -> str:
-    return f"{PREFIX}session:{session_id}:streams"
+    return f"{PREFIX}{{{session_id}}}:streams"
 
 
 def events_key(session_id: str, stream_id: str) -> str:
-    return f"{PREFIX}events:{session_id}:{stream_id}"
+    return f"{PREFIX}{{{session_id}}}:events:{stream_id}"
 
 
 def holders_key(session_id: str) -> str:
-    return f"{PREFIX}session:{session_id}:holders"
+    return f"{PREFIX}{{{session_id}}}:holders"
 
 
 def inbox_channel(instance_id: str) -> str:
-    return f"{INBOX_PREFIX}{instance_id}"
+    return f"{PREFIX}{{inbox:{instance_id}}}"
 
 
 def instance_key(instance_id: str) -> str:

@@ -64,7 +64,15 @@ class RedisKeyValueStore:
         if not keys:
             return []
         full = [self._key(key) for key in keys]
-        return [_as_bytes(value) for value in await self._conn.call(lambda r: r.mget(full))]
+
+        async def get_each(r: Redis) -> list[Any]:
+            # A pipeline of GETs, not MGET: on a cluster the keys are in different slots (one round trip per node).
+            async with r.pipeline(transaction=False) as pipe:
+                for key in full:
+                    pipe.get(key)
+                return list(await pipe.execute())
+
+        return [_as_bytes(value) for value in await self._conn.call(get_each)]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         full, px = self._key(key), _ms(ttl)

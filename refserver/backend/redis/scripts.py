@@ -10,26 +10,23 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from refserver.backend.redis.batching import BatchedScript
-from refserver.backend.redis.keys import INBOX_PREFIX, PREFIX
+from refserver.backend.redis.batching import BatchedScript, publish_announcements
 
-ANNOUNCE_LUA: Final = f"""
-local function announce(holders, skip, message)
+ANNOUNCE_LUA: Final = """
+local function announce(holders, skip, result, message)
+  local reply = {result, message}
   for _, holder in ipairs(redis.call('SMEMBERS', holders)) do
-    if holder ~= skip then
-      if redis.call('EXISTS', '{PREFIX}instance:' .. holder) == 1 then
-        redis.call('PUBLISH', '{INBOX_PREFIX}' .. holder, message)
-      else
-        redis.call('SREM', holders, holder)
-      end
-    end
+    if holder ~= skip then reply[#reply + 1] = holder end
   end
+  return reply
 end
 """
-"""Publish `message` to the inbox of every live instance holding the session, except `skip`; forget dead ones.
+"""The reply of a script that announces: `{result, message, holder...}`, every holder of the session but `skip`.
 
-An instance that died without leaving (SIGKILL) would otherwise stay in the holders sets of sessions that live
-on elsewhere, and every later message would be published once more for it, across every redeploy.
+The script cannot publish itself: on a cluster each inbox is a sharded channel in its own slot, and a script may
+touch its keys' slot only. The writer publishes `message` to each holder's inbox right after the script ran,
+in the same call (`batching.publish_announcements`), and drops holders that are gone; the caller sees `result`.
+A script that has nothing to announce returns `{result}`.
 """
 
 # Append one event (or the closing marker) to a stream, refresh its TTL, record which instance opened
@@ -39,9 +36,10 @@ on elsewhere, and every later message would be published once more for it, acros
 # MAXLEN is exact, not `~`: a stream keeps its newest max_events events (and its closing marker), the same bound
 # as the memory log's, so a resumption from a dropped event is refused alike (`refserver.backend.events`).
 APPEND_SCRIPT: Final = BatchedScript(
-    ANNOUNCE_LUA
+    holders_key=3,
+    source=ANNOUNCE_LUA
     + """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
 local fields, maxlen = {'d', ARGV[1], 'r', ARGV[2]}, ARGV[3]
 if ARGV[2] == 'c' then fields, maxlen = {'c', '1'}, tonumber(ARGV[3]) + 1 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '0-*', unpack(fields))
@@ -49,35 +47,36 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('HSETNX', KEYS[2], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local seq = string.sub(id, 3)
-announce(KEYS[4], ARGV[8],
+return announce(KEYS[4], ARGV[8], seq,
   '{"t":"event","sid":"' .. ARGV[5] .. '","s":"' .. ARGV[6] .. '","n":' .. seq .. '}')
-return seq
-"""
+""",
 )
 
 # Close a stream only if it is still open, after final events (errors for the lost requests).
-CLOSE_ABANDONED_LUA: Final = (
-    ANNOUNCE_LUA
+CLOSE_ABANDONED_SCRIPT: Final = BatchedScript(
+    holders_key=1,
+    source=ANNOUNCE_LUA
     + """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last > 0 and last[1][2][1] == 'c' then return 0 end
+if #last > 0 and last[1][2][1] == 'c' then return {0} end
 for i = 5, #ARGV do
   redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '0-*', 'd', ARGV[i], 'r', '1')
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', tonumber(ARGV[1]) + 1, '0-*', 'c', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-announce(KEYS[2], '', '{"t":"event","sid":"' .. ARGV[3] .. '","s":"' .. ARGV[4] .. '","n":' .. string.sub(id, 3) .. '}')
-return 1
-"""
+return announce(KEYS[2], '', 1,
+  '{"t":"event","sid":"' .. ARGV[3] .. '","s":"' .. ARGV[4] .. '","n":' .. string.sub(id, 3) .. '}')
+""",
 )
 
 
 # Write a stream that was kept locally so far, with the sequence numbers already handed out (so ids a
 # client may hold stay valid), then continue as any stream: TTL, owner record, announcement.
-PERSIST_LUA: Final = (
-    ANNOUNCE_LUA
+PERSIST_SCRIPT: Final = BatchedScript(
+    holders_key=3,
+    source=ANNOUNCE_LUA
     + """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
 local last = 0
 for i = 6, #ARGV, 3 do
   if ARGV[i + 2] == 'c' then
@@ -87,18 +86,19 @@ for i = 6, #ARGV, 3 do
   end
   last = tonumber(ARGV[i])
 end
-if last > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  announce(KEYS[4], '', '{"t":"event","sid":"' .. ARGV[3] .. '","s":"' .. ARGV[4] .. '","n":' .. last .. '}')
-end
 redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return last
-"""
+if last == 0 then return {0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return announce(KEYS[4], '', last,
+  '{"t":"event","sid":"' .. ARGV[3] .. '","s":"' .. ARGV[4] .. '","n":' .. last .. '}')
+""",
 )
 # A message about a session, for every other instance holding it: the publisher acted on it here first (a
 # cancel or reply it could not deliver itself, a state it set, a delete it carries out).
-PUBLISH_SCRIPT: Final = BatchedScript(ANNOUNCE_LUA + "announce(KEYS[1], ARGV[2], ARGV[1])\nreturn 1\n")
+PUBLISH_SCRIPT: Final = BatchedScript(
+    holders_key=0, source=ANNOUNCE_LUA + "return announce(KEYS[1], ARGV[2], 1, ARGV[1])\n"
+)
 
 
 # Token bucket, atomic across instances. State "tokens updated_ms" lives under KEYS[1] with PX = time until full, so
@@ -128,5 +128,10 @@ return 1
 BUCKET_SHA: Final = hashlib.sha1(BUCKET_LUA.encode()).hexdigest()
 
 
-async def run_script(r: Redis, script: str, keys: list[str], args: list[Any]) -> Any:
-    return await r.eval(script, len(keys), *keys, *args)
+async def run_script(r: Redis, script: BatchedScript, keys: list[str], args: list[Any]) -> Any:
+    """Run `script` by its source (for calls off the hot path), publishing its announcement; return its result."""
+    reply = await r.eval(script.source, len(keys), *keys, *args)
+    if script.holders_key is None:
+        return reply
+    (result,) = await publish_announcements(r, [(keys[script.holders_key], reply)])
+    return result
