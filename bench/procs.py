@@ -193,9 +193,20 @@ def hypercorn_server(name: str, app: str, port: int, env: dict[str, str], cpu: i
     return Proc(name, pinned(command, cpu), env, log_dir / f"{name}.log", f"http://127.0.0.1:{port}/health")
 
 
-def sdk_peer_server(name: str, port: int, cpu: int | None, log_dir: Path, *, json_response: bool = False) -> Proc:
+def sdk_peer_server(
+    name: str,
+    port: int,
+    cpu: int | None,
+    log_dir: Path,
+    *,
+    json_response: bool = False,
+    auth_server: str | None = None,
+) -> Proc:
+    """The SDK's echo server; with `auth_server` (a refserver base URL) it requires that server's JWTs for its /mcp."""
     command = [sys.executable, "-m", "bench.peers.sdk_echo_server", "--port", str(port)]
     command += ["--json"] if json_response else []
+    if auth_server is not None:
+        command += ["--auth-server", auth_server, "--resource", f"{auth_server}/mcp"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFSERVER_")}
     # The SDK app has no health route: any HTTP answer on /mcp (406 to a bare GET) means it is up.
     return Proc(

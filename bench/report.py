@@ -9,13 +9,15 @@ from typing import Any, Final
 
 SCENARIO_NAMES: Final = {
     "S0": "S0 bare Quart-Trio JSON endpoint (stack ceiling)",
+    "S0A": "S0A bare ASGI function, no framework (the server's own ceiling)",
     "S1": "S1 refserver, tools/call echo, memory backend",
     "M1": "M1 refserver, tools/call echo in protocol 2026-07-28 (no session), memory backend",
     "S2": "S2 refserver, tools/call echo, Redis backend",
     "P": "P official SDK MCPServer on uvicorn, no auth (SDK default: SSE answers)",
     "PJ": "PJ the same SDK server with json_response=True",
+    "PJA": "PJA PJ behind the SDK's bearer middleware, verifying the same JWT",
 }
-PLOT_ORDER: Final = ("S0", "S1", "M1", "S2", "P", "PJ")
+PLOT_ORDER: Final = ("S0A", "S0", "S1", "M1", "S2", "P", "PJ", "PJA")
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -44,6 +46,36 @@ def _code_line(code: dict[str, Any]) -> str:
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+CEILING_SHARES: Final = ("S0", "S1", "M1", "PJ", "PJA")
+
+
+def _ceiling_table(s: dict[str, Any]) -> list[str]:
+    """Each flood as a share of S0A, the bare ASGI function on the same worker (per run, then the median)."""
+    ceiling = s.get("S0A", {}).get("points", {})
+    shown = [name for name in CEILING_SHARES if name in s]
+    if not ceiling or not shown:
+        return []
+    lines = [
+        "",
+        "Each flood as a share of S0A (a bare ASGI function on the same Hypercorn worker), per run, median shown:",
+        "",
+        "| conns | " + " | ".join(f"{name}/S0A" for name in shown) + " |",
+        "| ---: | " + " | ".join("---:" for _ in shown) + " |",
+    ]
+    for c, point in ceiling.items():
+        cells = []
+        for name in shown:
+            other = s[name].get("points", {}).get(c)
+            ratios = [
+                mine["requests_per_s"] / base["requests_per_s"]
+                for mine, base in zip(other["runs"] if other else [], point["runs"], strict=False)
+                if base["requests_per_s"]
+            ]
+            cells.append(f"{sorted(ratios)[len(ratios) // 2]:.2f}" if ratios else "-")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(data: dict[str, Any], plot_name: str | None) -> str:
@@ -89,6 +121,7 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
                 f"{_fmt(med['p99_ms'], 2)} | {_pct(med['generator_cpu'])} | {_pct(med['server_cpu'])} | "
                 f"{_pct(med['interference'])} | {med['bad'] + med['errors']} |"
             )
+    lines += _ceiling_table(s)
     s2_runs = [r for point in s.get("S2", {}).get("points", {}).values() for r in point["runs"]]
     per_request = [r["redis_calls_per_request"] for r in s2_runs if "redis_calls_per_request" in r]
     if per_request:

@@ -155,7 +155,12 @@ class Runner:
             servers["S0"] = hypercorn_server(
                 "S0-bare", "bench.bare_app:app", ports["S0"], dict(os.environ), cpu, self.log_dir
             )
-        if self.wants("S1", "M1", "S5"):
+        if self.wants("S0A"):
+            ports["S0A"] = free_port()
+            servers["S0A"] = hypercorn_server(
+                "S0A-bare-asgi", "bench.bare_asgi_app:app", ports["S0A"], dict(os.environ), cpu, self.log_dir
+            )
+        if self.wants("S1", "M1", "S5", "PJA"):
             ports["S1"] = free_port()
             servers["S1"] = hypercorn_server(
                 "S1-memory", "refserver.app:app", ports["S1"], refserver_env(ports["S1"]), cpu, self.log_dir
@@ -185,6 +190,17 @@ class Runner:
         if self.wants("PJ"):
             ports["PJ"] = free_port()
             servers["PJ"] = sdk_peer_server("PJ-sdk-uvicorn-json", ports["PJ"], cpu, self.log_dir, json_response=True)
+        if self.wants("PJA"):
+            # The SDK behind its own bearer middleware, verifying the S1 server's JWTs: the peer with auth.
+            ports["PJA"] = free_port()
+            servers["PJA"] = sdk_peer_server(
+                "PJA-sdk-uvicorn-json-auth",
+                ports["PJA"],
+                cpu,
+                self.log_dir,
+                json_response=True,
+                auth_server=f"http://127.0.0.1:{ports['S1']}",
+            )
         self.servers = servers
         if servers:
             self.progress(f"starting {', '.join(p.name for p in servers.values())}")
@@ -194,6 +210,8 @@ class Runner:
         targets: dict[str, Target] = {}
         if "S0" in servers:
             targets["S0"] = Target("S0", ports["S0"], path="/", server_pid=servers["S0"].pid)
+        if "S0A" in servers:
+            targets["S0A"] = Target("S0A", ports["S0A"], path="/", server_pid=servers["S0A"].pid)
         for name in ("S1", "S1T", "S2"):
             if name in servers:
                 tokens[name] = trio.run(obtain_token, ports[name])
@@ -216,6 +234,13 @@ class Runner:
             if name in servers:
                 session = trio.run(new_session, ports[name], "")
                 targets[name] = Target(name, ports[name], session=session, server_pid=servers[name].pid)
+        if "PJA" in servers:
+            if "S1" not in tokens:
+                tokens["S1"] = trio.run(obtain_token, ports["S1"])
+            session = trio.run(new_session, ports["PJA"], tokens["S1"])
+            targets["PJA"] = Target(
+                "PJA", ports["PJA"], token=tokens["S1"], session=session, server_pid=servers["PJA"].pid
+            )
 
         floods = [targets[n] for n in FLOOD_SCENARIOS if n in targets and self.wants(n)]
         self.guarded("floods", lambda: self.flood(floods))

@@ -100,14 +100,18 @@ def test_quick_run_evaluates_every_target(quick_run: tuple[dict, Path]) -> None:
         "S1T/S1",
         "S1/P",
         "S1/PJ",
+        "S1/PJA",
         "M1/PJ",
+        "M1/PJA",
         "S1 p99",
+        "M1 p99",
         "S2/S1",
         "S3",
         "S4 RSS",
         "S4 Redis",
         "S4 notify",
-        "S5",
+        "S5 memory",
+        "S5 redis",
     }
     assert set(targets) == expected
     assert all(t["met"] is not None for t in targets.values()), targets
