@@ -14,12 +14,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import jsonschema
 import mcp_types as types
 import pydantic
 from mcp_types import methods as wire
 
 from refserver import __version__
+from refserver.argument_validation import ArgumentValidator
 from refserver.call_context import CallContext, Emitter
 from refserver.errors import (
     ClientCapabilityMissing,
@@ -127,7 +127,7 @@ class RequestCore:
         if website_url:
             self.server_info["websiteUrl"] = website_url
         self._validators = {
-            name: jsonschema.Draft202012Validator(tool.definition.input_schema) for name, tool in features.tools.items()
+            name: ArgumentValidator(tool.definition.input_schema) for name, tool in features.tools.items()
         }
         self._tool_list = [with_task_support(tool) for tool in features.catalog.tools]
         self._listed_resources = [resource for resource in features.catalog.resources if resource.listed]
@@ -287,7 +287,7 @@ class RequestCore:
         if tool is None:
             raise InvalidParams(f"Unknown tool: {params.name}")
         arguments = params.arguments or {}
-        problems = sorted(self._validators[params.name].iter_errors(arguments), key=lambda e: list(e.path))
+        problems = self._validators[params.name].problems(arguments)
         if problems:
             text = "; ".join(describe_schema_error(e) for e in problems)
             return tool_error(f"Invalid arguments for tool {params.name}: {text}")
