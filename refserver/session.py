@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import random
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -61,18 +59,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-REQUEST_STREAM_ID_BITS: Final = 48
-"""Request stream ids are random within a session (48 bits), so no counter has to be shared between the
-instances serving it. They need to be unique, not secret (a stream is only ever read by its session's owner), so
-they come from a generator seeded once per process rather than from one `getrandom` system call per request,
-which was 5 % of an echo call's own time."""
-_stream_ids = random.Random(secrets.randbits(128))
-# A forked worker must not repeat its parent's sequence: two workers serving one session would collide.
-os.register_at_fork(after_in_child=lambda: _stream_ids.seed(secrets.randbits(128)))
-
-
-def new_request_stream_id() -> str:
-    return f"r{_stream_ids.getrandbits(REQUEST_STREAM_ID_BITS):012x}"
+REQUEST_STREAM_ID_BYTES: Final = 6
+"""Request stream ids are random within a session (48 bits), so no counter has to be shared."""
 
 
 @attrs.define(eq=False)
@@ -186,7 +174,7 @@ class Session:
     # --- streams ----------------------------------------------------------------------------------
 
     def new_stream_id(self) -> str:
-        return new_request_stream_id()
+        return "r" + secrets.token_hex(REQUEST_STREAM_ID_BYTES)
 
     @contextlib.contextmanager
     def listening(self, stream_id: str) -> Iterator[Listener]:
