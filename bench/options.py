@@ -8,7 +8,7 @@ from typing import Final
 
 import attrs
 
-ALL_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "S3", "S4", "S5", "P", "PJ", "PJA", "T1")
+ALL_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "S3", "S4", "S5", "P", "PJ", "PJA", "IP", "T1")
 FLOOD_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "P", "PJ", "PJA")
 """Measured by wrk at every concurrency, interleaved in the same run (the ratios compare them)."""
 RATIO_CONCURRENCY: Final = 32
@@ -35,6 +35,9 @@ class Options:
     """`redis` (the scenario: Redis connections are part of it) or `memory` (to separate the cost of
     holding streams from the cost of the Redis path)."""
     s5_duration: float = 10.0
+    ip_requests: int = 3000
+    """IP: requests per batch and request shape (S1's, M1's) handed to the application in-process."""
+    ip_batches: int = 7
     s5_workers: int = 16
     t1_clients: int = 16
     """T1: concurrent client loops (create a task, poll it to the end, again) in the throughput arm."""
@@ -70,6 +73,8 @@ class Options:
             "s4_update_interval": 1.0,
             "s4_rounds": 1,
             "s5_duration": 1.0,
+            "ip_requests": 100,
+            "ip_batches": 1,
             "s5_workers": 4,
             "t1_clients": 2,
             "t1_duration": 2.0,

@@ -78,6 +78,45 @@ def _ceiling_table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _median_rps(s: dict[str, Any], name: str, c: str) -> float | None:
+    point = s.get(name, {}).get("points", {}).get(c)
+    return point["median"]["requests_per_s"] if point else None
+
+
+def _in_process_section(s: dict[str, Any]) -> list[str]:
+    """IP's cost per request beside the floods: what the stack (S0A) leaves, and what a goal would allow."""
+    ip = s.get("IP", {}).get("median")
+    if not ip:
+        return []
+    lines = [
+        "",
+        "## IP: refserver's own cost per echo, in-process (no HTTP server in the measured path)",
+        "",
+        f"S1-shaped (2025 session) {ip['S1']:.0f} us, M1-shaped (2026, no session) {ip['M1']:.0f} us per request "
+        "(median of the runs' batch medians). An application adding `t` per request to the bare ASGI function's "
+        "1/S0A serves at most 1 / (1/S0A + t); the budget is the `t` a goal leaves.",
+        "",
+        "| conns | S0A req/s | S1 expected / measured | M1 expected / measured | PJ | budget for S1 >= 1.0 x PJ | "
+        "budget for M1 >= 1.2 x PJ |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in s.get("S0A", {}).get("points", {}):
+        ceiling, pj = _median_rps(s, "S0A", c), _median_rps(s, "PJ", c)
+        if not ceiling:
+            continue
+        cells = [f"{ceiling:,.0f}"]
+        for name in ("S1", "M1"):
+            expected = 1 / (1 / ceiling + ip[name] / 1e6)
+            measured = _median_rps(s, name, c)
+            cells.append(f"{expected:,.0f} / {_fmt(measured, 0)}")
+        cells.append(_fmt(pj, 0))
+        for factor in (1.0, 1.2):
+            budget = (1 / (factor * pj) - 1 / ceiling) * 1e6 if pj else None
+            cells.append(f"{budget:.0f} us" if budget is not None else "-")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(data: dict[str, Any], plot_name: str | None) -> str:
     m = data["machine"]
     o = data["options"]
@@ -199,6 +238,7 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
             lines.append(
                 "| Redis commands while notifying (total) | " + ", ".join(f"{k} {v:,}" for k, v in calls) + " |"
             )
+    lines += _in_process_section(s)
     if "S5" in s:
         lines += [
             "",

@@ -8,6 +8,7 @@ and S5 reuse those servers. Phase 2 (S4) runs alone on a fresh instance, so its 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from bench.procs import (
     cpu_seconds,
     free_port,
     hypercorn_server,
+    pinned,
     raise_priority,
     redis_server,
     refserver_env,
@@ -250,6 +252,8 @@ class Runner:
             self.guarded("S5", lambda: self.setup_rate(ports["S1"], tokens["S1"], "memory"))
             if "S2" in ports:
                 self.guarded("S5", lambda: self.setup_rate(ports["S2"], tokens["S2"], "redis"))
+        if self.wants("IP"):
+            self.guarded("IP", self.in_process)
         if opts.profile:
             self.guarded(
                 "profiles",
@@ -350,6 +354,34 @@ class Runner:
                 key: median(r[key] for r in runs)
                 for key in ("sessions_per_s", "p50_ms", "p99_ms", "generator_cpu", "errors")
             },
+        }
+
+    def in_process(self) -> None:
+        """IP: refserver's own cost per echo, the application called in-process (bench/inprocess.py), alone on the
+        server core (the flood servers are idle meanwhile)."""
+        opts = self.options
+        command = [sys.executable, "-m", "bench.inprocess", "--requests", str(opts.ip_requests)]
+        command += ["--batches", str(opts.ip_batches)]
+        runs = []
+        for run in range(opts.runs):
+            log = (self.log_dir / "IP.log").open("ab")
+            process = subprocess.Popen(
+                pinned(command, opts.server_cpu), cwd=ROOT, stdout=subprocess.PIPE, stderr=log, start_new_session=True
+            )
+            raise_priority(process.pid, opts.nice)
+            output, _ = process.communicate(timeout=600)
+            log.close()
+            if process.returncode != 0:
+                raise RuntimeError(f"bench.inprocess failed ({process.returncode}); see {self.log_dir / 'IP.log'}")
+            result = json.loads(output.decode().strip().splitlines()[-1])
+            runs.append(result)
+            self.progress(
+                f"[run {run + 1}/{opts.runs}] IP in-process cost per echo: S1 {result['S1']['us_per_request']:.0f} us, "
+                f"M1 {result['M1']['us_per_request']:.0f} us"
+            )
+        self.data["scenarios"]["IP"] = {
+            "runs": runs,
+            "median": {shape: median(r[shape]["us_per_request"] for r in runs) for shape in ("S1", "M1")},
         }
 
     def profile(self, targets: list[Target], s5_port: int | None, s5_token: str) -> None:

@@ -86,6 +86,7 @@ def test_quick_run_measured_every_scenario(quick_run: tuple[dict, Path]) -> None
     for backend in ("memory", "redis"):
         run = scenarios["S5"][backend]["runs"][0]
         assert run["sessions"] > 0 and run["errors"] == 0
+    assert all(scenarios["IP"]["median"][shape] > 0 for shape in ("S1", "M1"))
     for arm in ("load", "latency"):
         run = scenarios["T1"][arm]["runs"][0]
         assert run["tasks"] > 0 and run["errors"] == 0, (arm, run["first_errors"])
