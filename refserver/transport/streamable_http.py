@@ -125,7 +125,7 @@ class StreamableHttpEndpoint:
                 *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
             ],
         )
-        await send_response(request, send, response, headers)
+        await send_response(request, send, response, headers, request_work)
 
     def _refusal(self, request: HttpRequest, exc: RefserverError) -> HttpResponse:
         status, body, headers = error_parts(exc, request.rpc_id)
