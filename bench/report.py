@@ -150,6 +150,7 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
                 f"(`bench/bare_stream_app.py`, {floor['streams_held']} streams) | "
                 f"{_fmt(floor['rss_per_stream_kib'], 1)} KiB |"
             )
+            lines += _watched_floor(floor)
         if before is not None and after is not None:
             lines.append(
                 f"| Redis connections (refserver / all) | {before['refserver']} / {before['total']} -> "
@@ -351,6 +352,7 @@ def _s4b_lines(s4b: dict[str, Any]) -> list[str]:
             f"(`bench/bare_stream_app.py`, {floor['streams_held']} streams) | "
             f"{_fmt(floor['rss_per_stream_kib'], 1)} KiB |"
         )
+        lines += _watched_floor(floor)
     if before is not None and after is not None:
         lines.append(
             f"| Redis connections (refserver / all) | {before['refserver']} / {before['total']} -> "
@@ -362,3 +364,14 @@ def _s4b_lines(s4b: dict[str, Any]) -> list[str]:
         "| rounds observed | " + (", ".join(rounds) or "none") + " |",
     ]
     return lines
+
+
+def _watched_floor(floor: dict[str, Any]) -> list[str]:
+    watched = floor.get("watched")
+    if not watched:
+        return []
+    return [
+        f"| floor with a disconnect watcher: the same app's `/watched` streams (a nursery, a task waiting for "
+        f"`http.disconnect`, the sender waiting on an event under a heartbeat timeout; {watched['streams_held']} "
+        f"streams) | {_fmt(watched['rss_per_stream_kib'], 1)} KiB |"
+    ]

@@ -557,19 +557,27 @@ class Runner:
         self.data["scenarios"]["S4b"]["floor"] = s4_floor if same else self.stream_floor(count)
 
     def stream_floor(self, count: int) -> dict[str, Any]:
-        """The same number of streams on a bare ASGI app: what Hypercorn, h11 and trio alone cost per stream."""
+        """The same number of streams on a bare ASGI app: what Hypercorn, h11 and trio alone cost per stream; and
+        (`watched`) with the nursery, disconnect watcher and heartbeat scope any stream that sends must add."""
+        floor = self._bare_streams("S4-floor", count, "/mcp")
+        floor["watched"] = self._bare_streams("S4-floor-watched", count, "/watched")
+        return floor
+
+    def _bare_streams(self, name: str, count: int, path: str) -> dict[str, Any]:
         port = free_port()
         server = hypercorn_server(
-            "S4-floor", "bench.bare_stream_app:app", port, {**os.environ}, self.options.server_cpu, self.log_dir
+            name, "bench.bare_stream_app:app", port, {**os.environ}, self.options.server_cpu, self.log_dir
         )
         self._launch([server])
         try:
-            floor: dict[str, Any] = trio.run(
-                lambda: run_floor_streams(port=port, count=count, worker_pid=server.pid, progress=self.progress)
+            held: dict[str, Any] = trio.run(
+                lambda: run_floor_streams(
+                    port=port, count=count, worker_pid=server.pid, progress=self.progress, path=path
+                )
             )
         finally:
             self._stop([server])
-        return floor
+        return held
 
     # --- the whole run --------------------------------------------------------------------------------
 

@@ -139,11 +139,7 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{sessions} streams open when measured; the sessions alone, before any stream: "
                 f"{s4['rss_session_only_kib']:.1f} KiB each"
                 + ("; streams were dropped, so the per-stream part is overstated" if s4.get("streams_dropped") else "")
-                + (
-                    f"; a bare ASGI stream on the same worker alone costs {s4['floor']['rss_per_stream_kib']:.1f} KiB"
-                    if s4.get("floor")
-                    else ""
-                )
+                + _floor_detail(s4.get("floor"))
             )
             if s4
             else "",
@@ -208,16 +204,7 @@ def _s4b_targets(s4b: dict[str, Any] | None) -> list[dict[str, Any]]:
             20.0,
             higher_is_better=False,
             unit="KiB",
-            detail=(
-                f"{s4b['streams_ready']} streams open when measured"
-                + (
-                    f"; a bare ASGI stream on the same worker alone costs {floor['rss_per_stream_kib']:.1f} KiB"
-                    if floor
-                    else ""
-                )
-            )
-            if s4b
-            else "",
+            detail=(f"{s4b['streams_ready']} streams open when measured" + _floor_detail(floor)) if s4b else "",
         )
     ]
     if s4b and s4b.get("redis_connections_before"):
@@ -250,3 +237,12 @@ def _s4b_targets(s4b: dict[str, Any] | None) -> list[dict[str, Any]]:
         )
     out.append(notify)
     return out
+
+
+def _floor_detail(floor: dict[str, Any] | None) -> str:
+    if not floor:
+        return ""
+    detail = f"; a bare ASGI stream on the same worker alone costs {floor['rss_per_stream_kib']:.1f} KiB"
+    if floor.get("watched"):
+        detail += f", {floor['watched']['rss_per_stream_kib']:.1f} KiB with a disconnect watcher and heartbeat scope"
+    return detail
