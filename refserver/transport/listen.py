@@ -155,13 +155,17 @@ class Listener:
 
     async def next_notification(self) -> Notification | None:
         """The next queued notification, waiting for one; None once the listener has ended and its queue is sent."""
-        while True:
-            if self._pending:
-                await trio.lowlevel.checkpoint()  # a checkpoint like any receive; the item stays queued if cancelled
-                return self._pending.popleft()
+        # Scheduled like a memory channel's receive: one checkpoint when something is already queued, none more
+        # after waking for an offer (the stream sends it at once, before whatever the offer's publisher does next).
+        if self._pending or self.end_reason is not None:
+            await trio.lowlevel.checkpoint()  # cancelled here, the notification stays queued
+        else:
+            await self._wait_for_offer()
+        while not self._pending:
             if self.end_reason is not None:
                 return None
             await self._wait_for_offer()
+        return self._pending.popleft()
 
     async def _wait_for_offer(self) -> None:
         if self._reader is not None:
