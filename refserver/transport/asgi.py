@@ -119,6 +119,7 @@ async def send_response(
     (a `subscriptions/listen`, 10,000 of them at once) pays for one nursery, not two.
     """
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    del headers  # sent: Hypercorn has its own copy
     if response.stream is None:
         await send({"type": "http.response.body", "body": response.body})
         return
