@@ -29,6 +29,8 @@ def parse_args(argv: list[str]) -> tuple[Options, Path | None]:
     parser.add_argument("--duration", type=float, help="seconds per wrk measurement (default 6)")
     parser.add_argument("--sessions", type=int, help="S4: concurrent sessions with a stream (default 10000)")
     parser.add_argument("--s4-backend", choices=("redis", "memory"), help="S4's backend (default redis)")
+    parser.add_argument("--listeners", type=int, help="S4b: concurrent listen streams (default 10000)")
+    parser.add_argument("--s4b-backend", choices=("redis", "memory"), help="S4b's backend (default redis)")
     parser.add_argument("--server-cpu", type=int, help="core for the servers (default: the first usable core)")
     parser.add_argument("--client-cpu", type=int, help="core for wrk, the Trio clients and Redis (default: second)")
     parser.add_argument(
@@ -40,7 +42,8 @@ def parse_args(argv: list[str]) -> tuple[Options, Path | None]:
     )
     args = parser.parse_args(argv)
 
-    scenarios = tuple(s.strip().upper() for s in args.scenarios.split(",") if s.strip())
+    canonical = {name.upper(): name for name in ALL_SCENARIOS}  # names are case-insensitive (s4b is S4b)
+    scenarios = tuple(canonical.get(s.strip().upper(), s.strip()) for s in args.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in ALL_SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(ALL_SCENARIOS)}")
@@ -52,6 +55,8 @@ def parse_args(argv: list[str]) -> tuple[Options, Path | None]:
         ("duration", args.duration),
         ("s4_sessions", args.sessions),
         ("s4_backend", args.s4_backend),
+        ("s4b_streams", args.listeners),
+        ("s4b_backend", args.s4b_backend),
         ("server_cpu", args.server_cpu),
         ("client_cpu", args.client_cpu),
         ("nice", args.nice),

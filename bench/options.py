@@ -8,7 +8,7 @@ from typing import Final
 
 import attrs
 
-ALL_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "S3", "S4", "S5", "P", "PJ", "PJA", "IP", "T1")
+ALL_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "S3", "S4", "S4b", "S5", "P", "PJ", "PJA", "IP", "T1")
 FLOOD_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "P", "PJ", "PJA")
 """Measured by wrk at every concurrency, interleaved in the same run (the ratios compare them)."""
 RATIO_CONCURRENCY: Final = 32
@@ -34,6 +34,10 @@ class Options:
     s4_backend: str = "redis"
     """`redis` (the scenario: Redis connections are part of it) or `memory` (to separate the cost of
     holding streams from the cost of the Redis path)."""
+    s4b_streams: int = 10_000
+    """S4b: concurrent 2026-07-28 `subscriptions/listen` streams on one worker."""
+    s4b_backend: str = "redis"
+    """S4b's backend, as for S4 (it uses S4's update interval and rounds)."""
     s5_duration: float = 10.0
     ip_requests: int = 3000
     """IP: requests per batch and request shape (S1's, M1's) handed to the application in-process."""
@@ -72,6 +76,7 @@ class Options:
             "s4_sessions": 50,
             "s4_update_interval": 1.0,
             "s4_rounds": 1,
+            "s4b_streams": 50,
             "s5_duration": 1.0,
             "ip_requests": 100,
             "ip_batches": 1,

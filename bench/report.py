@@ -222,6 +222,7 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
                 f"(`bench/bare_stream_app.py`, {floor['streams_held']} streams) | "
                 f"{_fmt(floor['rss_per_stream_kib'], 1)} KiB |"
             )
+            lines += _watched_floor(floor)
         if before is not None and after is not None:
             lines.append(
                 f"| Redis connections (refserver / all) | {before['refserver']} / {before['total']} -> "
@@ -238,6 +239,8 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
             lines.append(
                 "| Redis commands while notifying (total) | " + ", ".join(f"{k} {v:,}" for k, v in calls) + " |"
             )
+    if "rounds" in s.get("S4b", {}):
+        lines += _s4b_lines(s["S4b"])
     lines += _in_process_section(s)
     if "S5" in s:
         lines += [
@@ -394,3 +397,54 @@ def write_all(data: dict[str, Any], out: Path) -> dict[str, Path]:
     write_json(data, paths["json"])
     paths["md"].write_text(markdown(data, paths["png"].name if plotted else None))
     return paths
+
+
+def _s4b_lines(s4b: dict[str, Any]) -> list[str]:
+    before, after = s4b.get("redis_connections_before"), s4b.get("redis_connections_after")
+    rounds = [f"{r['spread_s']:.2f} s (median arrival +{r['p50_offset_s']:.2f} s)" for r in s4b["rounds"]]
+    lines = [
+        "",
+        f"## S4b: concurrent 2026-07-28 `subscriptions/listen` streams ({s4b['backend']} backend)",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| streams requested, opened; open when measured, at the end; dropped by the server | "
+        f"{s4b['streams_requested']}, {s4b['streams_opened']}; {s4b['streams_ready']}, "
+        f"{s4b['streams_open_at_end']}; {s4b['streams_dropped']} |",
+        f"| first failure; first drop | {s4b['first_error'] or '-'}; {s4b['first_drop'] or '-'} |",
+        f"| streams opened (listen request to acknowledgement) | {_fmt(s4b['open_seconds'], 1)} s "
+        f"({_fmt(s4b['open_streams_per_s'], 0)} streams/s) |",
+        f"| worker RSS: before, with the streams | {s4b['rss_before_bytes'] / 2**20:.1f}, "
+        f"{s4b['rss_after_bytes'] / 2**20:.1f} MiB |",
+        f"| RSS per listen stream | {_fmt(s4b['rss_per_stream_kib'], 1)} KiB |",
+    ]
+    floor = s4b.get("floor")
+    if floor:
+        lines.append(
+            f"| floor: RSS per stream held by a bare ASGI SSE app on the same Hypercorn worker "
+            f"(`bench/bare_stream_app.py`, {floor['streams_held']} streams) | "
+            f"{_fmt(floor['rss_per_stream_kib'], 1)} KiB |"
+        )
+        lines += _watched_floor(floor)
+    if before is not None and after is not None:
+        lines.append(
+            f"| Redis connections (refserver / all) | {before['refserver']} / {before['total']} -> "
+            f"{after['refserver']} / {after['total']} |"
+        )
+    lines += [
+        f"| a notification reaches every stream (first to last arrival, median of rounds) | "
+        f"{_fmt(s4b['notify_all_s'], 2)} s |",
+        "| rounds observed | " + (", ".join(rounds) or "none") + " |",
+    ]
+    return lines
+
+
+def _watched_floor(floor: dict[str, Any]) -> list[str]:
+    watched = floor.get("watched")
+    if not watched:
+        return []
+    return [
+        f"| floor with a disconnect watcher: the same app's `/watched` streams (a nursery, a task waiting for "
+        f"`http.disconnect`, the sender waiting on an event under a heartbeat timeout; {watched['streams_held']} "
+        f"streams) | {_fmt(watched['rss_per_stream_kib'], 1)} KiB |"
+    ]

@@ -25,6 +25,7 @@ import trio
 from bench import profiling
 from bench.cross import run_cross_instance
 from bench.durable_tasks import run_tasks
+from bench.listen_streams import run_listen_streams, warm_listener
 from bench.machine import code_version, load_average, machine_info
 from bench.mcpclient import new_session, obtain_token
 from bench.options import FLOOD_SCENARIOS, RATIO_CONCURRENCY, Options
@@ -144,7 +145,11 @@ class Runner:
     def phase_one(self) -> None:
         opts = self.options
         cpu = opts.server_cpu
-        redis_needed = self.wants("S2", "S3", "T1") or (self.wants("S4") and opts.s4_backend == "redis")
+        redis_needed = (
+            self.wants("S2", "S3", "T1")
+            or (self.wants("S4") and opts.s4_backend == "redis")
+            or (self.wants("S4b") and opts.s4b_backend == "redis")
+        )
         self.redis_port = free_port()
         if redis_needed:
             redis = redis_server(self.redis_port, opts.client_cpu, self.log_dir)
@@ -528,32 +533,39 @@ class Runner:
             "latency": {"runs": latency_runs, "median": _t1_median(latency_runs)},
         }
 
-    # --- phase 2: S4 ----------------------------------------------------------------------------------
+    # --- phase 2: S4 and S4b --------------------------------------------------------------------------
+
+    def _stream_server(self, name: str, backend: str, **extra: object) -> tuple[Proc, int, str]:
+        """A fresh refserver for a streams scenario (its RSS baseline is clean), with a bench token."""
+        port = free_port()
+        settings: dict[str, Any] = {"subscription_update_interval": self.options.s4_update_interval, **extra}
+        if backend == "redis":
+            settings["redis_url"] = self._redis_url()
+        server = hypercorn_server(
+            name, "refserver.app:app", port, refserver_env(port, **settings), self.options.server_cpu, self.log_dir
+        )
+        self._launch([server])
+        return server, port, trio.run(obtain_token, port)
+
+    def _stream_count(self, name: str, wanted: int) -> int:
+        limit = raise_fd_limit(wanted + FD_HEADROOM)
+        if limit >= wanted + FD_HEADROOM:
+            return wanted
+        count = max(1, limit - FD_HEADROOM)
+        self.progress(f"{name}: only {limit} file descriptors allowed: {count} streams instead of {wanted}")
+        return count
 
     def phase_two(self) -> None:
         if not self.wants("S4"):
             return
         opts = self.options
-        port = free_port()
         # The sessions are all created before their streams open, which takes minutes at 10,000: the idle
         # TTL is raised so the first ones are not reaped meanwhile (it changes nothing else measured).
-        redis = opts.s4_backend == "redis"
-        settings: dict[str, Any] = {
-            "subscription_update_interval": opts.s4_update_interval,
-            "session_idle_ttl": S4_IDLE_TTL,
-        }
-        if redis:
-            settings["redis_url"] = self._redis_url()
-        env = refserver_env(port, **settings)
-        server = hypercorn_server("S4-redis", "refserver.app:app", port, env, opts.server_cpu, self.log_dir)
-        self._launch([server])
-        token = trio.run(obtain_token, port)
+        server, port, token = self._stream_server(
+            f"S4-{opts.s4_backend}", opts.s4_backend, session_idle_ttl=S4_IDLE_TTL
+        )
         trio.run(new_session, port, token)  # warm the code paths before the RSS baseline
-        count = opts.s4_sessions
-        limit = raise_fd_limit(count + FD_HEADROOM)
-        if limit < count + FD_HEADROOM:
-            count = max(1, limit - FD_HEADROOM)
-            self.progress(f"S4: only {limit} file descriptors allowed: {count} sessions instead of {opts.s4_sessions}")
+        count = self._stream_count("S4", opts.s4_sessions)
         self.progress(f"S4: opening {count} sessions with a GET stream each")
         result = trio.run(
             lambda: run_streams(
@@ -563,28 +575,66 @@ class Runner:
                 interval=opts.s4_update_interval,
                 rounds=opts.s4_rounds,
                 worker_pid=server.pid,
-                redis_port=self.redis_port if redis else None,
+                redis_port=self.redis_port if opts.s4_backend == "redis" else None,
                 progress=self.progress,
             )
         )
         self.data["scenarios"]["S4"] = {"backend": opts.s4_backend, **result}
         self._stop([server])
-        self.stream_floor(count)
+        self.data["scenarios"]["S4"]["floor"] = self.stream_floor(count)
 
-    def stream_floor(self, count: int) -> None:
-        """The same number of streams on a bare ASGI app: what Hypercorn, h11 and trio alone cost per stream."""
+    def listen_streams(self) -> None:
+        if not self.wants("S4b"):
+            return
+        opts = self.options
+        count = self._stream_count("S4b", opts.s4b_streams)
+        # Room for every stream and the warm-up one (the default limit is 10,000 per instance).
+        server, port, token = self._stream_server(
+            f"S4b-{opts.s4b_backend}", opts.s4b_backend, max_listeners=count + 100
+        )
+        trio.run(warm_listener, port, token)  # warm the code paths before the RSS baseline
+        self.progress(f"S4b: opening {count} subscriptions/listen streams")
+        result = trio.run(
+            lambda: run_listen_streams(
+                port=port,
+                token=token,
+                count=count,
+                interval=opts.s4_update_interval,
+                rounds=opts.s4_rounds,
+                worker_pid=server.pid,
+                redis_port=self.redis_port if opts.s4b_backend == "redis" else None,
+                progress=self.progress,
+            )
+        )
+        self.data["scenarios"]["S4b"] = {"backend": opts.s4b_backend, **result}
+        self._stop([server])
+        s4_floor = self.data["scenarios"].get("S4", {}).get("floor")
+        # The floor is the same bare stream whatever the request: S4's, when it held as many, serves both.
+        same = s4_floor is not None and s4_floor["streams_held"] + s4_floor["streams_failed"] == count
+        self.data["scenarios"]["S4b"]["floor"] = s4_floor if same else self.stream_floor(count)
+
+    def stream_floor(self, count: int) -> dict[str, Any]:
+        """The same number of streams on a bare ASGI app: what Hypercorn, h11 and trio alone cost per stream; and
+        (`watched`) with the nursery, disconnect watcher and heartbeat scope any stream that sends must add."""
+        floor = self._bare_streams("S4-floor", count, "/mcp")
+        floor["watched"] = self._bare_streams("S4-floor-watched", count, "/watched")
+        return floor
+
+    def _bare_streams(self, name: str, count: int, path: str) -> dict[str, Any]:
         port = free_port()
         server = hypercorn_server(
-            "S4-floor", "bench.bare_stream_app:app", port, {**os.environ}, self.options.server_cpu, self.log_dir
+            name, "bench.bare_stream_app:app", port, {**os.environ}, self.options.server_cpu, self.log_dir
         )
         self._launch([server])
         try:
-            floor = trio.run(
-                lambda: run_floor_streams(port=port, count=count, worker_pid=server.pid, progress=self.progress)
+            held: dict[str, Any] = trio.run(
+                lambda: run_floor_streams(
+                    port=port, count=count, worker_pid=server.pid, progress=self.progress, path=path
+                )
             )
         finally:
             self._stop([server])
-        self.data["scenarios"]["S4"]["floor"] = floor
+        return held
 
     # --- the whole run --------------------------------------------------------------------------------
 
@@ -600,6 +650,7 @@ class Runner:
             self.phase_one()
             self.guarded("T1", self.durable_tasks)
             self.guarded("S4", self.phase_two)
+            self.guarded("S4b", self.listen_streams)
         finally:
             self.stop_everything()
         self.data["machine"]["load_average_at_end"] = load_average()
@@ -665,7 +716,7 @@ def prepare(options: Options, progress: Progress) -> None:
         raise_priority(os.getpid(), options.nice)  # and our own session's share (wrk, the Trio clients)
     if options.client_cpu is not None:
         os.sched_setaffinity(0, {options.client_cpu})
-    raise_fd_limit(options.s4_sessions + FD_HEADROOM)
+    raise_fd_limit(max(options.s4_sessions, options.s4b_streams) + FD_HEADROOM)
 
 
 def run_benchmark(options: Options, progress: Progress | None = None) -> dict[str, Any]:

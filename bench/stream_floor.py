@@ -15,8 +15,9 @@ SETTLE_SECONDS: Final = 1.0
 
 
 async def run_floor_streams(
-    *, port: int, count: int, worker_pid: int, progress: Callable[[str], None]
+    *, port: int, count: int, worker_pid: int, progress: Callable[[str], None], path: str = "/mcp"
 ) -> dict[str, Any]:
+    """`path`: `/mcp` the bare stream, `/watched` the bare stream with a disconnect watcher and a heartbeat wait."""
     held: list[tuple[Connection, AsyncIterator[bytes]]] = []
     failed = 0
     gate = trio.Semaphore(OPEN_CONCURRENCY)
@@ -26,7 +27,7 @@ async def run_floor_streams(
         async with gate:
             try:
                 conn = await Connection.open("127.0.0.1", port)
-                status, _ = await conn.open_stream("GET", "/mcp", {"Accept": "text/event-stream"})
+                status, _ = await conn.open_stream("GET", path, {"Accept": "text/event-stream"})
                 if status != 200:
                     raise HttpError(f"HTTP {status}")
                 chunks = conn.stream_chunks()
@@ -48,7 +49,7 @@ async def run_floor_streams(
             for conn, _ in held:
                 await conn.aclose()
     per_stream_kib = (rss_after - rss_before) / max(1, len(held)) / 1024
-    progress(f"S4 floor: {len(held)} bare SSE streams held, {per_stream_kib:.1f} KiB of RSS each (failed {failed})")
+    progress(f"floor {path}: {len(held)} bare SSE streams held, {per_stream_kib:.1f} KiB of RSS each (failed {failed})")
     return {
         "streams_held": len(held),
         "streams_failed": failed,

@@ -247,24 +247,17 @@ async def run_streams(
             f"session with its stream ({result['rss_session_only_kib']:.1f} session + {result['rss_stream_kib']:.1f} "
             f"stream); Redis connections {redis_before} -> {result['redis_connections_after']}"
         )
-        # A round to N streams may take a while (the notifier awaits each session in turn): allow for it.
-        deadline = trio.current_time() + interval * (rounds + 2) + 60.0 + ROUND_ALLOWANCE_PER_SESSION * count
-        complete: list[dict[str, float]] = []
         server_cpu_before = cpu_seconds(worker_pid)
         calls_before = command_calls(redis_port) if redis_port else None
-        while swarm.live and trio.current_time() < deadline:
-            await trio.sleep(min(1.0, interval / 2))
-            settled = [a for a in swarm.arrivals if a[0] >= ready_at]
-            # A round still arriving is not complete: only bursts followed by a quiet gap count.
-            if settled and trio.current_time() - settled[-1][0] > interval / 2:
-                # Complete: reached every stream still open (one the server dropped cannot be reached).
-                found = rounds_from_arrivals(settled, len(swarm.live), interval / 2)
-                if len(found) > len(complete):
-                    spread = found[-1]["spread_s"]
-                    progress(f"S4 round {len(found)}: reached all {len(swarm.live)} open streams in {spread:.2f} s")
-                complete = found
-                if len(complete) >= rounds:
-                    break
+        complete = await watch_rounds(
+            swarm.live,
+            swarm.arrivals,
+            ready_at=ready_at,
+            interval=interval,
+            rounds=rounds,
+            label="S4",
+            progress=progress,
+        )
         watched = trio.current_time() - ready_at
         result["server_cpu_while_idle_streams"] = (cpu_seconds(worker_pid) - server_cpu_before) / max(watched, 1e-9)
         if redis_port and calls_before is not None:
@@ -286,6 +279,37 @@ async def run_streams(
         + (", ".join(f"{s:.2f}" for s in spreads) + " s" if spreads else "NO complete round")
     )
     return result
+
+
+async def watch_rounds(
+    live: set[int],
+    arrivals: list[tuple[float, int]],
+    *,
+    ready_at: float,
+    interval: float,
+    rounds: int,
+    label: str,
+    progress: Callable[[str], None],
+) -> list[dict[str, float]]:
+    """Wait for `rounds` notification rounds that reached every stream still open (`live`, filled by the holders
+    of the streams as `arrivals` come in); return the complete rounds seen (fewer if the deadline passes)."""
+    # A round to N streams may take a while (the notifier awaits each session in turn): allow for it.
+    deadline = trio.current_time() + interval * (rounds + 2) + 60.0 + ROUND_ALLOWANCE_PER_SESSION * len(live)
+    complete: list[dict[str, float]] = []
+    while live and trio.current_time() < deadline:
+        await trio.sleep(min(1.0, interval / 2))
+        settled = [a for a in arrivals if a[0] >= ready_at]
+        # A round still arriving is not complete: only bursts followed by a quiet gap count.
+        if settled and trio.current_time() - settled[-1][0] > interval / 2:
+            # Complete: reached every stream still open (one the server dropped cannot be reached).
+            found = rounds_from_arrivals(settled, len(live), interval / 2)
+            if len(found) > len(complete):
+                spread = found[-1]["spread_s"]
+                progress(f"{label} round {len(found)}: reached all {len(live)} open streams in {spread:.2f} s")
+            complete = found
+            if len(complete) >= rounds:
+                break
+    return complete
 
 
 async def _server_sessions(port: int) -> int | None:

@@ -132,11 +132,7 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{sessions} streams open when measured; the sessions alone, before any stream: "
                 f"{s4['rss_session_only_kib']:.1f} KiB each"
                 + ("; streams were dropped, so the per-stream part is overstated" if s4.get("streams_dropped") else "")
-                + (
-                    f"; a bare ASGI stream on the same worker alone costs {s4['floor']['rss_per_stream_kib']:.1f} KiB"
-                    if s4.get("floor")
-                    else ""
-                )
+                + _floor_detail(s4.get("floor"))
             )
             if s4
             else "",
@@ -172,6 +168,7 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
             f"{lost} of {s4['sessions_requested']} streams failed or were dropped by the server"
         )
     out.append(notify)
+    out += _s4b_targets(scenarios.get("S4b"))
     for backend, goal in (("memory", 1000.0), ("redis", 600.0)):
         s5 = scenarios.get("S5", {}).get(backend)
         out.append(
@@ -189,3 +186,57 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _list(values: list[float]) -> str:
     return "runs: " + ", ".join(f"{v:.2f}" for v in values) if values else ""
+
+
+def _s4b_targets(s4b: dict[str, Any] | None) -> list[dict[str, Any]]:
+    floor = s4b.get("floor") if s4b else None
+    out = [
+        _target(
+            "S4b RSS",
+            "S4b <= 20 KiB RSS per idle subscriptions/listen stream",
+            s4b["rss_per_stream_kib"] if s4b else None,
+            20.0,
+            higher_is_better=False,
+            unit="KiB",
+            detail=(f"{s4b['streams_ready']} streams open when measured" + _floor_detail(floor)) if s4b else "",
+        )
+    ]
+    if s4b and s4b.get("redis_connections_before"):
+        before, after = s4b["redis_connections_before"]["refserver"], s4b["redis_connections_after"]["refserver"]
+        out.append(
+            {
+                "id": "S4b Redis",
+                "target": "S4b constant Redis connections",
+                "measured": after,
+                "goal": before,
+                "unit": "connections",
+                "met": before == after,
+                "detail": f"{before} before, {after} with {s4b['streams_ready']} listen streams",
+            }
+        )
+    notify = _target(
+        "S4b notify",
+        f"S4b a notification reaches all {s4b['streams_requested'] if s4b else 'N'} listen streams <= 2 s",
+        s4b["notify_all_s"] if s4b else None,
+        2.0,
+        higher_is_better=False,
+        unit="s",
+        detail=_list([r["spread_s"] for r in s4b["rounds"]]) + " s" if s4b and s4b["rounds"] else "",
+    )
+    lost = (s4b["streams_dropped"] + s4b["streams_failed"]) if s4b else 0
+    if s4b and lost:
+        notify["met"] = False
+        notify["detail"] = (notify["detail"] + "; " if notify["detail"] else "") + (
+            f"{lost} of {s4b['streams_requested']} listen streams failed or were dropped by the server"
+        )
+    out.append(notify)
+    return out
+
+
+def _floor_detail(floor: dict[str, Any] | None) -> str:
+    if not floor:
+        return ""
+    detail = f"; a bare ASGI stream on the same worker alone costs {floor['rss_per_stream_kib']:.1f} KiB"
+    if floor.get("watched"):
+        detail += f", {floor['watched']['rss_per_stream_kib']:.1f} KiB with a disconnect watcher and heartbeat scope"
+    return detail

@@ -9,10 +9,9 @@ HTTP handlers only read streams, so a client disconnect never loses or blocks th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -103,7 +102,9 @@ class Session:
         self._now = now
         self._nursery: trio.Nursery | None = None
         self._closed = trio.Event()
-        self._finished = trio.Event()
+        self._finished: trio.Event | None = None
+        """Made by the first `wait_closed` (few sessions are ever waited for: most only expire)."""
+        self._done = False
         self.close_reason: str | None = None
         self._in_flight: dict[RequestId, InFlight] = {}
         self._open_requests_per_stream: dict[str, int] = {}
@@ -130,7 +131,9 @@ class Session:
             self.client_requests.release_all()
             with trio.CancelScope(shield=True):
                 await self.events.drop_session(self.id)
-            self._finished.set()
+            self._done = True
+            if self._finished is not None:
+                self._finished.set()
 
     @property
     def closed(self) -> bool:
@@ -145,6 +148,11 @@ class Session:
 
     async def wait_closed(self) -> None:
         """Return once the session is closed and everything it owned is cancelled and released."""
+        if self._done:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._finished is None:
+            self._finished = trio.Event()
         await self._finished.wait()
 
     def touch(self) -> None:
@@ -176,23 +184,25 @@ class Session:
     def new_stream_id(self) -> str:
         return "r" + secrets.token_hex(REQUEST_STREAM_ID_BYTES)
 
-    @contextlib.contextmanager
-    def listening(self, stream_id: str) -> Iterator[Listener]:
-        """An HTTP response follows `stream_id` for as long as this is held; it counts as activity.
+    def listening(self, stream_id: str) -> Listener:
+        """An HTTP response follows `stream_id` while this is entered (`with`); it counts as activity.
 
         The newest connection on a stream supersedes older ones (a resumed GET replaces the POST it
         resumes, a new GET the old one), so that a message is never delivered on two connections: the
         transport spec forbids broadcasting.
         """
+        return Listener(self, stream_id)
+
+    def _listen(self, stream_id: str) -> int:
         self._listeners += 1
         self.touch()
         generation = self._listener_generations.get(stream_id, 0) + 1
         self._listener_generations[stream_id] = generation
-        try:
-            yield Listener(self, stream_id, generation)
-        finally:
-            self._listeners -= 1
-            self.touch()
+        return generation
+
+    def _unlisten(self) -> None:
+        self._listeners -= 1
+        self.touch()
 
     def _delivered(self, stream_id: str, seq: int) -> None:
         # Only the standalone stream needs this: a fresh GET starts after what was already delivered.
@@ -369,11 +379,21 @@ class Session:
 
 @attrs.define(eq=False)
 class Listener:
-    """What a response following one stream of a session may ask of it."""
+    """What a response following one stream of a session may ask of it; registered while entered.
+
+    Its own context manager (not a `contextlib.contextmanager` generator): an open stream holds one small object.
+    """
 
     session: Session
     stream_id: str
-    generation: int
+    generation: int = 0
+
+    def __enter__(self) -> Listener:
+        self.generation = self.session._listen(self.stream_id)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.session._unlisten()
 
     @property
     def superseded(self) -> bool:

@@ -20,8 +20,9 @@ from bench.streams import rounds_from_arrivals
 from bench.targets import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_RUN_TIMEOUT = 240.0
-"""Seconds for the whole quick run (about 40 s; servers start slowly on a loaded machine)."""
+QUICK_RUN_TIMEOUT = 420.0
+"""Seconds for the whole quick run (about 60 s alone; servers start slowly on a loaded machine, and S4, S4b and
+the two stream floors each start a fresh server)."""
 
 
 def _missing_tools() -> list[str]:
@@ -59,7 +60,7 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run: tuple[dict, Path]) -
     markdown = json_path.with_suffix(".md").read_text()
     assert json_path.with_suffix(".png").stat().st_size > 10_000
     assert f"![throughput and p99 latency against concurrency]({json_path.stem}.png)" in markdown
-    for heading in ("## Targets", "## Request floods", "## S3", "## S4", "## S5", "## T1"):
+    for heading in ("## Targets", "## Request floods", "## S3", "## S4:", "## S4b", "## S5", "## T1"):
         assert heading in markdown
     assert data["machine"]["cpu_count"] and data["machine"]["wrk"]
     assert data["options"]["quick"] is True
@@ -83,6 +84,12 @@ def test_quick_run_measured_every_scenario(quick_run: tuple[dict, Path]) -> None
     assert s4["sessions_ready"] == s4["sessions_requested"] and s4["sessions_failed"] == 0
     assert s4["rss_after_bytes"] > 0 and s4["redis_connections_after"]["refserver"] > 0
     assert s4["rounds"], "no notification round reached every stream"
+    s4b = scenarios["S4b"]
+    assert s4b["streams_ready"] == s4b["streams_requested"] and s4b["streams_failed"] == 0, s4b["first_error"]
+    assert s4b["streams_dropped"] == 0, s4b["first_drop"]
+    assert s4b["rss_after_bytes"] > 0 and s4b["redis_connections_after"]["refserver"] > 0
+    assert s4b["rounds"], "no notification round reached every listen stream"
+    assert s4b["floor"]["streams_held"] == s4b["streams_requested"]
     for backend in ("memory", "redis"):
         run = scenarios["S5"][backend]["runs"][0]
         assert run["sessions"] > 0 and run["errors"] == 0
@@ -111,6 +118,9 @@ def test_quick_run_evaluates_every_target(quick_run: tuple[dict, Path]) -> None:
         "S4 RSS",
         "S4 Redis",
         "S4 notify",
+        "S4b RSS",
+        "S4b Redis",
+        "S4b notify",
         "S5 memory",
         "S5 redis",
     }

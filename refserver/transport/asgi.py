@@ -8,7 +8,7 @@ watched for while an SSE stream is open, the one case where nothing else would n
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Final
 
@@ -108,21 +108,41 @@ def encode_headers(response: HttpResponse, extra: Iterable[tuple[str, str]]) -> 
     return headers
 
 
-async def send_response(request: HttpRequest, send: Send, response: HttpResponse, headers: Headers) -> None:
+async def send_response(
+    request: HttpRequest, send: Send, response: HttpResponse, headers: Headers, work: trio.Nursery | None = None
+) -> None:
     """Write `response`; a stream is followed until it ends or the client leaves (or stops reading: then
-    `web/write_stall.py` ends the connection, and this sees the client leave)."""
+    `web/write_stall.py` ends the connection, and this sees the client leave).
+
+    `work`: the nursery of the request's own work, if it has one (a 2026 request), which ends with its answer.
+    The watcher for the client leaving then runs in it, rather than in a nursery of its own: an open stream
+    (a `subscriptions/listen`, 10,000 of them at once) pays for one nursery, not two.
+    """
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    del headers  # sent: Hypercorn has its own copy
     if response.stream is None:
         await send({"type": "http.response.body", "body": response.body})
         return
-    async with aclosing(response.stream) as chunks, trio.open_nursery() as nursery:
+    # A stream may be open for hours: the decoded request headers were for deciding how to answer, not for that.
+    request.headers = {}
+    async with aclosing(response.stream) as chunks:
+        if work is not None:
+            await _send_chunks(request, send, chunks, work)
+            return
+        async with trio.open_nursery() as nursery:
+            await _send_chunks(request, send, chunks, nursery)
 
-        async def end_when_client_leaves() -> None:
-            await request.wait_for_disconnect()
-            nursery.cancel_scope.cancel()
 
-        nursery.start_soon(end_when_client_leaves)
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+async def _send_chunks(request: HttpRequest, send: Send, chunks: AsyncIterator[bytes], nursery: trio.Nursery) -> None:
+    """Send every chunk; `nursery` is cancelled when they end or the client leaves (what else runs in it belongs
+    to this response)."""
+
+    async def end_when_client_leaves() -> None:
+        await request.wait_for_disconnect()
         nursery.cancel_scope.cancel()
+
+    nursery.start_soon(end_when_client_leaves)
+    async for chunk in chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+    nursery.cancel_scope.cancel()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final
 
@@ -50,6 +51,12 @@ MAX_TASK_SUBSCRIPTIONS: Final = 100
 """Task ids one listener may follow: a client follows the few tasks it waits for, not a history."""
 GRACEFUL_ENDS: Final = frozenset({"shutdown", "overflow", "resync"})
 """Ends the client is told of (with the listen request's result), so that it listens again at once."""
+NOTHING: Final[frozenset[str]] = frozenset()
+"""The one empty set every filter shares: a listener lives as long as its stream, 10,000 of them at once."""
+
+
+def _shared(values: set[str] | list[str] | tuple[str, ...]) -> frozenset[str]:
+    return frozenset(values) if values else NOTHING
 
 
 @attrs.frozen
@@ -57,7 +64,7 @@ class ListenFilter:
     lists: frozenset[str]
     """Which of `tools`, `prompts`, `resources` the listener wants list-changed notifications for."""
     resources: frozenset[str]
-    task_ids: frozenset[str] = frozenset()
+    task_ids: frozenset[str] = NOTHING
     """The tasks (extension `io.modelcontextprotocol/tasks`) whose status changes the listener wants."""
 
     @classmethod
@@ -82,7 +89,7 @@ class ListenFilter:
             or len(task_ids) > MAX_TASK_SUBSCRIPTIONS
         ):
             raise InvalidParams(f"notifications.taskIds must be a list of at most {MAX_TASK_SUBSCRIPTIONS} task ids")
-        return cls(frozenset(lists), frozenset(uris or ()), frozenset(task_ids or ()))
+        return cls(_shared(lists), _shared(uris or ()), _shared(task_ids or ()))
 
     def as_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {field: True for kind, (field, _) in LIST_CHANGED.items() if kind in self.lists}
@@ -108,30 +115,73 @@ class ListenFilter:
 
 @attrs.define(eq=False)
 class Listener:
+    """One open listen stream's registration and its queue.
+
+    The queue is a plain deque made at the first notice and a parked reader woken by the offer, not a memory
+    channel: an idle listener (nearly all of them) holds no queue and no trio object but its waiting task.
+    """
+
     request_id: RequestId
     filter: ListenFilter
     access: AccessInfo | None
-    send: trio.MemorySendChannel[Notification]
-    receive: trio.MemoryReceiveChannel[Notification]
     end_reason: str | None = None
     describe_task: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
     """The task as `notifications/tasks` carries it (None: gone), read when its notification is sent."""
+    _pending: deque[Notification] | None = None
+    """At most LISTENER_QUEUE notifications not yet sent."""
+    _reader: trio.lowlevel.Task | None = None
+    """The stream's task while it waits in `next_notification`."""
 
     def end(self, reason: str) -> None:
-        """Stop the stream: what is queued is still sent, then the stream ends (closing wakes its reader)."""
+        """Stop the stream: what is queued is still sent, then the stream ends (its waiting reader is woken)."""
         if self.end_reason is None:
             self.end_reason = reason
-            self.send.close()
+            self._wake()
 
     def offer(self, notice: ListenNotice) -> None:
-        for notification in self.filter.notifications_for(notice):
-            try:
-                self.send.send_nowait(notification)
-            except trio.WouldBlock:
+        if self.end_reason is not None:
+            return  # ended: nothing more is queued
+        notifications = self.filter.notifications_for(notice)
+        if not notifications:
+            return
+        if self._pending is None:
+            self._pending = deque()
+        for notification in notifications:
+            if len(self._pending) >= LISTENER_QUEUE:
                 self.end("overflow")
                 return
-            except trio.ClosedResourceError:
-                return  # ended meanwhile
+            self._pending.append(notification)
+        self._wake()
+
+    async def next_notification(self) -> Notification | None:
+        """The next queued notification, waiting for one; None once the listener has ended and its queue is sent."""
+        # Scheduled like a memory channel's receive: one checkpoint when something is already queued, none more
+        # after waking for an offer (the stream sends it at once, before whatever the offer's publisher does next).
+        if self._pending or self.end_reason is not None:
+            await trio.lowlevel.checkpoint()  # cancelled here, the notification stays queued
+        else:
+            await self._wait_for_offer()
+        while not self._pending:
+            if self.end_reason is not None:
+                return None
+            await self._wait_for_offer()
+        return self._pending.popleft()
+
+    async def _wait_for_offer(self) -> None:
+        if self._reader is not None:
+            raise trio.BusyResourceError("another task already reads this listener")
+        self._reader = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._reader = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _wake(self) -> None:
+        if self._reader is not None:
+            trio.lowlevel.reschedule(self._reader)
+            self._reader = None
 
 
 class ListenHub:
@@ -149,23 +199,35 @@ class ListenHub:
     def __len__(self) -> int:
         return len(self._listeners)
 
-    @contextlib.contextmanager
-    def listening(self, request_id: RequestId, wanted: ListenFilter, access: AccessInfo | None) -> Iterator[Listener]:
+    def admit(self) -> None:
+        """Refuse (503) a new listener while draining or full; `listening` checks it too."""
         if self._draining:
             raise ServiceUnavailable("the server is shutting down: listen on another instance")
         if len(self._listeners) >= self._max_listeners:
             raise ServiceUnavailable("too many listeners on this instance; try again later")
-        send, receive = trio.open_memory_channel[Notification](LISTENER_QUEUE)
-        listener = Listener(request_id, wanted, access, send, receive)
-        self._listeners.add(listener)
+
+    @contextlib.contextmanager
+    def listening(self, request_id: RequestId, wanted: ListenFilter, access: AccessInfo | None) -> Iterator[Listener]:
+        """A new listener, registered for the block (refused with 503 while draining or full)."""
+        self.admit()
+        listener = Listener(request_id, wanted, access)
+        self.enter(listener)
         try:
             yield listener
         finally:
-            self._listeners.discard(listener)
-            if listener.end_reason == "overflow":
-                self.overflowed += 1
-            send.close()
-            receive.close()
+            self.leave(listener)
+
+    def enter(self, listener: Listener) -> None:
+        """Register `listener`: notices reach it from now on. Admitted earlier (`admit`), it may find a drain
+        begun since: then it ends at once, gracefully."""
+        if self._draining:
+            listener.end("shutdown")
+        self._listeners.add(listener)
+
+    def leave(self, listener: Listener) -> None:
+        self._listeners.discard(listener)
+        if listener.end_reason == "overflow":
+            self.overflowed += 1
 
     async def publish(self, notice: ListenNotice) -> None:
         if self._bus.distributed:
@@ -215,37 +277,51 @@ class ListenHub:
 
 
 async def listen_stream(
-    listener: Listener, *, heartbeat_interval: float, server_info: Mapping[str, Any]
+    listener: Listener, *, heartbeat_interval: float, server_info: Mapping[str, Any], hub: ListenHub | None = None
 ) -> AsyncGenerator[bytes, None]:
     """The SSE body of one listener: the acknowledgement, the notices, heartbeats, and (when the server ends the
-    subscription) the listen request's result."""
-    subscription = {SUBSCRIPTION_ID_KEY: listener.request_id}
-    acknowledged = Notification(
-        "notifications/subscriptions/acknowledged", {"notifications": listener.filter.as_wire(), "_meta": subscription}
-    )
-    yield encode_event(encode_message(acknowledged))
-    expires_at = listener.access.expires_at if listener.access is not None else None
-    deadline = trio.current_time() + (expires_at - time.time()) if expires_at is not None else float("inf")
-    with trio.move_on_at(deadline):
+    subscription) the listen request's result.
+
+    `hub`: the listener is registered with it for exactly as long as the body is being sent (from its first chunk
+    until it is closed: when the response ends or its client leaves), rather than by a task holding `listening`
+    open beside the stream. A body never started registers nothing. Without it, the caller registered it.
+    """
+    if hub is not None:
+        hub.enter(listener)
+    try:
+        subscription = {SUBSCRIPTION_ID_KEY: listener.request_id}
+        wire = {"notifications": listener.filter.as_wire(), "_meta": subscription}
+        yield encode_event(encode_message(Notification("notifications/subscriptions/acknowledged", wire)))
+        del wire  # an open stream keeps only what it needs to send
+        expires_at = listener.access.expires_at if listener.access is not None else None
+        deadline = trio.current_time() + (expires_at - time.time()) if expires_at is not None else float("inf")
         while True:
-            notification: Notification | None = None
-            with trio.move_on_after(heartbeat_interval):
-                try:
-                    notification = await listener.receive.receive()
-                except trio.EndOfChannel:
-                    break
-            if notification is None:
+            # One cancel scope per wait, at the heartbeat or the token's expiry, whichever comes first.
+            with trio.move_on_at(min(deadline, trio.current_time() + heartbeat_interval)) as idle:
+                notification = await listener.next_notification()
+            if idle.cancelled_caught:
+                if trio.current_time() >= deadline:
+                    break  # the access token expired: the client listens again with a fresh one
                 yield HEARTBEAT
                 continue
+            if notification is None:
+                break
             params = dict(notification.params or {})
             if notification.method == TASK_NOTIFICATION and listener.describe_task is not None:
-                described = await listener.describe_task(str(params.get("taskId")))
+                described: dict[str, Any] | None = None
+                with trio.move_on_at(deadline):
+                    described = await listener.describe_task(str(params.get("taskId")))
+                if trio.current_time() >= deadline:
+                    break
                 if described is None:
                     continue
                 params = described
             params["_meta"] = {**params.get("_meta", {}), **subscription}
             yield encode_event(encode_message(Notification(notification.method, params)))
-    if listener.end_reason in GRACEFUL_ENDS:
-        # A graceful end, told to the client: it may listen again (elsewhere) at once.
-        result = {"resultType": "complete", "_meta": {**subscription, SERVER_INFO_KEY: dict(server_info)}}
-        yield encode_event(encode_message(Response(listener.request_id, result)))
+        if listener.end_reason in GRACEFUL_ENDS:
+            # A graceful end, told to the client: it may listen again (elsewhere) at once.
+            result = {"resultType": "complete", "_meta": {**subscription, SERVER_INFO_KEY: dict(server_info)}}
+            yield encode_event(encode_message(Response(listener.request_id, result)))
+    finally:
+        if hub is not None:
+            hub.leave(listener)

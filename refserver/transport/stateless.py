@@ -200,7 +200,7 @@ class StatelessExchange:
             if log_context is not None and meta.trace is not None:
                 log_context.join_trace(meta.trace.traceparent)
             if message.method == LISTEN:
-                return await self._listen(message, meta, access, nursery)
+                return await self._listen(message, meta, access)
             core_request = self._core_request(message, meta, request.headers, caller)
         except RefserverError as error:
             return error_answer(message.id, error)
@@ -224,9 +224,7 @@ class StatelessExchange:
             200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=self._stream(first, frames_out)
         )
 
-    async def _listen(
-        self, message: Request, meta: RequestMeta, access: AccessInfo | None, nursery: trio.Nursery
-    ) -> HttpResponse:
+    async def _listen(self, message: Request, meta: RequestMeta, access: AccessInfo | None) -> HttpResponse:
         wanted = ListenFilter.parse(message.params)
         tasks = self._core.tasks
         if wanted.task_ids:
@@ -236,16 +234,11 @@ class StatelessExchange:
         async def describe_task(task_id: str) -> dict[str, Any] | None:
             return await tasks.describe(task_id, owner)
 
-        async def hold_registration(*, task_status: trio.TaskStatus[Listener]) -> None:
-            # The listener is registered for exactly as long as the HTTP request lasts: its nursery ends it.
-            with self.hub.listening(message.id, wanted, access) as listener:
-                listener.describe_task = describe_task
-                task_status.started(listener)
-                await trio.sleep_forever()
-
-        listener = await nursery.start(hold_registration)
+        self.hub.admit()  # a 503 now, before the 200; the stream registers when it starts
+        # Only the id of the request is kept for the stream's life, not the parsed request.
+        listener = Listener(message.id, wanted, access, describe_task=describe_task)
         stream = listen_stream(
-            listener, heartbeat_interval=self._heartbeat_interval, server_info=self._core.server_info
+            listener, heartbeat_interval=self._heartbeat_interval, server_info=self._core.server_info, hub=self.hub
         )
         return HttpResponse(200, content_type=EVENT_STREAM, headers=tuple(SSE_HEADERS.items()), stream=stream)
 

@@ -117,15 +117,21 @@ class StreamableHttpEndpoint:
         except Exception as exc:
             response = HttpResponse(500, unexpected_exception_body(exc).encode())
         origin = request.header("origin")
-        headers = encode_headers(
+        # Passed on, not kept here: a stream's frame should not hold its response headers for hours.
+        await send_response(
+            request,
+            send,
             response,
-            [
-                *response_headers.security_headers(self._settings, response.content_type),
-                *response_headers.mcp_cors_headers(origin, self._services.origin_policy),
-                *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
-            ],
+            encode_headers(
+                response,
+                [
+                    *response_headers.security_headers(self._settings, response.content_type),
+                    *response_headers.mcp_cors_headers(origin, self._services.origin_policy),
+                    *(drain_headers(request.scope.get("http_version", "1.1")) if self._registry.draining else ()),
+                ],
+            ),
+            request_work,
         )
-        await send_response(request, send, response, headers)
 
     def _refusal(self, request: HttpRequest, exc: RefserverError) -> HttpResponse:
         status, body, headers = error_parts(exc, request.rpc_id)
