@@ -3,6 +3,7 @@ sessions Redis lost end here. Real registry, sessions, event log, store and bus 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import attrs
@@ -90,3 +91,21 @@ async def test_sessions_lost_by_a_redis_restart_end_at_the_resync(
     await wait_until(lambda: all(s.closed for s in sessions), 15, "every session to end")
     assert {s.close_reason for s in sessions} == {"gone"}
     await wait_until(lambda: len(instance.registry) == 0, 5, "the registry to let them go")
+
+
+async def test_a_worker_busy_past_the_command_bound_does_not_resync(
+    redis_server: RedisServer, instance: Instance
+) -> None:
+    """A poll that comes back late because the worker itself was busy (a big notification fan-out on a shared core)
+    has lost nothing: the subscriber keeps its connection, nobody is resynced, and messages still arrive."""
+    session = await instance.registry.create_session("streamable")
+    connection_before = [c["id"] for c in redis_server.client().client_list(_type="pubsub")]
+    await trio.sleep(0.2)  # the subscriber is polling
+    time.sleep(2.5)  # noqa: ASYNC251 - the whole worker blocked past the 2 s command bound, on purpose
+    await trio.sleep(0.5)
+    assert instance.bus.statistics().reconnects == 0
+    assert [c["id"] for c in redis_server.client().client_list(_type="pubsub")] == connection_before
+    received_before = instance.bus.statistics().received
+    redis_server.client().execute_command("SPUBLISH", instance.bus._inbox, b'{"not": "a session message"}')
+    await wait_until(lambda: instance.bus.statistics().received > received_before, 5, "a message after the stall")
+    assert not session.closed

@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 
 POLL_TIMEOUT: Final = 0.05
 """The subscriber waits at most this long for a message on the asyncio side before handing back control."""
+POLL_BOUND: Final = 30.0
+"""The trio side's bound on one poll. The poll itself returns after POLL_TIMEOUT of asyncio time whatever Redis does,
+so this only catches a wedged bridge. It must not be the 2 s command bound: a poll that came back late because this
+worker was busy (one notification fanned out to 10,000 listen streams takes about a second of CPU, more on a shared
+core) would be cancelled, and a cancelled read drops the subscriber's socket mid-reply, which forces a resync that
+ends every listener on the instance. A dead connection still fails the read at once."""
 RECONNECT_DELAY: Final = 0.5
 """Pause between attempts to re-open the subscriber connection while Redis is down."""
 SUBSCRIBE_TIMEOUT: Final = 5.0
@@ -177,7 +183,7 @@ class RedisBus:
         while True:
             # Everything already received, in one hop to the asyncio side (one hop per message cannot keep
             # up with a busy cluster).
-            for message in await self._conn.call(lambda _r: _receive_batch(pubsub)):
+            for message in await self._conn.call(lambda _r: _receive_batch(pubsub), within=POLL_BOUND):
                 if message.get("type") in ("sunsubscribe", b"sunsubscribe"):
                     # Redis dropped the subscription (its slot moved to another node): whatever is published
                     # there from now on is lost to this subscriber. Start over, with a rejoin and a resync.

@@ -261,8 +261,9 @@ class RedisConnection:
         with contextlib.suppress(BackendUnavailable, InternalError):
             await self.call(fill)
 
-    async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
-        """Run `command(client)` on the asyncio side and return its result, within `command_timeout`.
+    async def call(self, command: Callable[[Redis], Awaitable[T]], *, within: float | None = None) -> T:
+        """Run `command(client)` on the asyncio side and return its result, within `within` seconds (default:
+        `command_timeout`).
 
         Raises BackendUnavailable when Redis is down, slow, or this connection is not running. A cancelled caller
         cancels the asyncio task and waits for it to unwind (trio-asyncio's abort keeps the caller waiting; redis-py
@@ -280,8 +281,9 @@ class RedisConnection:
         self._commands += 1
         self._in_flight += 1
         started = time.perf_counter()
+        bound = self.command_timeout if within is None else within
         try:
-            with TRACING.client_span("redis", REDIS_SPAN), trio.fail_after(self.command_timeout):
+            with TRACING.client_span("redis", REDIS_SPAN), trio.fail_after(bound):
                 if self._cluster_client is None:
                     return cast(T, await loop.run_aio_coroutine(on_asyncio_side()))
                 async with self._calls_allowed:
@@ -289,7 +291,7 @@ class RedisConnection:
         except trio.TooSlowError as exc:
             self._errors += 1
             self._timeouts += 1
-            raise BackendSlow(f"Redis did not answer within {self.command_timeout}s") from exc
+            raise BackendSlow(f"Redis did not answer within {bound}s") from exc
         except asyncio.CancelledError as exc:
             # Our own cancellation arrives as trio.Cancelled; this one means the loop shut down under the call.
             self._errors += 1
