@@ -93,6 +93,20 @@ class RedisClusterServers:
             for key, value in info.items()
         )
 
+    def serves_without(self, dead: RedisServer) -> bool:
+        """Every live node agrees the cluster is up and names no slot of `dead` any more (its replica took them)."""
+        try:
+            for node in self.live_nodes():
+                client = node.client()
+                if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":  # type: ignore[no-untyped-call]
+                    return False
+                for entry in client.execute_command("CLUSTER SLOTS"):  # type: ignore[no-untyped-call]
+                    if int(entry[2][1]) == dead.port:
+                        return False
+        except redis.RedisError:
+            return False
+        return True
+
     def live_nodes(self) -> list[RedisServer]:
         return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
 
