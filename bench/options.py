@@ -8,8 +8,8 @@ from typing import Final
 
 import attrs
 
-ALL_SCENARIOS: Final = ("S0", "S1", "S1T", "M1", "S2", "S3", "S4", "S5", "P", "PJ", "T1")
-FLOOD_SCENARIOS: Final = ("S0", "S1", "S1T", "M1", "S2", "P", "PJ")
+ALL_SCENARIOS: Final = ("S0", "S1", "S1T", "M1", "S2", "S2C", "S3", "S4", "S4C", "S5", "P", "PJ", "T1")
+FLOOD_SCENARIOS: Final = ("S0", "S1", "S1T", "M1", "S2", "S2C", "P", "PJ")
 """Measured by wrk at every concurrency, interleaved in the same run (the ratios compare them)."""
 RATIO_CONCURRENCY: Final = 32
 """The concurrency the throughput targets are stated at."""
