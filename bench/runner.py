@@ -284,7 +284,9 @@ class Runner:
         ports = [free_port() for _ in range(formation.NODES)]
         nodes = []
         for port in ports:
-            directory = self.log_dir / f"redis-cluster-{port}"  # one per node: each keeps its own files
+            # One per node: each keeps its own files. Absolute: redis-server reads its cluster config file after
+            # changing to its --dir.
+            directory = (self.log_dir / f"redis-cluster-{port}").resolve()
             directory.mkdir(parents=True, exist_ok=True)
             options = formation.node_options(directory / "nodes.conf", free_port(), CLUSTER_NODE_TIMEOUT_MS)
             nodes.append(
