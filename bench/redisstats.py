@@ -11,7 +11,6 @@ from typing import Final
 
 import redis
 
-
 NOT_OURS: Final = ("info", "client|list", "replconf")
 
 
