@@ -1,12 +1,14 @@
-"""A Redis Cluster master SIGKILLed under requests that must write to its slots: those get 503 with the JSON-RPC error
-of an unavailable backend (never a 500, never a hang) until the replica is promoted, then succeed again by themselves;
-sessions acknowledged before the kill, whose writes had reached the replica, keep working.
+"""A Redis Cluster master SIGKILLed under requests that must write to its slots: until the replica is promoted those
+fail with the JSON-RPC error of an unavailable backend (503 for a new session or one the instance must load; 200
+carrying the error for a request of a session the instance holds), never a 500, never a hang; then they succeed
+again by themselves, on every instance; sessions acknowledged before the kill, whose writes had reached the replica,
+keep working.
 
 Two kinds of request write Redis on every call, so neither can be answered from an instance's copy of a session:
 - `initialize` saves the new session's record (`SET {<id>}:session`) and joins its holders set, in the slot of its
   random id: about a third of new sessions land on the killed master;
 - `logging/setLevel` with a level other than the session's current one stores the changed record (an unchanged
-  level writes nothing), for a session chosen before the kill because its slot is on the master to be killed.
+  level writes nothing), for a session whose slot is on the master to be killed (it picks the master).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ SETTLED = 3
 """Consecutive successes of each probing loop (one per instance and kind), once every node names the promoted
 replica, that end the outage."""
 LEVELS = itertools.cycle(["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"])
-"""Every level in turn: with requests going round three instances, none is asked for the level its copy of the session
-already has (which would write nothing), even when a refused request left its copy changed."""
+"""Every level in turn, one sequence for all loops: an instance is asked for the level its copy of the session already
+has (which would write nothing) only when eight requests went elsewhere since its copy last changed."""
 
 
 @attrs.frozen
