@@ -150,7 +150,7 @@ async def run_listen_streams(
     client_cpu_before = time.process_time()
     await trio.sleep(1.0)  # the warm-up listener's teardown settles before the baseline
     rss_before = rss_bytes(worker_pid)
-    redis_before = redis_connections(redis_port) if redis_port else None
+    redis_before = redis_connections([redis_port]) if redis_port else None
     result: dict[str, Any] = {"streams_requested": count, "update_interval_s": interval}
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -180,7 +180,7 @@ async def run_listen_streams(
             rss_after_bytes=rss_after,
             rss_per_stream_kib=(rss_after - rss_before) / max(1, live_at_rss) / 1024,
             redis_connections_before=redis_before,
-            redis_connections_after=redis_connections(redis_port) if redis_port else None,
+            redis_connections_after=redis_connections([redis_port]) if redis_port else None,
         )
         progress(
             f"S4b {live_at_rss} listen streams open: RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB: "

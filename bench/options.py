@@ -8,8 +8,26 @@ from typing import Final
 
 import attrs
 
-ALL_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "S3", "S4", "S4b", "S5", "P", "PJ", "PJA", "IP", "T1")
-FLOOD_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "P", "PJ", "PJA")
+ALL_SCENARIOS: Final = (
+    "S0",
+    "S0A",
+    "S1",
+    "S1T",
+    "M1",
+    "S2",
+    "S2C",
+    "S3",
+    "S4",
+    "S4C",
+    "S4b",
+    "S5",
+    "P",
+    "PJ",
+    "PJA",
+    "IP",
+    "T1",
+)
+FLOOD_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "S2C", "P", "PJ", "PJA")
 """Measured by wrk at every concurrency, interleaved in the same run (the ratios compare them)."""
 RATIO_CONCURRENCY: Final = 32
 """The concurrency the throughput targets are stated at."""

@@ -214,13 +214,25 @@ def sdk_peer_server(
     )
 
 
-def redis_server(port: int, cpu: int | None, log_dir: Path) -> Proc:
+REDIS_PROC_PREFIX: Final = "redis"
+"""Every redis-server Proc's name starts so: they are stopped after the servers, which talk to them on their way out."""
+
+
+def redis_server(
+    port: int, cpu: int | None, log_dir: Path, *, name: str = REDIS_PROC_PREFIX, extra_options: Sequence[str] = ()
+) -> Proc:
+    """redis-server without persistence; `extra_options` (a cluster node's) come last. Its files go to `log_dir`."""
+    assert name.startswith(REDIS_PROC_PREFIX), name
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    options += ["--dir", str(log_dir), "--maxclients", "20000"]
-    proc = Proc("redis", pinned([binary, *options], cpu), dict(os.environ), log_dir / "redis.log")
+    options += ["--dir", str(log_dir), "--maxclients", "20000", *extra_options]
+    proc = Proc(name, pinned([binary, *options], cpu), dict(os.environ), log_dir / f"{name}.log")
     proc.health_url = None
     return proc
+
+
+def is_redis(proc: Proc) -> bool:
+    return proc.name.startswith(REDIS_PROC_PREFIX)
 
 
 def wait_redis(port: int, timeout: float = 10.0) -> None:

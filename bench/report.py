@@ -13,11 +13,12 @@ SCENARIO_NAMES: Final = {
     "S1": "S1 refserver, tools/call echo, memory backend",
     "M1": "M1 refserver, tools/call echo in protocol 2026-07-28 (no session), memory backend",
     "S2": "S2 refserver, tools/call echo, Redis backend",
+    "S2C": "S2C refserver, tools/call echo, Redis Cluster backend (3 masters + 3 replicas)",
     "P": "P official SDK MCPServer on uvicorn, no auth (SDK default: SSE answers)",
     "PJ": "PJ the same SDK server with json_response=True",
     "PJA": "PJA PJ behind the SDK's bearer middleware, verifying the same JWT",
 }
-PLOT_ORDER: Final = ("S0A", "S0", "S1", "M1", "S2", "P", "PJ", "PJA")
+PLOT_ORDER: Final = ("S0A", "S0", "S1", "M1", "S2", "S2C", "P", "PJ", "PJA")
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -161,19 +162,8 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
                 f"{_pct(med['interference'])} | {med['bad'] + med['errors']} |"
             )
     lines += _ceiling_table(s)
-    s2_runs = [r for point in s.get("S2", {}).get("points", {}).values() for r in point["runs"]]
-    per_request = [r["redis_calls_per_request"] for r in s2_runs if "redis_calls_per_request" in r]
-    if per_request:
-        commands: dict[str, float] = {}
-        for run in s2_runs:
-            for name, value in run.get("redis_commands_per_request", {}).items():
-                commands[name] = commands.get(name, 0.0) + value / len(s2_runs)
-        shown = ", ".join(f"{name} {value:.2f}" for name, value in sorted(commands.items(), key=lambda kv: -kv[1])[:6])
-        lines += [
-            "",
-            f"Redis commands per S2 `tools/call` (INFO commandstats over each run): {min(per_request):.2f} to "
-            f"{max(per_request):.2f} ({shown}).",
-        ]
+    for flood, where in (("S2", ""), ("S2C", ", the cluster's masters together")):
+        lines += _redis_per_request_lines(flood, where, s)
     if "median" in s.get("S3", {}):
         s3 = s["S3"]
         med = s3["median"]
@@ -191,54 +181,9 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
             f"| wrk c=32, connections alternating instances, req/s (both instances on one core) | "
             f"{_fmt(wrk['requests_per_s'], 0)} (p50 {_fmt(wrk['p50_ms'], 2)} ms, p99 {_fmt(wrk['p99_ms'], 2)} ms) |",
         ]
-    if "rounds" in s.get("S4", {}):
-        s4 = s["S4"]
-        before, after = s4.get("redis_connections_before"), s4.get("redis_connections_after")
-        rounds = [f"{r['spread_s']:.2f} s (median arrival +{r['p50_offset_s']:.2f} s)" for r in s4["rounds"]]
-        lines += [
-            "",
-            f"## S4: concurrent sessions, each with an open GET stream ({s4.get('backend', 'redis')} backend)",
-            "",
-            "| measure | value |",
-            "| --- | --- |",
-            f"| sessions requested, created, streams opened | {s4['sessions_requested']}, "
-            f"{s4.get('sessions_created', '-')}, {s4.get('streams_opened', '-')} "
-            f"(server reports {s4['server_reported_sessions']} sessions) |",
-            f"| streams open when measured, at the end; dropped by the server | {s4['sessions_ready']}, "
-            f"{s4.get('streams_open_at_end', '-')}; {s4.get('streams_dropped', '-')} |",
-            f"| first failure; first drop | {s4['first_error'] or '-'}; {s4.get('first_drop') or '-'} |",
-            f"| sessions created (initialize, initialized, subscribe) | {_fmt(s4['setup_seconds'], 1)} s "
-            f"({_fmt(s4['setup_sessions_per_s'], 0)} sessions/s) |",
-            f"| streams opened after all sessions existed | {_fmt(s4['streams_seconds'], 1)} s |",
-            f"| worker RSS: before, with the sessions, with their streams | {s4['rss_before_bytes'] / 2**20:.1f}, "
-            f"{s4['rss_sessions_bytes'] / 2**20:.1f}, {s4['rss_after_bytes'] / 2**20:.1f} MiB |",
-            f"| RSS per session with its stream | {_fmt(s4['rss_per_session_kib'], 1)} KiB "
-            f"({_fmt(s4['rss_session_only_kib'], 1)} session + {_fmt(s4['rss_stream_kib'], 1)} stream) |",
-        ]
-        floor = s4.get("floor")
-        if floor:
-            lines.append(
-                f"| floor: RSS per stream held by a bare ASGI SSE app on the same Hypercorn worker "
-                f"(`bench/bare_stream_app.py`, {floor['streams_held']} streams) | "
-                f"{_fmt(floor['rss_per_stream_kib'], 1)} KiB |"
-            )
-            lines += _watched_floor(floor)
-        if before is not None and after is not None:
-            lines.append(
-                f"| Redis connections (refserver / all) | {before['refserver']} / {before['total']} -> "
-                f"{after['refserver']} / {after['total']} |"
-            )
-        lines += [
-            f"| a notification reaches every stream (first to last arrival, median of rounds) | "
-            f"{_fmt(s4['notify_all_s'], 2)} s |",
-            "| rounds observed | " + (", ".join(rounds) or "none") + " |",
-            f"| server CPU while streams idle/notified | {_pct(s4['server_cpu_while_idle_streams'])} |",
-        ]
-        if s4.get("redis_calls_while_notifying"):
-            calls = list(s4["redis_calls_while_notifying"].items())[:6]
-            lines.append(
-                "| Redis commands while notifying (total) | " + ", ".join(f"{k} {v:,}" for k, v in calls) + " |"
-            )
+    for name in ("S4", "S4C"):
+        if "rounds" in s.get(name, {}):
+            lines += _streams_lines(name, s[name])
     if "rounds" in s.get("S4b", {}):
         lines += _s4b_lines(s["S4b"])
     lines += _in_process_section(s)
@@ -289,6 +234,87 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
     if plot_name:
         lines += ["", f"![throughput and p99 latency against concurrency]({plot_name})"]
     return "\n".join(lines) + "\n"
+
+
+def _redis_per_request_lines(flood: str, where: str, s: dict[str, Any]) -> list[str]:
+    runs = [r for point in s.get(flood, {}).get("points", {}).values() for r in point["runs"]]
+    per_request = [r["redis_calls_per_request"] for r in runs if "redis_calls_per_request" in r]
+    if not per_request:
+        return []
+    commands: dict[str, float] = {}
+    for run in runs:
+        for name, value in run.get("redis_commands_per_request", {}).items():
+            commands[name] = commands.get(name, 0.0) + value / len(runs)
+    shown = ", ".join(f"{name} {value:.2f}" for name, value in sorted(commands.items(), key=lambda kv: -kv[1])[:6])
+    return [
+        "",
+        f"Redis commands per {flood} `tools/call` (INFO commandstats over each run{where}): {min(per_request):.2f} to "
+        f"{max(per_request):.2f} ({shown}).",
+    ]
+
+
+def _streams_lines(name: str, s4: dict[str, Any]) -> list[str]:
+    """S4 or S4C: sessions with a stream each, their memory, Redis connections and the notifier's rounds."""
+    lines: list[str] = []
+    before, after = s4.get("redis_connections_before"), s4.get("redis_connections_after")
+    rounds = [f"{r['spread_s']:.2f} s (median arrival +{r['p50_offset_s']:.2f} s)" for r in s4["rounds"]]
+    lines += [
+        "",
+        f"## {name}: concurrent sessions, each with an open GET stream ({s4.get('backend', 'redis')} backend)",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| sessions requested, created, streams opened | {s4['sessions_requested']}, "
+        f"{s4.get('sessions_created', '-')}, {s4.get('streams_opened', '-')} "
+        f"(server reports {s4['server_reported_sessions']} sessions) |",
+        f"| streams open when measured, at the end; dropped by the server | {s4['sessions_ready']}, "
+        f"{s4.get('streams_open_at_end', '-')}; {s4.get('streams_dropped', '-')} |",
+        f"| first failure; first drop | {s4['first_error'] or '-'}; {s4.get('first_drop') or '-'} |",
+        f"| sessions created (initialize, initialized, subscribe) | {_fmt(s4['setup_seconds'], 1)} s "
+        f"({_fmt(s4['setup_sessions_per_s'], 0)} sessions/s) |",
+        f"| streams opened after all sessions existed | {_fmt(s4['streams_seconds'], 1)} s |",
+        f"| worker RSS: before, with the sessions, with their streams | {s4['rss_before_bytes'] / 2**20:.1f}, "
+        f"{s4['rss_sessions_bytes'] / 2**20:.1f}, {s4['rss_after_bytes'] / 2**20:.1f} MiB |",
+        f"| RSS per session with its stream | {_fmt(s4['rss_per_session_kib'], 1)} KiB "
+        f"({_fmt(s4['rss_session_only_kib'], 1)} session + {_fmt(s4['rss_stream_kib'], 1)} stream) |",
+    ]
+    floor = s4.get("floor")
+    if floor:
+        lines.append(
+            f"| floor: RSS per stream held by a bare ASGI SSE app on the same Hypercorn worker "
+            f"(`bench/bare_stream_app.py`, {floor['streams_held']} streams) | "
+            f"{_fmt(floor['rss_per_stream_kib'], 1)} KiB |"
+        )
+        lines += _watched_floor(floor)
+    if before is not None and after is not None:
+        lines.append(
+            f"| Redis connections (refserver / all{', all nodes' if name == 'S4C' else ''}) | "
+            f"{before['refserver']} / {before['total']} -> "
+            f"{after['refserver']} / {after['total']} |"
+        )
+    lines += [
+        f"| a notification reaches every stream (first to last arrival, median of rounds) | "
+        f"{_fmt(s4['notify_all_s'], 2)} s |",
+        "| rounds observed | " + (", ".join(rounds) or "none") + " |",
+        f"| server CPU while streams idle/notified | {_pct(s4['server_cpu_while_idle_streams'])} |",
+    ]
+    if s4.get("redis_calls_while_notifying"):
+        calls = list(s4["redis_calls_while_notifying"].items())[:6]
+        lines.append("| Redis commands while notifying (total) | " + ", ".join(f"{k} {v:,}" for k, v in calls) + " |")
+    by_node_before, by_node_after = (
+        s4.get("redis_connections_by_node_before"),
+        s4.get("redis_connections_by_node_after"),
+    )
+    if by_node_before and by_node_after:
+        lines.append(
+            "| Redis connections per cluster node, refserver's (port: before -> with the streams) | "
+            + ", ".join(
+                f"{node}: {counts['refserver']} -> {by_node_after.get(node, {}).get('refserver', '-')}"
+                for node, counts in by_node_before.items()
+            )
+            + " |"
+        )
+    return lines
 
 
 def _t1_lines(t1: dict[str, Any], options: dict[str, Any]) -> list[str]:

@@ -1,8 +1,10 @@
 """One benchmark run: start what the scenarios need, measure, stop everything, return the raw numbers.
 
 Phase 1 keeps every server of the flood scenarios up at once (all pinned to the server core, idle
-unless measured) so S0, S1, S2, P and PJ are measured in the same run, interleaved per concurrency; S3
-and S5 reuse those servers. Phase 2 (S4) runs alone on a fresh instance, so its RSS baseline is clean.
+unless measured) so S0, S1, S2, S2C, P and PJ are measured in the same run, interleaved per concurrency; S3
+and S5 reuse those servers. Phase 2 (S4, then S4C) runs alone on a fresh instance each, so its RSS baseline is
+clean. The single Redis and the Redis Cluster (S2C, S4C: three masters and three replicas) both live through the
+whole run, on the generator's core.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import attrs
 import trio
 
 from bench import profiling
+from bench import redis_cluster as formation
 from bench.cross import run_cross_instance
 from bench.durable_tasks import run_tasks
 from bench.listen_streams import run_listen_streams, warm_listener
@@ -36,6 +39,7 @@ from bench.procs import (
     cpu_seconds,
     free_port,
     hypercorn_server,
+    is_redis,
     pinned,
     raise_priority,
     redis_server,
@@ -60,6 +64,11 @@ T1_TASK_LIMIT = 100_000
 """REFSERVER_TASKS_PER_SUBJECT and REFSERVER_TASK_QUEUE_LIMIT for T1: every client is the one bench user."""
 T1_IDLE_SECONDS = 1.0
 """Seconds T1's Redis commands are counted with nothing to do (heartbeats, workers waiting on the queue)."""
+CLUSTER_NODE_TIMEOUT_MS = 5000
+"""cluster-node-timeout of the benchmark's cluster: no node is killed here, and six nodes share the generator's core
+with wrk and the Trio clients, so a node busy for a second under load must not be failed over (the tests' 1 s would
+risk it)."""
+CLUSTER_DESCRIPTION = "Redis Cluster, 3 masters + 3 replicas"
 
 
 def make_progress() -> Progress:
@@ -85,6 +94,9 @@ class Runner:
         self.servers: dict[str, Proc] = {}
         self.data: dict[str, Any] = {"scenarios": {}}
         self.otlp_sink: OtlpSink | None = None
+        self.redis_port = 0
+        self.cluster_ports: list[int] = []
+        self.cluster_masters: list[int] = []
 
     def wants(self, *names: str) -> bool:
         return any(name in self.options.scenarios for name in names)
@@ -104,7 +116,7 @@ class Runner:
                 self.procs.remove(proc)
 
     def stop_everything(self) -> None:
-        servers = [p for p in self.procs if p.name != "redis"]
+        servers = [p for p in self.procs if not is_redis(p)]
         self._stop(servers)  # the servers first: they talk to Redis on their way out
         self._stop(list(self.procs))
 
@@ -115,10 +127,10 @@ class Runner:
         attempts: list[tuple[float, WrkResult]] = []
         redis_per_request: dict[str, Any] = {}
         for attempt in range(self.options.retries + 1):
-            calls_before = command_calls(target.redis_port) if target.redis_port else None
+            calls_before = command_calls(target.redis_ports) if target.redis_ports else None
             result = run_wrk(target, connections, self.options.duration, cpu=self.options.client_cpu, threads=threads)
-            if target.redis_port and calls_before is not None and attempt == 0:
-                calls = calls_between(calls_before, command_calls(target.redis_port))
+            if target.redis_ports and calls_before is not None and attempt == 0:
+                calls = calls_between(calls_before, command_calls(target.redis_ports))
                 redis_per_request = {
                     "redis_calls_per_request": sum(calls.values()) / max(1, result.requests),
                     "redis_commands_per_request": {k: v / max(1, result.requests) for k, v in calls.items()},
@@ -155,6 +167,8 @@ class Runner:
             redis = redis_server(self.redis_port, opts.client_cpu, self.log_dir)
             self._launch([redis])
             wait_redis(self.redis_port)
+        if self.wants("S2C", "S4C"):
+            self.start_redis_cluster()
         servers: dict[str, Proc] = {}
         ports: dict[str, int] = {}
         if self.wants("S0"):
@@ -185,6 +199,14 @@ class Runner:
             ports["S2"] = free_port()
             env = refserver_env(ports["S2"], redis_url=self._redis_url(), allowed_hosts="127.0.0.1")
             servers["S2"] = hypercorn_server("S2-redis-A", "refserver.app:app", ports["S2"], env, cpu, self.log_dir)
+        if self.wants("S2C"):
+            ports["S2C"] = free_port()
+            env = refserver_env(
+                ports["S2C"], redis_url=self._cluster_url(), redis_cluster=True, allowed_hosts="127.0.0.1"
+            )
+            servers["S2C"] = hypercorn_server(
+                "S2C-redis-cluster", "refserver.app:app", ports["S2C"], env, cpu, self.log_dir
+            )
         if self.wants("S3"):
             ports["S3B"] = free_port()
             env = refserver_env(
@@ -219,7 +241,8 @@ class Runner:
             targets["S0"] = Target("S0", ports["S0"], path="/", server_pid=servers["S0"].pid)
         if "S0A" in servers:
             targets["S0A"] = Target("S0A", ports["S0A"], path="/", server_pid=servers["S0A"].pid)
-        for name in ("S1", "S1T", "S2"):
+        redis_ports = {"S2": (self.redis_port,), "S2C": tuple(self.cluster_masters)}
+        for name in ("S1", "S1T", "S2", "S2C"):
             if name in servers:
                 tokens[name] = trio.run(obtain_token, ports[name])
                 session = trio.run(new_session, ports[name], tokens[name])
@@ -229,7 +252,7 @@ class Runner:
                     token=tokens[name],
                     session=session,
                     server_pid=servers[name].pid,
-                    redis_port=self.redis_port if name == "S2" else None,
+                    redis_ports=redis_ports.get(name, ()),
                 )
                 self.progress(f"{name}: token by the OAuth flow, session {session[:8]}...")
         if self.wants("M1") and "S1" in servers:
@@ -268,7 +291,7 @@ class Runner:
                     tokens.get("S1", ""),
                 ),
             )
-        self._stop([p for p in self.procs if p.name != "redis"])
+        self._stop([p for p in self.procs if not is_redis(p)])
         if self.otlp_sink is not None:
             self.data["otlp_sink"] = {"requests": self.otlp_sink.requests, "bytes": self.otlp_sink.bytes}
             self.otlp_sink.close()
@@ -285,6 +308,34 @@ class Runner:
 
     def _redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def _cluster_url(self) -> str:
+        """Any node: the cluster client discovers the rest."""
+        return f"redis://127.0.0.1:{self.cluster_ports[0]}/0"
+
+    def start_redis_cluster(self) -> None:
+        """Six redis-server nodes on the generator's core, joined into three masters and three replicas."""
+        ports = [free_port() for _ in range(formation.NODES)]
+        nodes = []
+        for port in ports:
+            # One per node: each keeps its own files. Absolute: redis-server reads its cluster config file after
+            # changing to its --dir.
+            directory = (self.log_dir / f"redis-cluster-{port}").resolve()
+            directory.mkdir(parents=True, exist_ok=True)
+            options = formation.node_options(directory / "nodes.conf", free_port(), CLUSTER_NODE_TIMEOUT_MS)
+            nodes.append(
+                redis_server(
+                    port, self.options.client_cpu, directory, name=f"redis-cluster-{port}", extra_options=options
+                )
+            )
+        self._launch(nodes)
+        for port in ports:
+            wait_redis(port)
+        formation.create(ports)
+        self.cluster_ports = ports
+        self.cluster_masters = formation.masters(ports)
+        self.data["redis_cluster"] = {"nodes": ports, "masters": self.cluster_masters}
+        self.progress(f"Redis Cluster formed: masters {self.cluster_masters}, all nodes {ports}")
 
     def flood(self, targets: list[Target]) -> None:
         if not targets:
@@ -321,7 +372,9 @@ class Runner:
                 f"alternating p50 {result['alternating']['p50_ms']:.2f} ms: +{result['added_median_ms']:.2f} ms "
                 f"(client CPU {result['generator_cpu']:.0%})"
             )
-        target = Target("S3", port_a, token=token, session=session, extra_ports=(port_b,), redis_port=self.redis_port)
+        target = Target(
+            "S3", port_a, token=token, session=session, extra_ports=(port_b,), redis_ports=(self.redis_port,)
+        )
         wrk_runs = []
         for run in range(opts.runs):
             label = f"[run {run + 1}/{opts.runs}] S3 alternating connections"
@@ -461,7 +514,7 @@ class Runner:
             pids = [server.pid for server in servers]
 
             def arm(clients: int, duration: float) -> dict[str, Any]:
-                calls_before = command_calls(self.redis_port)
+                calls_before = command_calls([self.redis_port])
                 result = trio.run(
                     lambda: run_tasks(
                         ports=ports,
@@ -472,7 +525,7 @@ class Runner:
                         worker_pids=pids,
                     )
                 )
-                calls = calls_between(calls_before, command_calls(self.redis_port))
+                calls = calls_between(calls_before, command_calls([self.redis_port]))
                 done = max(1, result["tasks"] + result["tasks_after_window"])
                 result["redis_calls_per_task"] = sum(calls.values()) / done
                 result["redis_commands_per_task"] = {k: v / done for k, v in calls.items()}
@@ -481,9 +534,9 @@ class Runner:
             if opts.warmup > 0:
                 arm(opts.t1_clients, opts.warmup)
                 self.progress("warmed up T1")
-            calls_before, cpu_before = command_calls(self.redis_port), [cpu_seconds(pid) for pid in pids]
+            calls_before, cpu_before = command_calls([self.redis_port]), [cpu_seconds(pid) for pid in pids]
             time.sleep(T1_IDLE_SECONDS)
-            idle = calls_between(calls_before, command_calls(self.redis_port))
+            idle = calls_between(calls_before, command_calls([self.redis_port]))
             idle_per_s = sum(idle.values()) / T1_IDLE_SECONDS
             idle_cpu = sum(cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True))
             idle_cpu /= T1_IDLE_SECONDS
@@ -533,7 +586,7 @@ class Runner:
             "latency": {"runs": latency_runs, "median": _t1_median(latency_runs)},
         }
 
-    # --- phase 2: S4 and S4b --------------------------------------------------------------------------
+    # --- phase 2: S4, S4C, S4b ------------------------------------------------------------------------
 
     def _stream_server(self, name: str, backend: str, **extra: object) -> tuple[Proc, int, str]:
         """A fresh refserver for a streams scenario (its RSS baseline is clean), with a bench token."""
@@ -556,32 +609,76 @@ class Runner:
         return count
 
     def phase_two(self) -> None:
-        if not self.wants("S4"):
-            return
+        count: int | None = None
+        if self.wants("S4"):
+            self.guarded("S4", lambda: self.streams("S4", cluster=False))
+            count = self.data["scenarios"].get("S4", {}).get("sessions_requested")
+        if self.wants("S4C") and self.cluster_ports:
+            self.guarded("S4C", lambda: self.streams("S4C", cluster=True))
+            count = count or self.data["scenarios"].get("S4C", {}).get("sessions_requested")
+        if count:
+            floor_count = count
+
+            def floor() -> None:
+                held = self.stream_floor(floor_count)
+                for name in ("S4", "S4C"):
+                    if name in self.data["scenarios"]:
+                        self.data["scenarios"][name]["floor"] = held
+
+            self.guarded("S4 floor", floor)
+
+    def streams(self, name: str, *, cluster: bool) -> None:
+        """S4 (the single Redis, or memory with --s4-backend memory) or S4C (the cluster): N sessions with a stream
+        each on a fresh instance, and the notifier's rounds to all of them."""
         opts = self.options
+        port = free_port()
         # The sessions are all created before their streams open, which takes minutes at 10,000: the idle
         # TTL is raised so the first ones are not reaped meanwhile (it changes nothing else measured).
-        server, port, token = self._stream_server(
-            f"S4-{opts.s4_backend}", opts.s4_backend, session_idle_ttl=S4_IDLE_TTL
-        )
-        trio.run(new_session, port, token)  # warm the code paths before the RSS baseline
-        count = self._stream_count("S4", opts.s4_sessions)
-        self.progress(f"S4: opening {count} sessions with a GET stream each")
-        result = trio.run(
-            lambda: run_streams(
-                port=port,
-                token=token,
-                count=count,
-                interval=opts.s4_update_interval,
-                rounds=opts.s4_rounds,
-                worker_pid=server.pid,
-                redis_port=self.redis_port if opts.s4_backend == "redis" else None,
-                progress=self.progress,
+        settings: dict[str, Any] = {
+            "subscription_update_interval": opts.s4_update_interval,
+            "session_idle_ttl": S4_IDLE_TTL,
+        }
+        redis_ports: list[int] = []
+        connection_ports: list[int] = []
+        backend = opts.s4_backend
+        if cluster:
+            settings.update(redis_url=self._cluster_url(), redis_cluster=True)
+            redis_ports, connection_ports, backend = self.cluster_masters, self.cluster_ports, CLUSTER_DESCRIPTION
+        elif opts.s4_backend == "redis":
+            settings["redis_url"] = self._redis_url()
+            redis_ports = [self.redis_port]
+        env = refserver_env(port, **settings)
+        label = "S4C-redis-cluster" if cluster else f"S4-{opts.s4_backend}"
+        server = hypercorn_server(label, "refserver.app:app", port, env, opts.server_cpu, self.log_dir)
+        self._launch([server])
+        try:
+            token = trio.run(obtain_token, port)
+            trio.run(new_session, port, token)  # warm the code paths before the RSS baseline
+            count = opts.s4_sessions
+            limit = raise_fd_limit(count + FD_HEADROOM)
+            if limit < count + FD_HEADROOM:
+                count = max(1, limit - FD_HEADROOM)
+                self.progress(
+                    f"{name}: only {limit} file descriptors allowed: {count} sessions, not {opts.s4_sessions}"
+                )
+            self.progress(f"{name}: opening {count} sessions with a GET stream each ({backend})")
+            result = trio.run(
+                lambda: run_streams(
+                    port=port,
+                    token=token,
+                    count=count,
+                    interval=opts.s4_update_interval,
+                    rounds=opts.s4_rounds,
+                    worker_pid=server.pid,
+                    redis_ports=redis_ports,
+                    connection_ports=connection_ports,
+                    progress=self.progress,
+                    label=name,
+                )
             )
-        )
-        self.data["scenarios"]["S4"] = {"backend": opts.s4_backend, **result}
-        self._stop([server])
-        self.data["scenarios"]["S4"]["floor"] = self.stream_floor(count)
+        finally:
+            self._stop([server])
+        self.data["scenarios"][name] = {"backend": backend, **result}
 
     def listen_streams(self) -> None:
         if not self.wants("S4b"):
@@ -649,7 +746,7 @@ class Runner:
         try:
             self.phase_one()
             self.guarded("T1", self.durable_tasks)
-            self.guarded("S4", self.phase_two)
+            self.phase_two()
             self.guarded("S4b", self.listen_streams)
         finally:
             self.stop_everything()

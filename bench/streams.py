@@ -20,7 +20,7 @@ import math
 import resource
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -29,7 +29,7 @@ import trio
 from bench.mcpclient import SUBSCRIBE, auth_headers, open_session, session_headers
 from bench.procs import cpu_seconds, rss_bytes
 from bench.rawhttp import Connection, HttpError
-from bench.redisstats import calls_between, command_calls, redis_connections
+from bench.redisstats import calls_between, command_calls, redis_connections, redis_connections_by_node
 
 UPDATE_MARK: Final = b"notifications/resources/updated"
 SETUP_CONCURRENCY: Final = 32
@@ -186,13 +186,19 @@ async def run_streams(
     interval: float,
     rounds: int,
     worker_pid: int,
-    redis_port: int | None,
+    redis_ports: Sequence[int],
+    connection_ports: Sequence[int] = (),
     progress: Callable[[str], None],
+    label: str = "S4",
 ) -> dict[str, Any]:
+    """`redis_ports`: the Redis whose commands are counted (a cluster's masters), none with the memory backend;
+    `connection_ports`: where connections are counted, node by node (by default `redis_ports`)."""
+    connection_ports = connection_ports or redis_ports
     swarm = Swarm(port, token, count)
     client_cpu_before = time.process_time()
     rss_before = rss_bytes(worker_pid)
-    redis_before = redis_connections(redis_port) if redis_port else None
+    redis_before = redis_connections(connection_ports) if connection_ports else None
+    nodes_before = redis_connections_by_node(connection_ports) if len(connection_ports) > 1 else None
     result: dict[str, Any] = {"sessions_requested": count, "update_interval_s": interval}
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -202,7 +208,7 @@ async def run_streams(
         while not swarm.all_created.is_set():
             with trio.move_on_after(PROGRESS_EVERY):
                 await swarm.all_created.wait()
-            progress(f"S4 sessions created {swarm.created}/{count} (failed {swarm.failed})")
+            progress(f"{label} sessions created {swarm.created}/{count} (failed {swarm.failed})")
         created_seconds = trio.current_time() - started
         await trio.sleep(1.0)  # let allocations settle before reading RSS
         rss_sessions = rss_bytes(worker_pid)
@@ -212,7 +218,7 @@ async def run_streams(
             with trio.move_on_after(PROGRESS_EVERY):
                 await swarm.all_settled.wait()
             progress(
-                f"S4 streams opened {swarm.opened}/{swarm.created}, open now {len(swarm.live)} "
+                f"{label} streams opened {swarm.opened}/{swarm.created}, open now {len(swarm.live)} "
                 f"(failed {swarm.failed}, dropped by the server {swarm.dropped})"
             )
         streams_seconds = trio.current_time() - streams_started
@@ -233,35 +239,38 @@ async def run_streams(
             rss_sessions_bytes=rss_sessions,
             rss_after_bytes=rss_streams,
             redis_connections_before=redis_before,
-            redis_connections_after=redis_connections(redis_port) if redis_port else None,
+            redis_connections_after=redis_connections(connection_ports) if connection_ports else None,
             server_reported_sessions=await _server_sessions(port),
         )
+        if nodes_before is not None:
+            result["redis_connections_by_node_before"] = nodes_before
+            result["redis_connections_by_node_after"] = redis_connections_by_node(connection_ports)
         per = max(1, live_at_rss)
         result["rss_session_only_kib"] = (rss_sessions - rss_before) / max(1, swarm.created) / 1024
         result["rss_stream_kib"] = (result["rss_after_bytes"] - rss_sessions) / per / 1024
         result["rss_per_session_kib"] = (result["rss_after_bytes"] - rss_before) / per / 1024
         progress(
-            f"S4 {live_at_rss} streams open: RSS {rss_before / 2**20:.0f} -> {rss_sessions / 2**20:.0f} "
+            f"{label} {live_at_rss} streams open: RSS {rss_before / 2**20:.0f} -> {rss_sessions / 2**20:.0f} "
             "(sessions) -> "
             f"{result['rss_after_bytes'] / 2**20:.0f} MiB (streams): {result['rss_per_session_kib']:.1f} KiB per "
             f"session with its stream ({result['rss_session_only_kib']:.1f} session + {result['rss_stream_kib']:.1f} "
             f"stream); Redis connections {redis_before} -> {result['redis_connections_after']}"
         )
         server_cpu_before = cpu_seconds(worker_pid)
-        calls_before = command_calls(redis_port) if redis_port else None
+        calls_before = command_calls(redis_ports) if redis_ports else None
         complete = await watch_rounds(
             swarm.live,
             swarm.arrivals,
             ready_at=ready_at,
             interval=interval,
             rounds=rounds,
-            label="S4",
+            label=label,
             progress=progress,
         )
         watched = trio.current_time() - ready_at
         result["server_cpu_while_idle_streams"] = (cpu_seconds(worker_pid) - server_cpu_before) / max(watched, 1e-9)
-        if redis_port and calls_before is not None:
-            calls = calls_between(calls_before, command_calls(redis_port))
+        if redis_ports and calls_before is not None:
+            calls = calls_between(calls_before, command_calls(redis_ports))
             delivered = sum(1 for a in swarm.arrivals if a[0] >= ready_at)
             result["redis_calls_while_notifying"] = calls
             result["redis_calls_per_delivered_notification"] = sum(calls.values()) / max(1, delivered)
@@ -275,7 +284,7 @@ async def run_streams(
     result["notify_all_s"] = statistics.median(spreads) if spreads else math.nan
     result["client_cpu_s"] = time.process_time() - client_cpu_before
     progress(
-        f"S4 notification reached all {open_at_end} open streams in "
+        f"{label} notification reached all {open_at_end} open streams in "
         + (", ".join(f"{s:.2f}" for s in spreads) + " s" if spreads else "NO complete round")
     )
     return result

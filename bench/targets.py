@@ -9,6 +9,9 @@ from typing import Any
 from bench.options import RATIO_CONCURRENCY
 
 C = str(RATIO_CONCURRENCY)
+CLUSTER_CONNECTIONS_PER_NODE = 8 + 2
+"""refserver's bound per cluster node: its command pool (MAX_CONNECTIONS, 8, in refserver/backend/redis/connection.py)
+plus the bus's subscribers (one per node owning one of its two channels)."""
 
 
 def _runs(data: dict[str, Any], scenario: str, concurrency: str = C) -> list[dict[str, Any]] | None:
@@ -106,6 +109,18 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(
         _target("S2/S1", f"S2 at c={C} >= 0.8 x S1", ratio, 0.8, higher_is_better=True, unit="x", detail=_list(each))
     )
+    ratio, each = _ratio(data, "S2C", "S2")
+    out.append(
+        _target(
+            "S2C/S2",
+            f"S2C (Redis Cluster, 3 masters) at c={C} >= 0.9 x S2 (single Redis)",
+            ratio,
+            0.9,
+            higher_is_better=True,
+            unit="x",
+            detail=_list(each),
+        )
+    )
     s3 = scenarios.get("S3", {}).get("median")
     out.append(
         _target(
@@ -168,6 +183,7 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
             f"{lost} of {s4['sessions_requested']} streams failed or were dropped by the server"
         )
     out.append(notify)
+    out += _cluster_stream_targets(scenarios)
     out += _s4b_targets(scenarios.get("S4b"))
     for backend, goal in (("memory", 1000.0), ("redis", 600.0)):
         s5 = scenarios.get("S5", {}).get(backend)
@@ -182,6 +198,61 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return out
+
+
+def _cluster_stream_targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    """S4C against S4: the notifier's round over streams whose sessions are spread over the cluster's slots, and the
+    connections per node."""
+    s4, s4c = scenarios.get("S4"), scenarios.get("S4C")
+    out = []
+    s4_round = s4["notify_all_s"] if s4 and s4.get("rounds") else None
+    s4c_round = s4c["notify_all_s"] if s4c and s4c.get("rounds") else None
+    ratio = s4c_round / s4_round if s4_round and s4c_round is not None else None
+    lost = (s4c.get("streams_dropped", 0) + s4c.get("sessions_failed", 0)) if s4c else 0
+    notify = _target(
+        "S4C notify",
+        "S4C a notification reaches every stream (sessions over the cluster's slots) in <= 1.5 x S4's round",
+        ratio,
+        1.5,
+        higher_is_better=False,
+        unit="x",
+        detail=(
+            f"S4C {_seconds(s4c_round)} ({_list([r['spread_s'] for r in s4c['rounds']])} s) against S4 "
+            f"{_seconds(s4_round)}, {s4c['sessions_requested']} streams each"
+            if s4c
+            else ""
+        ),
+    )
+    if s4c and lost:
+        notify["met"] = False
+        notify["detail"] += f"; {lost} of {s4c['sessions_requested']} streams failed or were dropped by the server"
+    out.append(notify)
+    by_node_before, by_node_after = (
+        (s4c.get("redis_connections_by_node_before"), s4c.get("redis_connections_by_node_after"))
+        if s4c
+        else (None, None)
+    )
+    if by_node_before and by_node_after:
+        before = {node: counts["refserver"] for node, counts in by_node_before.items()}
+        after = {node: counts["refserver"] for node, counts in by_node_after.items()}
+        out.append(
+            _target(
+                "S4C Redis",
+                f"S4C Redis connections per cluster node bounded (<= {CLUSTER_CONNECTIONS_PER_NODE}), whatever the "
+                "number of streams",
+                max(after.values()),
+                CLUSTER_CONNECTIONS_PER_NODE,
+                higher_is_better=False,
+                unit="connections per node at most",
+                detail="refserver's per node (port: before -> with the streams; the cluster pools open lazily): "
+                + ", ".join(f"{node}: {before[node]} -> {after.get(node)}" for node in before),
+            )
+        )
+    return out
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f} s"
 
 
 def _list(values: list[float]) -> str:

@@ -55,8 +55,8 @@ class Target:
     extra_ports: tuple[int, ...] = ()
     server_pid: int | None = None
     """The process whose CPU is reported next to the run (the server's worker)."""
-    redis_port: int | None = None
-    """The Redis the server uses: its commands per request are counted."""
+    redis_ports: tuple[int, ...] = ()
+    """The Redis the server uses (a cluster's masters): its commands per request are counted."""
     modern: bool = False
     """Protocol 2026-07-28: no session, every request self-contained."""
 

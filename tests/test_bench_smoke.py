@@ -60,7 +60,7 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run: tuple[dict, Path]) -
     markdown = json_path.with_suffix(".md").read_text()
     assert json_path.with_suffix(".png").stat().st_size > 10_000
     assert f"![throughput and p99 latency against concurrency]({json_path.stem}.png)" in markdown
-    for heading in ("## Targets", "## Request floods", "## S3", "## S4:", "## S4b", "## S5", "## T1"):
+    for heading in ("## Targets", "## Request floods", "## S3", "## S4:", "## S4C:", "## S4b", "## S5", "## T1"):
         assert heading in markdown
     assert data["machine"]["cpu_count"] and data["machine"]["wrk"]
     assert data["options"]["quick"] is True
@@ -80,10 +80,15 @@ def test_quick_run_measured_every_scenario(quick_run: tuple[dict, Path]) -> None
     s3 = scenarios["S3"]
     assert s3["runs"][0]["alternating"]["requests"] > 0 and s3["runs"][0]["one_instance"]["requests"] > 0
     assert next(iter(s3["wrk_alternating_connections"].values()))["runs"][0]["bad"] == 0
-    s4 = scenarios["S4"]
-    assert s4["sessions_ready"] == s4["sessions_requested"] and s4["sessions_failed"] == 0
-    assert s4["rss_after_bytes"] > 0 and s4["redis_connections_after"]["refserver"] > 0
-    assert s4["rounds"], "no notification round reached every stream"
+    for name in ("S4", "S4C"):
+        s4 = scenarios[name]
+        assert s4["sessions_ready"] == s4["sessions_requested"] and s4["sessions_failed"] == 0, name
+        assert s4["rss_after_bytes"] > 0 and s4["redis_connections_after"]["refserver"] > 0, name
+        assert s4["rounds"], f"{name}: no notification round reached every stream"
+    # The cluster's masters serve refserver's connections (replicas none: nothing reads from them).
+    masters = {str(port) for port in data["redis_cluster"]["masters"]}
+    by_node = scenarios["S4C"]["redis_connections_by_node_after"]
+    assert len(by_node) == 6 and all(by_node[port]["refserver"] > 0 for port in masters), by_node
     s4b = scenarios["S4b"]
     assert s4b["streams_ready"] == s4b["streams_requested"] and s4b["streams_failed"] == 0, s4b["first_error"]
     assert s4b["streams_dropped"] == 0, s4b["first_drop"]
@@ -114,10 +119,13 @@ def test_quick_run_evaluates_every_target(quick_run: tuple[dict, Path]) -> None:
         "S1 p99",
         "M1 p99",
         "S2/S1",
+        "S2C/S2",
         "S3",
         "S4 RSS",
         "S4 Redis",
         "S4 notify",
+        "S4C notify",
+        "S4C Redis",
         "S4b RSS",
         "S4b Redis",
         "S4b notify",

@@ -395,7 +395,7 @@ async def test_a_2026_tools_call_issues_no_redis_command(redis_server: RedisServ
                     await echo(request_id)
             # Two windows of the same length: one with the calls spread over it, then an idle one. The instances'
             # own periodic work (liveness, the bus) is in both; a command per call would add `calls` to the first.
-            before = command_calls(redis_server.port)
+            before = command_calls([redis_server.port])
             started = trio.current_time()
             with trio.fail_after(WAIT):
                 for index in range(calls):
@@ -403,12 +403,12 @@ async def test_a_2026_tools_call_issues_no_redis_command(redis_server: RedisServ
                     await trio.sleep_until(
                         started + window * (index + 1) / calls
                     )  # pacing: the calls spread over the window
-            busy = calls_between(before, command_calls(redis_server.port))
+            busy = calls_between(before, command_calls([redis_server.port]))
             length = trio.current_time() - started
 
-            before = command_calls(redis_server.port)
+            before = command_calls([redis_server.port])
             await trio.sleep(length)  # the idle window: a measurement, not a wait for a condition
-            idle = calls_between(before, command_calls(redis_server.port))
+            idle = calls_between(before, command_calls([redis_server.port]))
     finally:
         quiet.stop()
     assert len(set(transport.rotation.sent)) == 3
