@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog
-from refserver.backend.messages import CancelRequest, ClientReply, StateChanged
+from refserver.backend.messages import CancelRequest, ClientReply
 from refserver.backend.sessions import (
     Bus,
     LocalBus,
@@ -94,6 +94,8 @@ class Session:
         self.owner = owner
         self.kind: TransportKind = kind
         self.state = state or SessionState()
+        self._in_store = state is not None
+        """False until the first save (at `initialize`'s answer); an adopted session came from the store."""
         self._store: SessionStore = store or LocalSessionStore()
         self._bus: Bus = bus or LocalBus()
         self._ttl = ttl
@@ -153,12 +155,21 @@ class Session:
     def record(self) -> SessionRecord:
         return state_to_record(self.state, self.id, self.kind, self.owner)
 
+    @property
+    def stored(self) -> bool:
+        """Any instance can find the session (always, without Redis: there is no other instance)."""
+        return self._in_store or not self._bus.distributed
+
     async def persist(self) -> None:
         """Store the state and tell the other instances holding this session (no-op without Redis)."""
-        if self._bus.distributed:
-            record = self.record()
-            await self._store.save(record, self._ttl)
-            await self._bus.publish(self.id, StateChanged(record))
+        if not self._bus.distributed:
+            return
+        if self._in_store:
+            await self._store.save(self.record(), self._ttl)
+        else:
+            # Nobody else can hold the session yet: its first record joins this instance to its holders.
+            await self._store.save_first(self.record(), self._ttl)
+            self._in_store = True
 
     def apply_record(self, record: SessionRecord) -> None:
         """Another instance changed the state: adopt it (`lifecycle.close` stays ours to decide)."""
@@ -321,8 +332,9 @@ class Session:
     async def receive_notification(self, notification: Notification) -> None:
         self.touch()
         if notification.method == "notifications/initialized":
-            if self.state.receive_initialized():
-                await self.persist()
+            # Not saved on its own: `initializing` and `ready` serve alike (`SessionState.ready`), so the stored
+            # record may say `initializing` until the next save carries the phase along.
+            self.state.receive_initialized()
         elif notification.method == "notifications/cancelled":
             params = notification.params or {}
             request_id = params.get("requestId")

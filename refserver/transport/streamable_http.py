@@ -202,9 +202,12 @@ class StreamableHttpEndpoint:
         session = await registry.create_session("streamable", owner)
         stream_id = await session.start_requests([first])
         reply = await self._wait_closed(session, stream_id)
-        if session.state.lifecycle.phase is Phase.NEW:
-            # initialize was refused (bad params): the half-made session must not linger.
+        if session.state.lifecycle.phase is Phase.NEW or not session.stored:
+            # initialize was refused (bad params), or its record could not be stored: the half-made session must
+            # not linger.
             await registry.delete(session.id, owner=owner)
+            if not session.stored and session.state.lifecycle.phase is not Phase.NEW:
+                raise BackendUnavailable("the new session could not be stored; retry")
             if not reply:
                 raise InvalidRequest("initialize was cancelled")
             return HttpResponse(400, reply.encode())
