@@ -83,9 +83,10 @@ def test_quick_run_measured_every_scenario(quick_run: tuple[dict, Path]) -> None
     assert s4["sessions_ready"] == s4["sessions_requested"] and s4["sessions_failed"] == 0
     assert s4["rss_after_bytes"] > 0 and s4["redis_connections_after"]["refserver"] > 0
     assert s4["rounds"], "no notification round reached every stream"
-    for backend in ("memory", "redis"):
+    for backend in ("memory", "redis", "bare"):
         run = scenarios["S5"][backend]["runs"][0]
         assert run["sessions"] > 0 and run["errors"] == 0
+    assert scenarios["S5"]["memory"]["runs"][0]["vs_bare"] > 0
     for arm in ("load", "latency"):
         run = scenarios["T1"][arm]["runs"][0]
         assert run["tasks"] > 0 and run["errors"] == 0, (arm, run["first_errors"])
@@ -108,6 +109,7 @@ def test_quick_run_evaluates_every_target(quick_run: tuple[dict, Path]) -> None:
         "S4 Redis",
         "S4 notify",
         "S5",
+        "S5 Redis",
     }
     assert set(targets) == expected
     assert all(t["met"] is not None for t in targets.values()), targets
