@@ -1,8 +1,8 @@
 """One MCP session on this instance: a nursery that owns the session's in-flight requests.
 
-Each in-flight request runs in its own task with its own cancel scope, so that
-`notifications/cancelled` cancels exactly that request, and closing the session (DELETE, idle expiry,
-shutdown) cancels exactly the work the session owns. Everything a request emits (progress, logs,
+Each in-flight request (`initialize` excepted: see `Session.answer_initialize`) runs in its own task with its own
+cancel scope, so that `notifications/cancelled` cancels exactly that request, and closing the session (DELETE, idle
+expiry, shutdown) cancels exactly the work the session owns. Everything a request emits (progress, logs,
 server-to-client requests, its response) is appended to that request's own stream in the event log;
 HTTP handlers only read streams, so a client disconnect never loses or blocks the work.
 """
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+INITIALIZE_STREAM: Final = "initialize"
+"""The stream `initialize` would write to: never opened, as it writes nothing but its answer (`answer_initialize`)."""
 REQUEST_STREAM_ID_BYTES: Final = 6
 """Request stream ids are random within a session (48 bits), so no counter has to be shared."""
 
@@ -287,6 +289,28 @@ class Session:
             self._nursery.start_soon(self._execute, entry)
         await self._request_done(stream_id)
         return stream_id
+
+    async def answer_initialize(self, request: Request) -> str:
+        """`initialize`, answered in the calling task; its encoded answer.
+
+        Not a task of the session's like other requests: nothing can cancel it on its own (`cancel_request` refuses
+        it, and no other request of the session can exist before its id is told), it emits nothing but its answer,
+        and a client gone before the answer loses a session nobody knows of. So no task, cancel scope, stream or
+        reader is made for it: the cost of a new session is what it is for.
+        """
+        if self._nursery is None or self.closed:
+            raise InvalidRequest("session is closed")
+        self.touch()
+        reply: Message
+        try:
+            reply = await answer_request(self._core, self, request, INITIALIZE_STREAM)
+        except RefserverError as exc:
+            reply = _error(request.id, exc)
+        except Exception:
+            logger.exception("request %s (%s) failed", request.id, request.method)
+            reply = _error(request.id, InternalError("internal error"))
+        self.touch()
+        return encode_message(reply)
 
     async def _execute(self, entry: InFlight) -> None:
         request, stream_id = entry.request, entry.stream_id
