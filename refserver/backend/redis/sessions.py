@@ -27,7 +27,6 @@ class RedisSessionStore:
 
     async def save_first(self, record: SessionRecord, ttl: float) -> None:
         session_id = record.session_id
-        await self._bus.wait_joinable()
         self._bus.held_here(session_id)
         try:
             await self._conn.run_script_batched(
@@ -35,6 +34,9 @@ class RedisSessionStore:
                 [session_key(session_id), holders_key(session_id)],
                 [record.to_json(), milliseconds(ttl), self._instance],
             )
+            # After the write, as `subscribe` after a save did: with Redis down the write fails at once, and with only
+            # the subscriber away (a blip) the answer waits a while for it, as a join does.
+            await self._bus.wait_joinable()
         except BaseException:
             self._bus.not_held_here(session_id)
             raise
