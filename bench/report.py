@@ -192,14 +192,19 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
             "",
             "## S5: session creation (initialize + initialized + first tools/call)",
             "",
-            "| backend | sessions/s | p50 ms | p99 ms | client CPU | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "`bare`: the same three requests answered by a bare ASGI app on the same worker"
+            " (`bench/bare_session_app.py`), the stack's ceiling;"
+            " x bare is the median of each repetition's ratio to it.",
+            "",
+            "| backend | sessions/s | x bare | p50 ms | p99 ms | client CPU | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for backend, section in s["S5"].items():
             med = section["median"]
             lines.append(
-                f"| {backend} | {_fmt(med['sessions_per_s'], 0)} | {_fmt(med['p50_ms'], 1)} | "
-                f"{_fmt(med['p99_ms'], 1)} | {_pct(med['generator_cpu'])} | {_fmt(med['errors'], 0)} |"
+                f"| {backend} | {_fmt(med['sessions_per_s'], 0)} | {_fmt(med.get('vs_bare'), 2)} | "
+                f"{_fmt(med['p50_ms'], 1)} | {_fmt(med['p99_ms'], 1)} | {_pct(med['generator_cpu'])} | "
+                f"{_fmt(med['errors'], 0)} |"
             )
     if "load" in s.get("T1", {}):
         lines += _t1_lines(s["T1"], o)

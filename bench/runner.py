@@ -10,6 +10,7 @@ whole run, on the generator's core.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import subprocess
@@ -158,7 +159,7 @@ class Runner:
         opts = self.options
         cpu = opts.server_cpu
         redis_needed = (
-            self.wants("S2", "S3", "T1")
+            self.wants("S2", "S3", "S5", "T1")
             or (self.wants("S4") and opts.s4_backend == "redis")
             or (self.wants("S4b") and opts.s4b_backend == "redis")
         )
@@ -195,7 +196,13 @@ class Runner:
             servers["S1T"] = hypercorn_server(
                 "S1T-memory-traced", "refserver.app:app", ports["S1T"], env, cpu, self.log_dir
             )
-        if self.wants("S2", "S3"):
+        if self.wants("S5"):
+            # S5's ceiling: the same three requests per session answered by a bare ASGI app on the same worker.
+            ports["S5B"] = free_port()
+            servers["S5B"] = hypercorn_server(
+                "S5-bare", "bench.bare_session_app:app", ports["S5B"], dict(os.environ), cpu, self.log_dir
+            )
+        if self.wants("S2", "S3", "S5"):
             ports["S2"] = free_port()
             env = refserver_env(ports["S2"], redis_url=self._redis_url(), allowed_hosts="127.0.0.1")
             servers["S2"] = hypercorn_server("S2-redis-A", "refserver.app:app", ports["S2"], env, cpu, self.log_dir)
@@ -277,9 +284,12 @@ class Runner:
         if self.wants("S3"):
             self.guarded("S3", lambda: self.cross_instance(ports["S2"], ports["S3B"], tokens["S2"]))
         if self.wants("S5"):
-            self.guarded("S5", lambda: self.setup_rate(ports["S1"], tokens["S1"], "memory"))
-            if "S2" in ports:
-                self.guarded("S5", lambda: self.setup_rate(ports["S2"], tokens["S2"], "redis"))
+            arms = [
+                ("memory", ports["S1"], tokens["S1"]),
+                ("redis", ports["S2"], tokens["S2"]),
+                ("bare", ports["S5B"], ""),
+            ]
+            self.guarded("S5", lambda: self.setup_rates(arms))
         if self.wants("IP"):
             self.guarded("IP", self.in_process)
         if opts.profile:
@@ -392,27 +402,36 @@ class Runner:
             },
         }
 
-    def setup_rate(self, port: int, token: str, backend: str) -> None:
+    def setup_rates(self, arms: list[tuple[str, int, str]]) -> None:
+        """S5 on each `(backend, port, token)` arm, interleaved per repetition (so the ratios to the bare arm come
+        from the same conditions); `vs_bare` is each arm's rate over the bare app's in the same repetition."""
         opts = self.options
-        runs = []
+        runs: dict[str, list[dict[str, Any]]] = {backend: [] for backend, _, _ in arms}
         for run in range(opts.runs):
-            result = trio.run(
-                lambda: run_setup_rate(port=port, token=token, workers=opts.s5_workers, duration=opts.s5_duration)
-            )
-            runs.append(result)
-            self.progress(
-                f"[run {run + 1}/{opts.runs}] S5 {backend:<6} {result['sessions_per_s']:6.0f} sessions/s  "
-                f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  errors {result['errors']}  "
-                f"client CPU {result['generator_cpu']:.0%}"
-            )
+            for backend, port, token in arms:
+                setup = functools.partial(
+                    run_setup_rate, port=port, token=token, workers=opts.s5_workers, duration=opts.s5_duration
+                )
+                result = trio.run(setup)
+                runs[backend].append(result)
+                self.progress(
+                    f"[run {run + 1}/{opts.runs}] S5 {backend:<6} {result['sessions_per_s']:6.0f} sessions/s  "
+                    f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  errors {result['errors']}  "
+                    f"client CPU {result['generator_cpu']:.0%}"
+                )
         section = self.data["scenarios"].setdefault("S5", {})
-        section[backend] = {
-            "runs": runs,
-            "median": {
-                key: median(r[key] for r in runs)
-                for key in ("sessions_per_s", "p50_ms", "p99_ms", "generator_cpu", "errors")
-            },
-        }
+        bare = runs.get("bare")
+        for backend, backend_runs in runs.items():
+            if bare and backend != "bare":
+                for result, ceiling in zip(backend_runs, bare, strict=True):
+                    rate = ceiling["sessions_per_s"]
+                    result["vs_bare"] = result["sessions_per_s"] / rate if rate else float("nan")
+            keys = ["sessions_per_s", "p50_ms", "p99_ms", "generator_cpu", "errors"]
+            keys += ["vs_bare"] if backend_runs and "vs_bare" in backend_runs[0] else []
+            section[backend] = {
+                "runs": backend_runs,
+                "median": {key: median(r[key] for r in backend_runs) for key in keys},
+            }
 
     def in_process(self) -> None:
         """IP: refserver's own cost per echo, the application called in-process (bench/inprocess.py), alone on the

@@ -131,9 +131,10 @@ class SessionRegistry:
         """A new session belonging to `owner` (the token subject; None when auth is off)."""
         nursery = self._check_capacity()
         session = self._new_session(secrets.token_urlsafe(SESSION_ID_BYTES), kind, owner)
-        if self.bus.distributed:
-            await self.store.save(session.record(), self.idle_ttl)
-            await self.bus.subscribe(session.id)
+        if kind == "legacy":
+            # Its id reaches the client before initialize (the `endpoint` event): stored now. A streamable session is
+            # stored with its initialize answer (`Session.persist`), which is also the first time its id is told.
+            await session.persist()
         self._sessions[session.id] = session
         self._created += 1
         await nursery.start(self._own_session, session)
@@ -145,7 +146,7 @@ class SessionRegistry:
         finally:
             if self._sessions.get(session.id) is session:
                 del self._sessions[session.id]
-            if self.bus.distributed:
+            if self.bus.distributed and session.stored:
                 # If the subscriber connection is gone, it resubscribes only what is live anyway.
                 with trio.move_on_after(CLEANUP_TIMEOUT, shield=True), contextlib.suppress(BackendUnavailable):
                     await self.bus.unsubscribe(session.id)
@@ -184,7 +185,7 @@ class SessionRegistry:
     async def delete(self, session_id: str, *, owner: str | None = None) -> None:
         """End the session everywhere: its work on every instance, its streams, its stored state."""
         session = await self.get(session_id, owner=owner)
-        if self.bus.distributed:
+        if self.bus.distributed and session.stored:  # a refused initialize was never stored: nothing to remove
             await self.store.delete(session_id)
             await self.bus.publish(session_id, SessionDeleted())
         session.close("deleted")
@@ -225,7 +226,7 @@ class SessionRegistry:
             return
         for session_id in session_ids:
             session = self._sessions.get(session_id)
-            if session is not None and session_id not in kept:
+            if session is not None and session.stored and session_id not in kept:
                 session.close("gone")
 
     async def _keep_shared_sessions_alive(self) -> None:

@@ -1,8 +1,8 @@
 """One MCP session on this instance: a nursery that owns the session's in-flight requests.
 
-Each in-flight request runs in its own task with its own cancel scope, so that
-`notifications/cancelled` cancels exactly that request, and closing the session (DELETE, idle expiry,
-shutdown) cancels exactly the work the session owns. Everything a request emits (progress, logs,
+Each in-flight request (`initialize` excepted: see `Session.answer_initialize`) runs in its own task with its own
+cancel scope, so that `notifications/cancelled` cancels exactly that request, and closing the session (DELETE, idle
+expiry, shutdown) cancels exactly the work the session owns. Everything a request emits (progress, logs,
 server-to-client requests, its response) is appended to that request's own stream in the event log;
 HTTP handlers only read streams, so a client disconnect never loses or blocks the work.
 """
@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from refserver.backend.events import STANDALONE_STREAM, EventLog
-from refserver.backend.messages import CancelRequest, ClientReply, StateChanged
+from refserver.backend.messages import CancelRequest, ClientReply
 from refserver.backend.sessions import (
     Bus,
     LocalBus,
@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+INITIALIZE_STREAM: Final = "initialize"
+"""The stream `initialize` would write to: never opened, as it writes nothing but its answer (`answer_initialize`)."""
 REQUEST_STREAM_ID_BYTES: Final = 6
 """Request stream ids are random within a session (48 bits), so no counter has to be shared."""
 
@@ -93,6 +95,8 @@ class Session:
         self.owner = owner
         self.kind: TransportKind = kind
         self.state = state or SessionState()
+        self._in_store = state is not None
+        """False until the first save (at `initialize`'s answer); an adopted session came from the store."""
         self._store: SessionStore = store or LocalSessionStore()
         self._bus: Bus = bus or LocalBus()
         self._ttl = ttl
@@ -161,12 +165,21 @@ class Session:
     def record(self) -> SessionRecord:
         return state_to_record(self.state, self.id, self.kind, self.owner)
 
+    @property
+    def stored(self) -> bool:
+        """Any instance can find the session (always, without Redis: there is no other instance)."""
+        return self._in_store or not self._bus.distributed
+
     async def persist(self) -> None:
         """Store the state and tell the other instances holding this session (no-op without Redis)."""
-        if self._bus.distributed:
-            record = self.record()
-            await self._store.save(record, self._ttl)
-            await self._bus.publish(self.id, StateChanged(record))
+        if not self._bus.distributed:
+            return
+        if self._in_store:
+            await self._store.save(self.record(), self._ttl)
+        else:
+            # Nobody else can hold the session yet: its first record joins this instance to its holders.
+            await self._store.save_first(self.record(), self._ttl)
+            self._in_store = True
 
     def apply_record(self, record: SessionRecord) -> None:
         """Another instance changed the state: adopt it (`lifecycle.close` stays ours to decide)."""
@@ -287,6 +300,28 @@ class Session:
         await self._request_done(stream_id)
         return stream_id
 
+    async def answer_initialize(self, request: Request) -> str:
+        """`initialize`, answered in the calling task; its encoded answer.
+
+        Not a task of the session's like other requests: nothing can cancel it on its own (`cancel_request` refuses
+        it, and no other request of the session can exist before its id is told), it emits nothing but its answer,
+        and a client gone before the answer loses a session nobody knows of. So no task, cancel scope, stream or
+        reader is made for it: the cost of a new session is what it is for.
+        """
+        if self._nursery is None or self.closed:
+            raise InvalidRequest("session is closed")
+        self.touch()
+        reply: Message
+        try:
+            reply = await answer_request(self._core, self, request, INITIALIZE_STREAM)
+        except RefserverError as exc:
+            reply = _error(request.id, exc)
+        except Exception:
+            logger.exception("request %s (%s) failed", request.id, request.method)
+            reply = _error(request.id, InternalError("internal error"))
+        self.touch()
+        return encode_message(reply)
+
     async def _execute(self, entry: InFlight) -> None:
         request, stream_id = entry.request, entry.stream_id
         reply: Message | None = None
@@ -331,8 +366,9 @@ class Session:
     async def receive_notification(self, notification: Notification) -> None:
         self.touch()
         if notification.method == "notifications/initialized":
-            if self.state.receive_initialized():
-                await self.persist()
+            # Not saved on its own: `initializing` and `ready` serve alike (`SessionState.ready`), so the stored
+            # record may say `initializing` until the next save carries the phase along.
+            self.state.receive_initialized()
         elif notification.method == "notifications/cancelled":
             params = notification.params or {}
             request_id = params.get("requestId")

@@ -95,10 +95,11 @@ def test_quick_run_measured_every_scenario(quick_run: tuple[dict, Path]) -> None
     assert s4b["rss_after_bytes"] > 0 and s4b["redis_connections_after"]["refserver"] > 0
     assert s4b["rounds"], "no notification round reached every listen stream"
     assert s4b["floor"]["streams_held"] == s4b["streams_requested"]
-    for backend in ("memory", "redis"):
+    for backend in ("memory", "redis", "bare"):
         run = scenarios["S5"][backend]["runs"][0]
         assert run["sessions"] > 0 and run["errors"] == 0
     assert all(scenarios["IP"]["median"][shape] > 0 for shape in ("S1", "M1"))
+    assert scenarios["S5"]["memory"]["runs"][0]["vs_bare"] > 0
     for arm in ("load", "latency"):
         run = scenarios["T1"][arm]["runs"][0]
         assert run["tasks"] > 0 and run["errors"] == 0, (arm, run["first_errors"])
@@ -129,8 +130,8 @@ def test_quick_run_evaluates_every_target(quick_run: tuple[dict, Path]) -> None:
         "S4b RSS",
         "S4b Redis",
         "S4b notify",
-        "S5 memory",
-        "S5 redis",
+        "S5",
+        "S5 Redis",
     }
     assert set(targets) == expected
     assert all(t["met"] is not None for t in targets.values()), targets

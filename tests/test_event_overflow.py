@@ -63,7 +63,7 @@ async def registry(request: pytest.FixtureRequest, shared_redis_server: RedisSer
             bus = await nursery.start(RedisBus(conn, instance_id="overflow", holder_ttl=600).run)
             registry = SessionRegistry(
                 events=RedisEventLog(conn, instance_id="overflow", max_events=BOUND, ttl=600),
-                store=RedisSessionStore(conn),
+                store=RedisSessionStore(conn, bus),
                 bus=bus,
                 core=handler,
                 idle_ttl=600.0,

@@ -18,11 +18,14 @@ from refserver.backend.redis.sessions import RedisSessionStore
 from refserver.dispatch import RequestCore
 from refserver.features import reference
 from refserver.features.catalog import FeatureIndex
+from refserver.protocol.jsonrpc import Request
 from refserver.registry import SessionRegistry
+from refserver.session import Session
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 
 SESSIONS = 300
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
 
 
 @attrs.define
@@ -40,7 +43,7 @@ async def instance(redis_server: RedisServer) -> AsyncIterator[Instance]:
         bus = await nursery.start(RedisBus(conn, instance_id="resync", holder_ttl=600).run)
         registry = SessionRegistry(
             events=events,
-            store=RedisSessionStore(conn),
+            store=RedisSessionStore(conn, bus),
             bus=bus,
             core=RequestCore(FeatureIndex.build([reference.build_catalog()])),
             idle_ttl=600.0,
@@ -52,6 +55,19 @@ async def instance(redis_server: RedisServer) -> AsyncIterator[Instance]:
         nursery.cancel_scope.cancel()
 
 
+async def initialized_session(instance: Instance) -> Session:
+    """A session as a client makes one: it reaches Redis (and its holders set) with its initialize answer."""
+    session = await instance.registry.create_session("streamable")
+    stream_id = await session.start_requests([Request(0, "initialize", INIT)])
+
+    async def answered() -> bool:
+        return (await instance.events.read_after(session.id, stream_id, 0)).closed
+
+    await wait_until(answered, 5, "initialize to be answered")
+    assert session.stored
+    return session
+
+
 def calls(server: RedisServer, command: str) -> int:
     return int(server.client().info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
@@ -59,7 +75,7 @@ def calls(server: RedisServer, command: str) -> int:
 async def test_a_dropped_subscriber_resyncs_every_session_in_a_few_round_trips(
     redis_server: RedisServer, instance: Instance
 ) -> None:
-    sessions = [await instance.registry.create_session("streamable") for _ in range(SESSIONS)]
+    sessions = [await initialized_session(instance) for _ in range(SESSIONS)]
     woken: list[str] = []
 
     async def listen(session_id: str, task_status: trio.TaskStatus[None]) -> None:
@@ -85,7 +101,7 @@ async def test_a_dropped_subscriber_resyncs_every_session_in_a_few_round_trips(
 async def test_sessions_lost_by_a_redis_restart_end_at_the_resync(
     redis_server: RedisServer, instance: Instance
 ) -> None:
-    sessions = [await instance.registry.create_session("streamable") for _ in range(SESSIONS)]
+    sessions = [await initialized_session(instance) for _ in range(SESSIONS)]
     redis_server.kill()
     redis_server.start()  # empty: no persistence
     await wait_until(lambda: all(s.closed for s in sessions), 15, "every session to end")

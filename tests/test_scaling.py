@@ -370,6 +370,53 @@ async def test_every_key_has_a_ttl_and_nothing_is_left_after_delete(cluster: Clu
     await wait_until(lambda: session_keys(cluster.redis, session_id) == [], WAIT, "no key of the deleted session")
 
 
+async def test_a_new_session_is_in_redis_with_its_initialize_answer_and_usable_elsewhere_at_once(
+    cluster: Cluster,
+) -> None:
+    """The first record is written with the initialize answer, not before (one script, with the holders set)."""
+    first, other = cluster.urls[0], cluster.urls[1]
+    client = cluster.redis.client()
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        response = await http.post(f"{first}/mcp", json=rpc("initialize", 0, **INIT_PARAMS), headers=POST_HEADERS)
+        assert response.status_code == 200, response.text
+        session_id = response.headers["mcp-session-id"]
+        # Already there when the answer arrives, with a TTL, and the creating instance as its only holder.
+        stored = json.loads(client.get(f"refserver:{{{session_id}}}:session"))
+        assert stored["phase"] == "initializing" and stored["protocol_version"] == "2025-11-25"
+        holders_key = f"refserver:{{{session_id}}}:holders"
+        assert client.scard(holders_key) == 1
+        assert all(client.pttl(key) > 0 for key in session_keys(cluster.redis, session_id))
+        headers = {**POST_HEADERS, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
+        initialized = await http.post(f"{first}/mcp", json=rpc("notifications/initialized"), headers=headers)
+        assert initialized.status_code == 202
+        # The next request, on another instance, finds the session at once.
+        echo = await http.post(
+            f"{other}/mcp", json=rpc("tools/call", 1, name="echo", arguments={"message": "hi"}), headers=headers
+        )
+        assert echo.status_code == 200 and "Echo: hi" in echo.text
+        assert client.scard(holders_key) == 2
+        # A state change made on the first instance reaches the second (which holds the session now) through the
+        # save's announcement: the tool's info logs are sent before, and filtered after.
+        logging_call = rpc("tools/call", 3, name="test_tool_with_logging", arguments={})
+        assert "Tool execution" in (await http.post(f"{other}/mcp", json=logging_call, headers=headers)).text
+        level = await http.post(f"{first}/mcp", json=rpc("logging/setLevel", 2, level="emergency"), headers=headers)
+        assert level.status_code == 200
+        assert json.loads(client.get(f"refserver:{{{session_id}}}:session"))["log_level"] == "emergency"
+        # (The announcement reaches the second instance's subscriber a moment after the answer: asked until then.)
+        call_ids = iter(range(4, 10_000))
+
+        async def filtered_there() -> bool:
+            logging_call["id"] = next(call_ids)
+            filtered = await http.post(f"{other}/mcp", json=logging_call, headers=headers)
+            assert filtered.status_code == 200 and "successfully" in filtered.text
+            return "Tool execution" not in filtered.text
+
+        await wait_until(filtered_there, WAIT, "the new log level on the other instance")
+        deleted = await http.delete(f"{other}/mcp", headers=headers)
+        assert deleted.status_code == 204
+    await wait_until(lambda: session_keys(cluster.redis, session_id) == [], WAIT, "no key of the deleted session")
+
+
 async def test_expired_sessions_leave_nothing(module_redis: RedisBackend, tmp_path: Path) -> None:
     short = start_cluster(module_redis, tmp_path, count=2, session_idle_ttl=2)
     try:

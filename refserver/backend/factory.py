@@ -41,6 +41,7 @@ def backend_from_settings(settings: Settings) -> Backend:
         connection = RedisConnection(
             settings.redis_url, client_name=f"refserver-{instance_id}", cluster=settings.redis_cluster
         )
+        bus = RedisBus(connection, instance_id=instance_id, holder_ttl=settings.session_idle_ttl)
         return Backend(
             kv=RedisKeyValueStore(connection),
             events=RedisEventLog(
@@ -49,8 +50,8 @@ def backend_from_settings(settings: Settings) -> Backend:
                 max_events=settings.event_log_max_events,
                 ttl=settings.session_idle_ttl,
             ),
-            store=RedisSessionStore(connection),
-            bus=RedisBus(connection, instance_id=instance_id, holder_ttl=settings.session_idle_ttl),
+            store=RedisSessionStore(connection, bus),
+            bus=bus,
             tasks=RedisTaskStore(connection),
             redis=connection,
             instance_id=instance_id,

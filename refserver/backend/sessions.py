@@ -47,7 +47,19 @@ class SessionRecord:
     subscriptions: list[str] = attrs.field(factory=list)
 
     def to_json(self) -> bytes:
-        return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
+        # The fields by hand, not `attrs.asdict` (which walks and copies every value): a save per state change.
+        document = {
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "owner": self.owner,
+            "phase": self.phase,
+            "protocol_version": self.protocol_version,
+            "client_capabilities": self.client_capabilities,
+            "client_info": self.client_info,
+            "log_level": self.log_level,
+            "subscriptions": self.subscriptions,
+        }
+        return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> SessionRecord:
@@ -67,7 +79,17 @@ class BusStatistics:
 
 
 class Store(Protocol):
-    async def save(self, record: SessionRecord, ttl: float) -> None: ...
+    async def save_first(self, record: SessionRecord, ttl: float) -> None:
+        """The session's first record, with this instance joining its holders (one round trip).
+
+        Written when `initialize` is answered, not when the session object is made: until its id reaches the client
+        nobody can ask for it elsewhere, and a crash in between loses nothing a client was told.
+        """
+        ...
+
+    async def save(self, record: SessionRecord, ttl: float) -> None:
+        """The session's new record, announced (`StateChanged`) to the other instances holding it (one round trip)."""
+        ...
 
     async def load(self, session_id: str) -> SessionRecord | None: ...
 
@@ -134,6 +156,9 @@ class Bus(Protocol):
 
 class LocalStore:
     """The memory backend: a session is the object in this instance's registry, nothing more."""
+
+    async def save_first(self, record: SessionRecord, ttl: float) -> None:
+        return None
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
         return None

@@ -206,26 +206,21 @@ class StreamableHttpEndpoint:
             raise MissingSessionId("Bad Request: Mcp-Session-Id header is required (initialize first)")
         registry = self._registry
         session = await registry.create_session("streamable", owner)
-        stream_id = await session.start_requests([first])
-        reply = await self._wait_closed(session, stream_id)
-        if session.state.lifecycle.phase is Phase.NEW:
-            # initialize was refused (bad params): the half-made session must not linger.
-            await registry.delete(session.id, owner=owner)
-            if not reply:
-                raise InvalidRequest("initialize was cancelled")
+        try:
+            reply = await session.answer_initialize(first)
+        except BaseException:
+            session.close("initialize abandoned")  # cancelled (the client left, or shutdown): nobody knows its id
+            raise
+        refused = session.state.lifecycle.phase is Phase.NEW
+        if refused or not session.stored or session.closed:
+            # initialize was refused (bad params), its record could not be stored, or shutdown began meanwhile: the
+            # half-made session must not linger.
+            if not session.closed:
+                await registry.delete(session.id, owner=owner)
+            if not refused:
+                raise BackendUnavailable("the new session could not be stored or was closed; retry")
             return HttpResponse(400, reply.encode())
         return HttpResponse(200, reply.encode(), headers=((SESSION_HEADER, session.id),))
-
-    async def _wait_closed(self, session: Session, stream_id: str) -> str:
-        data = ""
-        with StreamReader(self._registry.events, session.id, stream_id) as reader:
-            while True:
-                read = await reader.read()
-                if read.events:
-                    data = read.events[-1].data
-                if read.closed or not read.exists:
-                    return data
-                await reader.wait()
 
     async def _deliver(self, session: Session, parsed: ParsedBody, caller: CallerToken | None) -> HttpResponse:
         version = session.state.lifecycle.protocol_version

@@ -213,14 +213,25 @@ class RedisBus:
             if addressed is not None:
                 await self._handler(*addressed)
 
-    async def subscribe(self, session_id: str) -> None:
-        """Join the session's holders: once this returns, every message about the session reaches this instance."""
+    async def wait_joinable(self) -> None:
+        """Return once this instance may join a holders set (its subscriber is up), or raise after a while."""
         if not self._connected.is_set():
             # Joined while the subscriber is away, messages would be lost until it is back: wait for it a while.
             with trio.move_on_after(SUBSCRIBE_TIMEOUT):
                 await self._connected.wait()
             if not self._connected.is_set():
                 raise BackendUnavailable("the Redis bus is not connected")
+
+    def held_here(self, session_id: str) -> None:
+        """The session's holders set is being joined by another write (the store's first save): rejoin it too."""
+        self._held.add(session_id)
+
+    def not_held_here(self, session_id: str) -> None:
+        self._held.discard(session_id)
+
+    async def subscribe(self, session_id: str) -> None:
+        """Join the session's holders: once this returns, every message about the session reaches this instance."""
+        await self.wait_joinable()
         key, instance, ttl_ms = holders_key(session_id), self.instance_id, self._holder_ttl_ms
 
         def join(pipe: Pipeline) -> None:

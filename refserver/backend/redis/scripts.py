@@ -101,6 +101,28 @@ PUBLISH_SCRIPT: Final = BatchedScript(
 )
 
 
+# A session's first record, with this instance as its one holder: in one round trip, and announced to nobody (no
+# other instance can hold a session before its id was returned, which is after this script ran).
+SAVE_FIRST_SCRIPT: Final = BatchedScript(
+    source="""
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+""",
+)
+# A session's new record, and its announcement (`StateChanged`, the record verbatim) for the other holders: one
+# round trip where a save and a publish were two, and no message is built when nobody else holds the session.
+SAVE_SCRIPT: Final = BatchedScript(
+    holders_key=1,
+    source=ANNOUNCE_LUA
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return announce(KEYS[2], ARGV[3], 1, '{"t":"state","sid":"' .. ARGV[4] .. '","record":' .. ARGV[1] .. '}')
+""",
+)
+
+
 # Token bucket, atomic across instances. State "tokens updated_ms" lives under KEYS[1] with PX = time until full, so
 # an idle bucket disappears exactly when it would be indistinguishable from a new one. Redis's TIME is the clock, so
 # instances with skewed clocks agree; a denied call writes nothing because the stored state is still exact.

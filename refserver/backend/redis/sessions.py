@@ -7,8 +7,10 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from refserver.backend.events import STANDALONE_STREAM
+from refserver.backend.redis.bus import RedisBus
 from refserver.backend.redis.connection import RedisConnection
 from refserver.backend.redis.keys import as_bytes, events_key, holders_key, milliseconds, session_key, streams_key
+from refserver.backend.redis.scripts import SAVE_FIRST_SCRIPT, SAVE_SCRIPT
 from refserver.backend.sessions import SessionRecord
 
 EXISTS_BATCH: Final = 1000
@@ -16,11 +18,36 @@ EXISTS_BATCH: Final = 1000
 
 
 class RedisSessionStore:
-    def __init__(self, conn: RedisConnection) -> None:
+    """Records on the write lane (group-committed with the other writes of the moment), each save one script."""
+
+    def __init__(self, conn: RedisConnection, bus: RedisBus) -> None:
         self._conn = conn
+        self._bus = bus
+        self._instance = bus.instance_id.encode()
+
+    async def save_first(self, record: SessionRecord, ttl: float) -> None:
+        session_id = record.session_id
+        self._bus.held_here(session_id)
+        try:
+            await self._conn.run_script_batched(
+                SAVE_FIRST_SCRIPT,
+                [session_key(session_id), holders_key(session_id)],
+                [record.to_json(), milliseconds(ttl), self._instance],
+            )
+            # After the write, as `subscribe` after a save did: with Redis down the write fails at once, and with only
+            # the subscriber away (a blip) the answer waits a while for it, as a join does.
+            await self._bus.wait_joinable()
+        except BaseException:
+            self._bus.not_held_here(session_id)
+            raise
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
-        await self._conn.call(lambda r: r.set(session_key(record.session_id), record.to_json(), px=milliseconds(ttl)))
+        session_id = record.session_id
+        await self._conn.run_script_batched(
+            SAVE_SCRIPT,
+            [session_key(session_id), holders_key(session_id)],
+            [record.to_json(), milliseconds(ttl), self._instance, session_id],
+        )
 
     async def load(self, session_id: str) -> SessionRecord | None:
         raw = await self._conn.call(lambda r: r.get(session_key(session_id)))
