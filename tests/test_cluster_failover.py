@@ -26,6 +26,7 @@ import trio
 
 from refserver.backend.redis.keys import session_key
 from refserver.errors import SERVER_ERROR
+from refserver.transport.refusals import BACKEND_RETRY_AFTER_SECONDS
 from tests.cluster import RoundRobinTransport, open_session, rpc, start_cluster
 from tests.conftest import INIT_PARAMS, POST_HEADERS
 from tests.redis_cluster import RedisClusterServers
@@ -157,6 +158,7 @@ async def test_a_killed_master_gives_503_for_a_bounded_time_then_recovers(tmp_pa
             # The outage was shown: new sessions refused with 503; a request of a session that every instance holds is
             # accepted, and answered with the same JSON-RPC error when its write fails.
             assert "initialize" in {p.kind for p in refused}, listed
+            assert {p.retry_after for p in refused} == {str(BACKEND_RETRY_AFTER_SECONDS)}, listed  # when to come back
             assert any(o != "ok" for p, o in zip(probes, outcomes, strict=True) if p.kind == "set-level"), listed
             # The outage, as a client sees it: until the last answer that was not a success or was held back (a
             # request waiting for the bus's subscriber or a Redis call to come back), after which all were prompt.

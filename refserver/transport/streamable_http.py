@@ -26,6 +26,7 @@ from refserver.errors import (
     MethodNotAllowed,
     MissingSessionId,
     RefserverError,
+    ServiceUnavailable,
     SessionNotFound,
 )
 from refserver.observability.http import note_route
@@ -217,9 +218,12 @@ class StreamableHttpEndpoint:
             # half-made session must not linger.
             if not session.closed:
                 await registry.delete(session.id, owner=owner)
-            if not refused:
-                raise BackendUnavailable("the new session could not be stored or was closed; retry")
-            return HttpResponse(400, reply.encode())
+            if refused:
+                return HttpResponse(400, reply.encode())
+            if not session.stored:
+                # Only Redis can fail to store a session (the memory backend has nothing to store).
+                raise BackendUnavailable("Redis unavailable: the new session could not be stored; retry")
+            raise ServiceUnavailable("the new session was closed before its initialize was answered; retry")
         return HttpResponse(200, reply.encode(), headers=((SESSION_HEADER, session.id),))
 
     async def _deliver(self, session: Session, parsed: ParsedBody, caller: CallerToken | None) -> HttpResponse:
