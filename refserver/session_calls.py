@@ -10,6 +10,7 @@ and persisted when they changed something.
 from __future__ import annotations
 
 import contextlib
+import copy
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Final
@@ -196,9 +197,17 @@ async def answer_request(
             )
         span.record(outcome)
     if isinstance(outcome, Complete):
+        before = copy.deepcopy(session.state) if outcome.changes else None
         changed = [session.state.apply(change) for change in outcome.changes]
         if any(changed):
-            await session.persist()
+            try:
+                await session.persist()
+            except BaseException:
+                if before is not None and session.stored:
+                    # Redis and the other instances keep the old state: so must this copy, or it would serve a
+                    # change the client was told failed. (A new session is dropped by its caller instead.)
+                    session.state = before
+                raise
         return Response(request.id, outcome.result)
     error = outcome.error
     return ErrorResponse(request.id, error.jsonrpc_code, error.message, error.data)

@@ -16,11 +16,13 @@ from refserver.backend.redis.connection import RedisConnection
 from refserver.backend.redis.events import RedisEventLog
 from refserver.backend.redis.sessions import RedisSessionStore
 from refserver.dispatch import RequestCore
+from refserver.errors import BackendUnavailable
 from refserver.features import reference
 from refserver.features.catalog import FeatureIndex
-from refserver.protocol.jsonrpc import Request
+from refserver.protocol.jsonrpc import Request, Response
 from refserver.registry import SessionRegistry
 from refserver.session import Session
+from refserver.session_calls import answer_request
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 
@@ -33,6 +35,7 @@ class Instance:
     registry: SessionRegistry
     bus: RedisBus
     events: RedisEventLog
+    core: RequestCore
 
 
 @pytest.fixture
@@ -41,17 +44,18 @@ async def instance(redis_server: RedisServer) -> AsyncIterator[Instance]:
         conn = await nursery.start(RedisConnection(redis_server.url, command_timeout=2.0).run)
         events = RedisEventLog(conn, instance_id="resync", max_events=100, ttl=600)
         bus = await nursery.start(RedisBus(conn, instance_id="resync", holder_ttl=600).run)
+        core = RequestCore(FeatureIndex.build([reference.build_catalog()]))
         registry = SessionRegistry(
             events=events,
             store=RedisSessionStore(conn, bus),
             bus=bus,
-            core=RequestCore(FeatureIndex.build([reference.build_catalog()])),
+            core=core,
             idle_ttl=600.0,
             max_sessions=SESSIONS + 10,
             client_request_timeout=30.0,
         )
         await nursery.start(registry.run)
-        yield Instance(registry, bus, events)
+        yield Instance(registry, bus, events, core)
         nursery.cancel_scope.cancel()
 
 
@@ -125,3 +129,27 @@ async def test_a_worker_busy_past_the_command_bound_does_not_resync(
     redis_server.client().execute_command("SPUBLISH", instance.bus._inbox, b'{"not": "a session message"}')
     await wait_until(lambda: instance.bus.statistics().received > received_before, 5, "a message after the stall")
     assert not session.closed
+
+
+async def test_a_state_change_redis_refused_is_not_kept_by_the_instance(
+    redis_server: RedisServer, instance: Instance
+) -> None:
+    """`logging/setLevel` on a session this instance holds, while Redis is gone: the client is told it failed, and
+    this instance's copy keeps the level Redis and every other instance still have."""
+    session = await instance.registry.create_session("streamable")
+    initialize = Request(
+        0,
+        "initialize",
+        {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+    )
+    assert isinstance(await answer_request(instance.core, session, initialize, "r-init"), Response)
+    set_level = Request(1, "logging/setLevel", {"level": "warning"})
+    assert isinstance(await answer_request(instance.core, session, set_level, "r-1"), Response)
+    assert session.state.log_level == "warning"
+    redis_server.stop()
+    try:
+        with pytest.raises(BackendUnavailable):
+            await answer_request(instance.core, session, Request(2, "logging/setLevel", {"level": "debug"}), "r-2")
+        assert session.state.log_level == "warning"
+    finally:
+        redis_server.start()
