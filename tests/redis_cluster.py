@@ -21,6 +21,8 @@ from tests.redis_server import RedisServer, free_port
 @attrs.define
 class RedisClusterServers:
     directory: Path
+    node_timeout_ms: int = formation.NODE_TIMEOUT_MS
+    """cluster-node-timeout: how long a master may be silent before its replica is promoted."""
     nodes: list[RedisServer] = attrs.field(factory=list)
     cluster_mode = True
 
@@ -33,7 +35,9 @@ class RedisClusterServers:
     def start(self, count: int = formation.NODES) -> None:
         for _ in range(count):
             node = RedisServer(self.directory)
-            node.extra_options = formation.node_options(self.directory / f"nodes-{node.port}.conf", free_port())
+            node.extra_options = formation.node_options(
+                self.directory / f"nodes-{node.port}.conf", free_port(), self.node_timeout_ms
+            )
             node.start()
             self.nodes.append(node)
         formation.create([node.port for node in self.nodes])
