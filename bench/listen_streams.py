@@ -26,7 +26,7 @@ from bench.mcpclient import POST_HEADERS, SUBSCRIBE_URI, auth_headers
 from bench.procs import rss_bytes
 from bench.rawhttp import Connection, HttpError
 from bench.redisstats import redis_connections
-from bench.streams import PROGRESS_EVERY, SETUP_CONCURRENCY, UPDATE_MARK, watch_rounds
+from bench.streams import SETUP_CONCURRENCY, StreamHolder, watch_rounds
 
 MODERN_VERSION: Final = "2026-07-28"
 LISTEN_ID: Final = "bench-listen"
@@ -72,24 +72,8 @@ async def warm_listener(port: int, token: str) -> None:
 
 
 @attrs.define
-class ListenSwarm:
+class ListenSwarm(StreamHolder):
     """N listen streams, each on its own connection, held open until the measurement ends."""
-
-    port: int
-    token: str
-    count: int
-    arrivals: list[tuple[float, int]] = attrs.field(factory=list)
-    opened: int = 0
-    live: set[int] = attrs.field(factory=set)
-    failed: int = 0
-    dropped: int = 0
-    first_error: str = ""
-    first_drop: str = ""
-    all_settled: trio.Event = attrs.field(factory=trio.Event)
-
-    def _check(self) -> None:
-        if self.opened + self.failed >= self.count:
-            self.all_settled.set()
 
     async def _open(self, gate: trio.Semaphore) -> tuple[Connection, AsyncIterator[bytes], bytes]:
         async with gate:
@@ -110,29 +94,11 @@ class ListenSwarm:
 
     async def hold_stream(self, index: int, gate: trio.Semaphore) -> None:
         try:
-            conn, chunks, first = await self._open(gate)
+            stream = await self._open(gate)
         except (OSError, HttpError, StopAsyncIteration, trio.BrokenResourceError) as exc:
-            self.failed += 1
-            self.first_error = self.first_error or f"listener {index}: {exc!r}"
-            self._check()
+            self._fail(f"listener {index}", exc)
             return
-        self.opened += 1
-        self.live.add(index)
-        self._check()
-        try:
-            if UPDATE_MARK in first:
-                self.arrivals.append((trio.current_time(), index))
-            async for chunk in chunks:
-                if UPDATE_MARK in chunk:
-                    self.arrivals.append((trio.current_time(), index))
-            raise HttpError("the server ended the stream")
-        except (OSError, HttpError, trio.BrokenResourceError) as exc:
-            self.dropped += 1
-            self.first_drop = self.first_drop or f"listener {index}: {exc!r}"
-        finally:
-            self.live.discard(index)
-            with trio.CancelScope(shield=True):
-                await conn.aclose()
+        await self._follow(index, *stream)
 
 
 async def run_listen_streams(
@@ -157,13 +123,7 @@ async def run_listen_streams(
         gate = trio.Semaphore(SETUP_CONCURRENCY)
         for index in range(count):
             nursery.start_soon(swarm.hold_stream, index, gate)
-        while not swarm.all_settled.is_set():
-            with trio.move_on_after(PROGRESS_EVERY):
-                await swarm.all_settled.wait()
-            progress(
-                f"S4b listen streams opened {swarm.opened}/{count}, open now {len(swarm.live)} "
-                f"(failed {swarm.failed}, dropped by the server {swarm.dropped})"
-            )
+        await swarm.wait_settled(progress, "S4b listen streams", count)
         open_seconds = trio.current_time() - started
         await trio.sleep(1.0)  # let allocations settle before reading RSS
         ready_at = trio.current_time()

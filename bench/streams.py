@@ -75,42 +75,82 @@ def rounds_from_arrivals(arrivals: list[tuple[float, int]], expected: int, gap: 
 
 
 @attrs.define
-class Swarm:
+class StreamHolder:
+    """What S4 and S4b count of their N streams, each on its own connection, held open until the measurement ends:
+    the updates that arrive on each, and which are open."""
+
+    port: int
+    token: str
+    count: int
+    arrivals: list[tuple[float, int]] = attrs.field(factory=list)
+    opened: int = 0
+    """Streams that went live (their first event arrived)."""
+    live: set[int] = attrs.field(factory=set)
+    """Indices of the streams open right now."""
+    failed: int = 0
+    """Streams that could not be set up or opened."""
+    dropped: int = 0
+    """Streams that were live and then ended (the server closed them; the client never does)."""
+    first_error: str = ""
+    first_drop: str = ""
+    all_settled: trio.Event = attrs.field(factory=trio.Event)
+
+    def _check(self) -> None:
+        if self.opened + self.failed >= self.count:
+            self.all_settled.set()
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        self.failed += 1
+        self.first_error = self.first_error or f"{name}: {exc!r}"
+        self._check()
+
+    async def wait_settled(self, progress: Callable[[str], None], streams: str, of: int) -> None:
+        """Until every stream is open or failed, telling how far it got every `PROGRESS_EVERY` seconds."""
+        while not self.all_settled.is_set():
+            with trio.move_on_after(PROGRESS_EVERY):
+                await self.all_settled.wait()
+            progress(
+                f"{streams} opened {self.opened}/{of}, open now {len(self.live)} "
+                f"(failed {self.failed}, dropped by the server {self.dropped})"
+            )
+
+    async def _follow(self, index: int, conn: Connection, chunks: AsyncIterator[bytes], first: bytes) -> None:
+        """Count the live stream's updates until the server ends it (a drop) or the measurement is cancelled."""
+        self.opened += 1
+        self.live.add(index)
+        self._check()
+        try:
+            if UPDATE_MARK in first:
+                self.arrivals.append((trio.current_time(), index))
+            async for chunk in chunks:
+                if UPDATE_MARK in chunk:
+                    self.arrivals.append((trio.current_time(), index))
+            raise HttpError("the server ended the stream")
+        except (OSError, HttpError, trio.BrokenResourceError) as exc:
+            self.dropped += 1
+            self.first_drop = self.first_drop or f"stream {index}: {exc!r}"
+        finally:
+            self.live.discard(index)
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+
+
+@attrs.define
+class Swarm(StreamHolder):
     """N sessions: first every session is created (and its set-up connection closed), then every stream opens.
 
     The two phases let the RSS growth be split between the session itself and its open stream (with
     its HTTP connection).
     """
 
-    port: int
-    token: str
-    count: int
-    arrivals: list[tuple[float, int]] = attrs.field(factory=list)
     created: int = 0
-    opened: int = 0
-    """Streams that went live (their priming event arrived)."""
-    live: set[int] = attrs.field(factory=set)
-    """Indices of the streams open right now."""
-    failed: int = 0
-    """Sessions that could not be created, or whose stream could not be opened."""
-    dropped: int = 0
-    """Streams that were live and then ended (the server closed them; the client never does)."""
-    first_error: str = ""
-    first_drop: str = ""
     all_created: trio.Event = attrs.field(factory=trio.Event)
     open_streams: trio.Event = attrs.field(factory=trio.Event)
-    all_settled: trio.Event = attrs.field(factory=trio.Event)
 
     def _check(self) -> None:
         if self.created + self.failed >= self.count:
             self.all_created.set()
-        if self.opened + self.failed >= self.count:
-            self.all_settled.set()
-
-    def _fail(self, index: int, exc: BaseException) -> None:
-        self.failed += 1
-        self.first_error = self.first_error or f"session {index}: {exc!r}"
-        self._check()
+        super()._check()
 
     async def _create(self, gate: trio.Semaphore) -> str:
         async with gate:
@@ -149,33 +189,17 @@ class Swarm:
         try:
             session_id = await self._create(gate)
         except (OSError, HttpError, trio.BrokenResourceError) as exc:
-            self._fail(index, exc)
+            self._fail(f"session {index}", exc)
             return
         self.created += 1
         self._check()
         await self.open_streams.wait()
         try:
-            conn, chunks, first = await self._open(gate, session_id)
+            stream = await self._open(gate, session_id)
         except (OSError, HttpError, StopAsyncIteration, trio.BrokenResourceError) as exc:
-            self._fail(index, exc)
+            self._fail(f"session {index}", exc)
             return
-        self.opened += 1
-        self.live.add(index)
-        self._check()
-        try:
-            if UPDATE_MARK in first:
-                self.arrivals.append((trio.current_time(), index))
-            async for chunk in chunks:
-                if UPDATE_MARK in chunk:
-                    self.arrivals.append((trio.current_time(), index))
-            raise HttpError("the server ended the stream")
-        except (OSError, HttpError, trio.BrokenResourceError) as exc:
-            self.dropped += 1
-            self.first_drop = self.first_drop or f"session {index}: {exc!r}"
-        finally:
-            self.live.discard(index)
-            with trio.CancelScope(shield=True):
-                await conn.aclose()
+        await self._follow(index, *stream)
 
 
 async def run_streams(
@@ -214,13 +238,7 @@ async def run_streams(
         rss_sessions = rss_bytes(worker_pid)
         swarm.open_streams.set()
         streams_started = trio.current_time()
-        while not swarm.all_settled.is_set():
-            with trio.move_on_after(PROGRESS_EVERY):
-                await swarm.all_settled.wait()
-            progress(
-                f"{label} streams opened {swarm.opened}/{swarm.created}, open now {len(swarm.live)} "
-                f"(failed {swarm.failed}, dropped by the server {swarm.dropped})"
-            )
+        await swarm.wait_settled(progress, f"{label} streams", swarm.created)
         streams_seconds = trio.current_time() - streams_started
         await trio.sleep(1.0)
         ready_at = trio.current_time()
