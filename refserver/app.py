@@ -280,7 +280,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     guard_writes(app, settings.write_stall_limit, metrics)
     app.register_blueprint(
         pages.create_blueprint(
-            services, verifier=verifier, backend=backend, running_tasks=lambda: len(tasks.runner.running())
+            services, verifier=verifier, backend=backend, running_tasks=lambda: len(tasks.runner.tools_running())
         )
     )
     app.register_blueprint(response_headers.create_blueprint(origin_policy))

@@ -238,3 +238,40 @@ async def test_a_run_that_lost_its_lease_stops_and_writes_nothing() -> None:
         assert done.runs == 2 and done.runner is None
         assert store.statistics().queued == 0
         nursery.cancel_scope.cancel()
+
+
+class HeldStart(MemoryTaskStore):
+    """The real memory store, whose write marking a run started waits for `go` (a slow Redis at that moment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = trio.Event()
+
+    async def replace(self, record: TaskRecord) -> bool:
+        if record.runner is not None and not self.go.is_set():
+            await self.go.wait()
+        return await super().replace(record)
+
+
+async def test_a_claim_whose_tool_has_not_begun_is_not_counted_as_running() -> None:
+    # /health's runningTasks is what an operator (and the SIGTERM and SIGKILL tests) read as "its tool runs here":
+    # a run stopped between its claim and its start goes back to the queue untouched, so it must not count.
+    store = HeldStart()
+    core, _, (first, _second) = build(store, 5.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        outcome = await core.handle(call("slow_compute", {"seconds": 0.2, "label": "held"}), Silent())
+        assert isinstance(outcome, Complete)
+        task_id = outcome.result["taskId"]
+        with trio.fail_after(5):
+            while task_id not in first.running():
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        assert first.tools_running() == []  # claimed, its start not stored yet
+        store.go.set()
+        with trio.fail_after(5):
+            while task_id not in first.tools_running():
+                await trio.sleep(0.01)
+        done = await wait_status(store, task_id, "completed")
+        assert done.runs == 1 and first.tools_running() == []
+        nursery.cancel_scope.cancel()

@@ -74,6 +74,9 @@ class _Run:
     """The lease is gone (taken over, or not renewable): this run's end must not touch the record or the queue."""
     handed_back: bool = False
     """Stopped by the drain: its work goes back to the queue (or fails, if it must not run twice)."""
+    tool_running: bool = False
+    """The tool is running: its record names this run as its runner. A run is claimed before that (its record is
+    loaded and marked started first); a run stopped before this goes back to the queue untouched."""
     record: TaskRecord | None = None
     """The record as this run last read or wrote it: the next write starts from it (a compare-and-set that loses
     reads it again), so a run costs no read per write."""
@@ -168,7 +171,12 @@ class TaskRunner:
         )
 
     def running(self) -> list[str]:
+        """The tasks this instance holds a claim on: from their claim until their run's end is stored."""
         return [run.claim.task_id for run in self._runs.values()]
+
+    def tools_running(self) -> list[str]:
+        """The tasks whose tool runs here now (what /health counts): a claim being set up or wound down is not one."""
+        return [run.claim.task_id for run in self._runs.values() if run.tool_running]
 
     async def on_global_message(self, message: GlobalMessage) -> None:
         if isinstance(message, TaskCancelled):
@@ -305,7 +313,11 @@ class TaskRunner:
         with run.scope:
             # A task's work ends with its time to live: the record is gone then, and nobody could read a result.
             run.scope.deadline = trio.current_time() + max(0.0, begun.expires_at - time.time())
-            outcome = await self._run_tool(_request_of(begun), TaskEmitter(self, run, self._publish_notice))
+            run.tool_running = True
+            try:
+                outcome = await self._run_tool(_request_of(begun), TaskEmitter(self, run, self._publish_notice))
+            finally:
+                run.tool_running = False
         if outcome is None or run.lost:
             return  # cancelled (the record already says so), expired, or lost to another instance
         await self.write(run, self._transition_for(outcome))
