@@ -23,7 +23,9 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -124,7 +126,10 @@ async def _prepare(port: int) -> tuple[str, str]:
     return token, session
 
 
-async def measure(requests: int, batches: int) -> dict[str, Any]:
+@asynccontextmanager
+async def _callers() -> AsyncIterator[dict[str, tuple[DirectCaller, bool]]]:
+    """The application served on Hypercorn in this process (for the token and the session), and one direct caller
+    per request shape (S1's, M1's), warm."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -136,7 +141,6 @@ async def measure(requests: int, batches: int) -> dict[str, Any]:
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.errorlog = None
-    result: dict[str, Any] = {"requests_per_batch": requests, "batches": batches}
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         nursery.start_soon(lambda: serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
@@ -170,11 +174,17 @@ async def measure(requests: int, batches: int) -> dict[str, Any]:
                 True,
             ),
         }
-        next_id = 10
         for caller, modern in callers.values():  # warm-up: caches, first-call paths
-            for _ in range(200):
-                next_id += 1
-                await caller.call(_echo_body(next_id, modern=modern))
+            for request_id in range(200):
+                await caller.call(_echo_body(request_id, modern=modern))
+        yield callers
+        stop.set()
+
+
+async def measure(requests: int, batches: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"requests_per_batch": requests, "batches": batches}
+    async with _callers() as callers:
+        next_id = 1000
         per_request: dict[str, list[float]] = {name: [] for name in callers}
         for _ in range(batches):  # interleaved batches: both shapes see the same machine
             for name, (caller, modern) in callers.items():
@@ -186,7 +196,22 @@ async def measure(requests: int, batches: int) -> dict[str, Any]:
                 per_request[name].append((time.perf_counter() - started) / requests * 1e6)
         for name, values in per_request.items():
             result[name] = {"us_per_request": statistics.median(values), "min_us": min(values), "batches_us": values}
-        stop.set()
+    return result
+
+
+async def count_instructions(requests: int, out_file: Path) -> dict[str, float]:
+    """Under callgrind (`bench/instructions.py`): this process's instructions per request, shape by shape."""
+    from bench.instructions import Counter
+
+    counter = Counter(os.getpid(), out_file)
+    result: dict[str, float] = {}
+    async with _callers() as callers:
+        for name, (caller, modern) in callers.items():
+            bodies = [_echo_body(1000 + i, modern=modern) for i in range(requests)]
+            counter.start()  # blocking on purpose: nothing else of this process may run while it is counted
+            for body in bodies:
+                await caller.call(body)
+            result[f"IP {name}"] = counter.stop() / requests
     return result
 
 
@@ -194,10 +219,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per batch and shape")
     parser.add_argument("--batches", type=int, default=7)
+    parser.add_argument(
+        "--callgrind",
+        type=Path,
+        metavar="OUT_FILE",
+        help="run under callgrind with this --callgrind-out-file: count instructions per request instead of time",
+    )
     args = parser.parse_args()
     port = _free_port()
     os.environ.update(refserver_env(port))
-    result = trio.run(measure, args.requests, args.batches)
+    if args.callgrind is not None:
+        result = trio.run(count_instructions, args.requests, args.callgrind)
+    else:
+        result = trio.run(measure, args.requests, args.batches)
     sys.stdout.write(json.dumps(result) + "\n")
 
 

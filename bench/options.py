@@ -25,6 +25,7 @@ ALL_SCENARIOS: Final = (
     "PJ",
     "PJA",
     "IP",
+    "IR",
     "T1",
 )
 FLOOD_SCENARIOS: Final = ("S0", "S0A", "S1", "S1T", "M1", "S2", "S2C", "P", "PJ", "PJA")
@@ -60,6 +61,8 @@ class Options:
     ip_requests: int = 3000
     """IP: requests per batch and request shape (S1's, M1's) handed to the application in-process."""
     ip_batches: int = 7
+    ir_requests: int = 500
+    """IR: requests counted per arm under callgrind (one run: instruction counts do not vary with the machine)."""
     s5_workers: int = 16
     t1_clients: int = 16
     """T1: concurrent client loops (create a task, poll it to the end, again) in the throughput arm."""
@@ -98,6 +101,7 @@ class Options:
             "s5_duration": 1.0,
             "ip_requests": 100,
             "ip_batches": 1,
+            "ir_requests": 20,
             "s5_workers": 4,
             "t1_clients": 2,
             "t1_duration": 2.0,

@@ -118,6 +118,59 @@ def _in_process_section(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+IR_ARMS = (
+    ("S0A", "bare ASGI function on Hypercorn's trio worker (the stack alone)"),
+    ("PJ", "the SDK's server answering JSON on uvicorn"),
+    ("S1", "refserver, 2025 session, auth on"),
+    ("M1", "refserver, 2026-07-28, no session, auth on"),
+    ("IP S1", "refserver's application in-process, S1's request (our code alone)"),
+    ("IP M1", "refserver's application in-process, M1's request (our code alone)"),
+)
+
+
+def _instructions_section(s: dict[str, Any]) -> list[str]:
+    """IR's counts beside the floods' times at c=1: how much work each arm does, and how fast it gets done."""
+    ir = s.get("IR")
+    if not ir:
+        return []
+    counts = ir["instructions_per_request"]
+    ip = s.get("IP", {}).get("median", {})
+    lines = [
+        "",
+        "## IR: instructions per request (callgrind)",
+        "",
+        f"User-space instructions of the serving process per echo, {ir['requests']} sequential keep-alive requests "
+        "counted after a warm-up (one run: the count does not depend on the machine's load). Time per request is the "
+        "flood's at c=1 (IP's in-process median for the IP arms); divided by the count it is the rate the arm's "
+        "instructions run at.",
+        "",
+        "| arm | what | instructions per request | x S0A | us per request (c=1) | ns per 1,000 instructions |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    base = counts.get("S0A")
+    for name, what in IR_ARMS:
+        count = counts.get(name)
+        if count is None:
+            continue
+        if name.startswith("IP "):
+            micros = ip.get(name.removeprefix("IP "))
+        else:
+            rps = _median_rps(s, name, "1")
+            micros = 1e6 / rps if rps else None
+        ratio = f"{count / base:.2f}" if base else "-"
+        rate = f"{micros * 1e6 / count:.0f}" if micros else "-"
+        lines.append(f"| {name} | {what} | {count / 1e6:.2f} M | {ratio} | {_fmt(micros, 0)} | {rate} |")
+    for shape in ("S1", "M1"):
+        if {shape, "S0A", f"IP {shape}"} <= counts.keys():
+            extra = counts[shape] - counts["S0A"] - counts[f"IP {shape}"]
+            lines.append("")
+            lines.append(
+                f"{shape} - (S0A + IP {shape}) = {extra / 1e6:+.2f} M ({extra / counts[shape]:+.0%} of {shape}): what "
+                "serving refserver's answers costs beyond the bare function and our code counted apart."
+            )
+    return lines
+
+
 def markdown(data: dict[str, Any], plot_name: str | None) -> str:
     m = data["machine"]
     o = data["options"]
@@ -187,6 +240,7 @@ def markdown(data: dict[str, Any], plot_name: str | None) -> str:
     if "rounds" in s.get("S4b", {}):
         lines += _s4b_lines(s["S4b"])
     lines += _in_process_section(s)
+    lines += _instructions_section(s)
     if "S5" in s:
         lines += [
             "",

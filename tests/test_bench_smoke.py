@@ -60,7 +60,17 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run: tuple[dict, Path]) -
     markdown = json_path.with_suffix(".md").read_text()
     assert json_path.with_suffix(".png").stat().st_size > 10_000
     assert f"![throughput and p99 latency against concurrency]({json_path.stem}.png)" in markdown
-    for heading in ("## Targets", "## Request floods", "## S3", "## S4:", "## S4C:", "## S4b", "## S5", "## T1"):
+    for heading in (
+        "## Targets",
+        "## Request floods",
+        "## S3",
+        "## S4:",
+        "## S4C:",
+        "## S4b",
+        "## S5",
+        "## T1",
+        "## IR",
+    ):
         assert heading in markdown
     assert data["machine"]["cpu_count"] and data["machine"]["wrk"]
     assert data["options"]["quick"] is True
@@ -99,6 +109,10 @@ def test_quick_run_measured_every_scenario(quick_run: tuple[dict, Path]) -> None
         run = scenarios["S5"][backend]["runs"][0]
         assert run["sessions"] > 0 and run["errors"] == 0
     assert all(scenarios["IP"]["median"][shape] > 0 for shape in ("S1", "M1"))
+    counts = scenarios["IR"]["instructions_per_request"]
+    assert set(counts) >= {"S0A", "PJ", "S1", "M1", "IP S1", "IP M1"}, counts
+    # Counts, not times: refserver's server runs the bare stack's work and its own application's on top of it.
+    assert counts["S1"] > counts["S0A"] and counts["S1"] > counts["IP S1"] > 0, counts
     assert scenarios["S5"]["memory"]["runs"][0]["vs_bare"] > 0
     for arm in ("load", "latency"):
         run = scenarios["T1"][arm]["runs"][0]
