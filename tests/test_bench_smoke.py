@@ -21,12 +21,12 @@ from bench.targets import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_RUN_TIMEOUT = 420.0
-"""Seconds for the whole quick run (about 60 s alone; servers start slowly on a loaded machine, and S4, S4b and
-the two stream floors each start a fresh server)."""
+"""Seconds for the whole quick run (about 90 s alone; servers start slowly on a loaded machine, S4, S4b and the two
+stream floors each start a fresh server, and IR starts four processes under valgrind)."""
 
 
 def _missing_tools() -> list[str]:
-    missing = [tool for tool in ("wrk", "redis-server", "taskset") if shutil.which(tool) is None]
+    missing = [tool for tool in ("wrk", "redis-server", "taskset", "valgrind") if shutil.which(tool) is None]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
