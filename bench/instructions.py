@@ -4,8 +4,9 @@ Time per request mixes how much work there is with how fast the CPU gets through
 whatever else the core runs). Counting the instructions separates the two. Each server runs under
 `valgrind --tool=callgrind` with instrumentation off; once it is warm, the client switches counting on for N
 sequential keep-alive requests (`callgrind_control -i on`), off again, and dumps: the dump's total over N is the
-server process's user-space instructions per request (the kernel's share is not counted; every arm here makes the
-same system calls per request but one `getrandom`).
+server process's user-space instructions per request. The kernel's share is not counted: by strace, S0A and S1
+make the same system calls per request (two `sendto`, two `recvfrom`, one `epoll_ctl`) but for one `getrandom` of
+S1's.
 
 Arms, each the same echo the floods send:
 - S0A: the bare ASGI function on Hypercorn's trio worker (`bench/bare_asgi_app.py`): the stack alone;
@@ -27,7 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -37,6 +38,8 @@ from bench.rawhttp import Connection, HttpError
 
 WARMUP_REQUESTS: Final = 200
 """Requests before counting starts: first-call paths, caches and the token cache are warm."""
+REQUESTS_PER_CONNECTION: Final = 1000
+"""Hypercorn closes a keep-alive connection after this many requests; the warm-up and the count share one."""
 CONTROL_TIMEOUT: Final = 60.0
 """Seconds `callgrind_control` may take to reach a process (it waits for the process's next check)."""
 MODERN_VERSION: Final = "2026-07-28"
@@ -98,6 +101,8 @@ class Counter:
 
 async def count_echoes(port: int, counter: Counter, headers: dict[str, str], body: bytes, requests: int) -> float:
     """Instructions per request of `requests` sequential echoes on one warm keep-alive connection."""
+    if WARMUP_REQUESTS + requests > REQUESTS_PER_CONNECTION:
+        raise ValueError(f"at most {REQUESTS_PER_CONNECTION - WARMUP_REQUESTS} requests are counted on one connection")
     conn = await Connection.open("127.0.0.1", port)
     try:
         for _ in range(WARMUP_REQUESTS):
@@ -182,13 +187,3 @@ def count_in_process(directory: Path, requests: int, cpu: int | None, log_path: 
         ).stdout
     result: dict[str, float] = json.loads(output.decode().strip().splitlines()[-1])
     return result
-
-
-def summary(counts: dict[str, float]) -> dict[str, Any]:
-    """The counts, and what they say together."""
-    derived: dict[str, Any] = dict(counts)
-    if {"S0A", "S1", "IP S1"} <= counts.keys():
-        derived["S1 beyond S0A + IP S1"] = counts["S1"] - counts["S0A"] - counts["IP S1"]
-    if {"S0A", "M1", "IP M1"} <= counts.keys():
-        derived["M1 beyond S0A + IP M1"] = counts["M1"] - counts["S0A"] - counts["IP M1"]
-    return derived

@@ -62,7 +62,8 @@ class Options:
     """IP: requests per batch and request shape (S1's, M1's) handed to the application in-process."""
     ip_batches: int = 7
     ir_requests: int = 500
-    """IR: requests counted per arm under callgrind (one run: instruction counts do not vary with the machine)."""
+    """IR: requests counted per arm under callgrind (one run: instruction counts do not vary with the machine); at
+    most 800, on one keep-alive connection after the warm-up."""
     s5_workers: int = 16
     t1_clients: int = 16
     """T1: concurrent client loops (create a task, poll it to the end, again) in the throughput arm."""
