@@ -282,7 +282,10 @@ class StatelessExchange:
             self.in_flight -= 1
 
     async def _answer_into(self, request: CoreRequest, frames: trio.MemorySendChannel[str | _Final]) -> None:
-        async with frames:
+        # Closed without a checkpoint (`with`, not `async with`): the HTTP task, woken by the final frame, cancels
+        # this request's work as soon as it has answered, and a checkpoint here would turn every answered request's
+        # end into a Cancelled raised and caught.
+        with frames:
             with self._core.request_span(request) as span:
                 outcome = await self._core.handle(request, StatelessEmitter(request.meta, frames, self.hub))
                 span.record(outcome)
@@ -299,7 +302,10 @@ class StatelessExchange:
                     encode_message(ErrorResponse(request.id, error.jsonrpc_code, error.message, error.data)), error
                 )
             with contextlib.suppress(trio.BrokenResourceError):
-                await frames.send(final)
+                try:
+                    frames.send_nowait(final)  # the common case: room in the buffer, the HTTP task waiting
+                except trio.WouldBlock:
+                    await frames.send(final)  # a stream whose client reads slowly: wait for room
 
     def _input_required(
         self, request: CoreRequest, outcome: InputRequired, trace: Mapping[str, str] | None
