@@ -31,6 +31,7 @@ from refserver.protocol.tasks import (
 )
 from refserver.tasks.runner import TaskRunner
 from refserver.tasks.service import TaskLimits, TaskService
+from tests.conftest import wait_until
 
 MODERN = "2026-07-28"
 ASK = InputRequest("elicitation/create", {"message": "ok?", "requestedSchema": {"type": "object"}})
@@ -263,15 +264,11 @@ async def test_a_claim_whose_tool_has_not_begun_is_not_counted_as_running() -> N
         outcome = await core.handle(call("slow_compute", {"seconds": 0.2, "label": "held"}), Silent())
         assert isinstance(outcome, Complete)
         task_id = outcome.result["taskId"]
-        with trio.fail_after(5):
-            while task_id not in first.running():
-                await trio.sleep(0.01)
+        await wait_until(lambda: task_id in first.running(), 5, "the task claimed")
         await trio.sleep(0.05)
         assert first.tools_running() == []  # claimed, its start not stored yet
         store.go.set()
-        with trio.fail_after(5):
-            while task_id not in first.tools_running():
-                await trio.sleep(0.01)
+        await wait_until(lambda: task_id in first.tools_running(), 5, "the task's tool running")
         done = await wait_status(store, task_id, "completed")
         assert done.runs == 1 and first.tools_running() == []
         nursery.cancel_scope.cancel()
