@@ -122,7 +122,7 @@ async def test_a_multi_round_trip_call_and_every_forgery(server: Checked, http: 
     assert final.json()["result"]["content"][0]["text"] == "Ada's favorite color is teal"
 
     flipped = state[:-2] + ("A" if state[-2] != "A" else "B") + state[-1]
-    for forged in (state + "-TAMPERED", flipped, "rs1.AAAA", "not ours", 42):
+    for forged in (state + "-TAMPERED", flipped, "rs1.AAAA", "not ours", 42, None):
         error_of(await post(http, server, *retry(4, inputResponses=answer, requestState=forged)), 400, -32602, 4)
     # Bound to its request: the state of this tool does not open another tool's call.
     other = modern_request(

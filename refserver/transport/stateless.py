@@ -266,7 +266,7 @@ class StatelessExchange:
                 f"and {MAX_INPUT_RESPONSES_BYTES} bytes)"
             )
         state = None
-        if token is not None:
+        if "requestState" in params:  # a null one is refused like any other non-string, as a null inputResponses is
             state, sealed_trace = self._seal.open_traced(
                 token, subject=meta.subject, method=message.method, params=params
             )
