@@ -389,6 +389,13 @@ def out_of_range_for(schema: Mapping[str, Any]) -> st.SearchStrategy[Any]:
     return st.one_of(options) if options else st.nothing()
 
 
+NOT_AN_OBJECT: Final = st.one_of(
+    JSON_SCALARS.filter(lambda value: value is not None), st.lists(JSON_VALUES, max_size=3)
+)
+"""Tool arguments the schema refuses outright. Not null: `"arguments": null` is a call without arguments, which
+would run a waiting tool for real."""
+
+
 @st.composite
 def tool_arguments(draw: st.DrawFn, tool: Mapping[str, Any]) -> Any:
     """Arguments for `tool`: refused by its schema when the tool would wait or sleep, anything otherwise."""
@@ -397,7 +404,7 @@ def tool_arguments(draw: st.DrawFn, tool: Mapping[str, Any]) -> Any:
     if not properties or draw(st.integers(0, 5)) == 0:
         if tool["name"] not in WAITING_TOOLS and draw(st.booleans()):
             return draw(st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=3))
-        return draw(st.one_of(JSON_SCALARS, st.lists(JSON_VALUES, max_size=3)))  # not an object at all
+        return draw(NOT_AN_OBJECT)
     arguments: dict[str, Any] = {}
     for name, field in properties.items():
         arguments[name] = draw(st.one_of(JSON_VALUES, HUGE_VALUES, wrong_type_for(field)))
@@ -405,7 +412,7 @@ def tool_arguments(draw: st.DrawFn, tool: Mapping[str, Any]) -> Any:
     spoilers = st.one_of(wrong_type_for(properties[spoiled]), out_of_range_for(properties[spoiled]))
     if tool["name"] in WAITING_TOOLS or draw(st.booleans()):
         if spoilers.is_empty:
-            return draw(st.one_of(JSON_SCALARS, st.lists(JSON_VALUES, max_size=3)))
+            return draw(NOT_AN_OBJECT)
         arguments[spoiled] = draw(spoilers)
     return arguments
 
