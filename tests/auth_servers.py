@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from tests.conftest import ServerProcess, server_env
+from tests.conftest import ServerProcess, free_port, server_env
 
 
 class Process(Protocol):
@@ -25,12 +24,8 @@ class Process(Protocol):
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (every socket stays bound until all are chosen, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+    """`count` distinct free ports, none handed out before (see `free_port`)."""
+    return [free_port() for _ in range(count)]
 
 
 @attrs.define

@@ -18,12 +18,16 @@ import httpx
 import pytest
 import trio
 
+from tests.redis_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 HYPERCORN = [sys.executable, "-m", "hypercorn"]
 SERVER_START_TIMEOUT = 20.0
 """Seconds a fresh Hypercorn process gets to answer /health (spawned worker + imports)."""
 POLL_INTERVAL = 0.02
 """Seconds between two looks at a condition polled across a process boundary (`wait_until`, start-up)."""
+PORT_RELEASE_TIMEOUT = 5.0
+"""Seconds a server's port gets to be let go by whatever held it before the server starts."""
 
 INIT_PARAMS = {
     "protocolVersion": "2025-11-25",
@@ -53,12 +57,6 @@ def modern_request(
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": body_params}, headers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @attrs.define
 class ServerProcess:
     """A real `hypercorn --config hypercorn.toml refserver.app:app` on its own port."""
@@ -81,6 +79,7 @@ class ServerProcess:
 
     def start_app(self, app: str, config: str) -> None:
         """Start `app` (e.g. the standalone authorization server) with its own Hypercorn config."""
+        self._wait_for_port_to_be_free()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [*HYPERCORN, "--config", config, "--bind", f"127.0.0.1:{self.port}", app],
@@ -105,6 +104,20 @@ class ServerProcess:
                 time.sleep(POLL_INTERVAL)
         self.stop()
         raise RuntimeError(f"server did not start in {SERVER_START_TIMEOUT}s:\n{self.log()}")
+
+    def _wait_for_port_to_be_free(self) -> None:
+        """The start-up probe cannot tell this server from another one listening on its port: refuse to start then.
+
+        A short grace, for a restart on the same port while the previous process's worker is still closing."""
+        deadline = time.monotonic() + PORT_RELEASE_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+            except OSError:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"port {self.port} is already taken by another listener")
+            time.sleep(POLL_INTERVAL)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:

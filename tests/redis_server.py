@@ -18,10 +18,22 @@ START_TIMEOUT = 10.0
 """Seconds a fresh redis-server gets to answer PING (it usually takes a few milliseconds)."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and never handed out before in this test process.
+
+    The kernel may offer a port it just gave to the previous caller, whose server has not bound it yet: two servers
+    of one fixture were once given the same port, and the second one's probe was answered by the first.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _answers_ping(port: int) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -54,6 +53,7 @@ from refserver.oauth.resource import (
 from refserver.oauth.server import AuthorizationServer
 from refserver.oauth.store import OAuthStore
 from refserver.oauth.verifier import State, TokenVerifier
+from tests.redis_server import free_port
 
 RESOURCE = "http://127.0.0.1:3232/mcp"
 OTHER_RESOURCE = "http://127.0.0.1:4444/mcp"
@@ -79,12 +79,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def b64url(data: Any) -> str:
